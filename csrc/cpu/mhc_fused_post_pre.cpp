@@ -1,0 +1,28 @@
+// mhc_fused_post_pre on the CPU: literally mhc_post then mhc_pre (SPEC §2.3). The CPU gains
+// nothing from fusing, and composing keeps residual_out bit-identical to mhc_post.
+#include "core/validate.h"
+#include "ops.h"
+
+namespace mhc {
+
+Fused4 mhc_fused_post_pre_cpu(const Tensor& x, const Tensor& residual, const Tensor& post_mix,
+                              const Tensor& comb_mix, const Tensor& fn, const Tensor& hc_scale,
+                              const Tensor& hc_base, double rms_eps, double hc_pre_eps,
+                              double hc_sinkhorn_eps, double hc_post_mult_value,
+                              int64_t sinkhorn_repeat, const OptTensor& norm_weight,
+                              double norm_eps) {
+  constexpr const char* op = "mhc_fused_post_pre";
+  const StreamDims d = check_residual(op, residual);
+  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  check_pre_params(op, d, residual, fn, hc_scale, hc_base,
+                   {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
+                    norm_eps},
+                   norm_weight);
+  Tensor residual_out = mhc_post_cpu(x, residual, post_mix, comb_mix);
+  auto [post_out, comb_out, layer_input] =
+      mhc_pre_cpu(residual_out, fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps,
+                  hc_post_mult_value, sinkhorn_repeat, norm_weight, norm_eps);
+  return {residual_out, post_out, comb_out, layer_input};
+}
+
+}  // namespace mhc

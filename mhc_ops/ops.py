@@ -1,0 +1,219 @@
+"""Typed wrappers over torch.ops.mhc.* (SPEC §2, §7).
+
+Each wrapper accepts leading dimensions (``[..., n, H]`` instead of ``[T, n, H]``), flattens
+them, calls the op positionally and restores them on the outputs. With ``MHC_DISABLE_KERNELS``
+set, the wrappers route to :mod:`mhc_ops.reference` instead (debugging). Flags are read at
+every eager call; under ``torch.compile`` the value seen while tracing is baked into the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import envs, reference
+from ._lib import _C  # noqa: F401  (registers torch.ops.mhc.*)
+
+__all__ = [
+    "mhc_pre",
+    "mhc_post",
+    "mhc_fused_post_pre",
+    "mhc_post_pre",
+    "hc_head",
+    "hc_prenorm_gemm",
+    "tf32_hc_prenorm_gemm",
+    "linear_bf16_fp32",
+]
+
+_ops = torch.ops.mhc
+
+
+def _flatten(t: Tensor, rank: int) -> tuple[Tensor, tuple[int, ...]]:
+    """Collapse the leading dims of t into one so it has `rank` dims; ranks below are left
+    alone so that the op itself reports them."""
+    if t.dim() < rank - 1:
+        return t, ()
+    lead = tuple(t.shape[: t.dim() - rank + 1])
+    if t.dim() == rank:
+        return t, lead
+    return t.reshape(-1, *t.shape[t.dim() - rank + 1 :]), lead
+
+
+def _drop_lead(t: Tensor, lead: tuple[int, ...]) -> Tensor:
+    """Collapse the same leading dims `lead` of a companion argument (x, post_mix, comb_mix)."""
+    return t.reshape(-1, *t.shape[len(lead):]) if t.dim() > len(lead) else t
+
+
+def mhc_pre(
+    residual: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """mHC pre: gates of the n streams and the collapsed sub-layer input (SPEC §2.1).
+
+    With x = residual[t] flattened (K = n*H), r = rsqrt(sum(x^2)/K + rms_eps) and
+    m = (fn @ x) * r: pre = sigmoid(m[:n]*hc_scale[0] + hc_base[:n]) + hc_pre_eps,
+    post = sigmoid(m[n:2n]*hc_scale[1] + hc_base[n:2n]) * hc_post_mult_value,
+    comb = sinkhorn(m[2n:]*hc_scale[2] + hc_base[2n:]) and layer_input = bf16(sum_i pre[i] *
+    residual[t, i]), RMS-normalised with norm_weight when given.
+
+    Args: residual [..., n, H] bf16; fn [n(n+2), n*H] fp32; hc_scale [3] fp32;
+    hc_base [n(n+2)] fp32; norm_weight [H] bf16 or None.
+    Returns: post_mix [..., n, 1] fp32, comb_mix [..., n, n] fp32, layer_input [..., H] bf16.
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.mhc_pre(residual, fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
+                                 hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
+                                 norm_weight, norm_eps)
+    res, lead = _flatten(residual, 3)
+    post, comb, layer_input = _ops.mhc_pre.default(
+        res, fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value,
+        sinkhorn_repeat, norm_weight, norm_eps)
+    if res is residual:
+        return post, comb, layer_input
+    return (post.reshape(*lead, *post.shape[1:]), comb.reshape(*lead, *comb.shape[1:]),
+            layer_input.reshape(*lead, layer_input.shape[-1]))
+
+
+def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor) -> Tensor:
+    """mHC post: new[j] = bf16(post[j]*x + sum_i comb[i, j]*residual[i]) (SPEC §2.2).
+
+    Args: x [..., H] bf16 (sub-layer output); residual [..., n, H] bf16;
+    post_mix [..., n, 1] or [..., n] fp32; comb_mix [..., n, n] fp32.
+    Returns: the new residual [..., n, H] bf16.
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.mhc_post(x, residual, post_mix, comb_mix)
+    res, lead = _flatten(residual, 3)
+    if res is residual:
+        return _ops.mhc_post.default(x, residual, post_mix, comb_mix)
+    out = _ops.mhc_post.default(_drop_lead(x, lead), res, _drop_lead(post_mix, lead),
+                                _drop_lead(comb_mix, lead))
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def mhc_fused_post_pre(
+    x: Tensor,
+    residual: Tensor,
+    post_mix: Tensor,
+    comb_mix: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """mhc_post followed by mhc_pre of the next sub-layer, in one op (SPEC §2.3).
+
+    residual_out is bit-identical to mhc_post(x, residual, post_mix, comb_mix); the other
+    outputs are those of mhc_pre(residual_out, fn, ...).
+    Returns: residual_out [..., n, H] bf16, post_mix_out [..., n, 1] fp32,
+    comb_mix_out [..., n, n] fp32, layer_input [..., H] bf16.
+    """
+    args = (rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
+            norm_weight, norm_eps)
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.mhc_fused_post_pre(x, residual, post_mix, comb_mix, fn, hc_scale,
+                                            hc_base, *args)
+    res, lead = _flatten(residual, 3)
+    if res is residual:
+        return _ops.mhc_fused_post_pre.default(x, residual, post_mix, comb_mix, fn, hc_scale,
+                                               hc_base, *args)
+    r, post, comb, layer_input = _ops.mhc_fused_post_pre.default(
+        _drop_lead(x, lead), res, _drop_lead(post_mix, lead), _drop_lead(comb_mix, lead), fn,
+        hc_scale, hc_base, *args)
+    return (r.reshape(*lead, *r.shape[1:]), post.reshape(*lead, *post.shape[1:]),
+            comb.reshape(*lead, *comb.shape[1:]), layer_input.reshape(*lead, layer_input.shape[-1]))
+
+
+def mhc_post_pre(
+    x: Tensor,
+    residual: Tensor,
+    post_mix: Tensor,
+    comb_mix: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """post of one sub-layer and pre of the next, switched by ``MHC_FUSE_POST_PRE``.
+
+    On (default): :func:`mhc_fused_post_pre`. Off: :func:`mhc_post` then :func:`mhc_pre`.
+    Both return (residual_out, post_mix_out, comb_mix_out, layer_input) and agree per SPEC §3.
+    The flag is read at every eager call; under torch.compile its value at trace time is part
+    of the compiled graph.
+    """
+    args = (fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value,
+            sinkhorn_repeat, norm_weight, norm_eps)
+    if envs.MHC_FUSE_POST_PRE.get():
+        return mhc_fused_post_pre(x, residual, post_mix, comb_mix, *args)
+    r = mhc_post(x, residual, post_mix, comb_mix)
+    return (r, *mhc_pre(r, *args))
+
+
+def hc_head(residual: Tensor, fn: Tensor, hc_scale: Tensor, hc_base: Tensor,
+            rms_eps: float = 1e-6, hc_eps: float = 1e-6) -> Tensor:
+    """Final collapse of the streams (SPEC §2.4): bf16(sum_i pre[i]*residual[i]) with
+    pre = sigmoid(((fn @ x) * rsqrt(sum(x^2)/K + rms_eps)) * hc_scale[0] + hc_base) + hc_eps.
+
+    Args: residual [..., n, H] bf16; fn [n, n*H] fp32; hc_scale [1] fp32; hc_base [n] fp32.
+    Returns: [..., H] bf16.
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.hc_head(residual, fn, hc_scale, hc_base, rms_eps, hc_eps)
+    res, lead = _flatten(residual, 3)
+    out = _ops.hc_head.default(res, fn, hc_scale, hc_base, rms_eps, hc_eps)
+    return out if res is residual else out.reshape(*lead, out.shape[-1])
+
+
+def hc_prenorm_gemm(x: Tensor, fn: Tensor, num_splits: int = 1) -> tuple[Tensor, Tensor]:
+    """Split-K x @ fn^T with the sum of squares of each split (SPEC §2.5).
+
+    Split s of S covers 64-wide K blocks [s*q + min(s, r), ...) with q, r = divmod(ceil(K/64), S).
+    Args: x [M, K] bf16; fn [N, K] fp32, N <= 32; 1 <= num_splits <= ceil(K/64).
+    Returns: out [S, M, N] fp32, sqrsum [S, M] fp32.
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.hc_prenorm_gemm(x, fn, num_splits)
+    return _ops.hc_prenorm_gemm.default(x, fn, num_splits)
+
+
+def tf32_hc_prenorm_gemm(x: Tensor, fn: Tensor, out: Tensor, sqrsum: Tensor,
+                         num_splits: int | None = None) -> None:
+    """Drop-in for DeepGEMM's ``tf32_hc_prenorm_gemm``: writes out and sqrsum in place.
+
+    num_splits=None: out [M, N], sqrsum [M]; otherwise out [S, M, N], sqrsum [S, M].
+    M = 0 is a no-op.
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.tf32_hc_prenorm_gemm(x, fn, out, sqrsum, num_splits)
+    _ops.tf32_hc_prenorm_gemm.default(x, fn, out, sqrsum, num_splits)
+
+
+def linear_bf16_fp32(x: Tensor, weight: Tensor) -> Tensor:
+    """x [M, K] bf16 @ weight [N, K]^T bf16 -> [M, N] fp32, fp32 accumulation (SPEC §2.7).
+
+    The CUDA backend follows ``MHC_BF16_FP32_GEMM_ALGO`` (cublas or fp32).
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.linear_bf16_fp32(x, weight)
+    return _ops.linear_bf16_fp32.default(x, weight)

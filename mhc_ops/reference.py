@@ -1,0 +1,176 @@
+"""The mHC ops in plain PyTorch: the oracle of the tests and the eager baseline of benchmarks.
+
+Same signatures and semantics as ``mhc_ops`` (SPEC §2), computed with ordinary tensor ops in
+``dtype`` (float32 by default; ``dtype=torch.float64`` for the reference the tests compare
+against). Gate outputs come back in ``dtype``; bf16 outputs are rounded to bf16 once, at the end,
+as the kernels do. Runs on any device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "sinkhorn",
+    "mhc_pre",
+    "mhc_post",
+    "mhc_fused_post_pre",
+    "mhc_post_pre",
+    "hc_head",
+    "hc_prenorm_gemm",
+    "tf32_hc_prenorm_gemm",
+    "linear_bf16_fp32",
+    "split_ranges",
+]
+
+
+def sinkhorn(logits: Tensor, eps: float = 1e-6, repeat: int = 20) -> Tensor:
+    """Sinkhorn-Knopp on the trailing n x n logits (SPEC §2.6); ends with a column step."""
+    c = torch.softmax(logits, dim=-1) + eps
+    c = c / (c.sum(-2, keepdim=True) + eps)
+    for _ in range(max(repeat, 1) - 1):
+        c = c / (c.sum(-1, keepdim=True) + eps)
+        c = c / (c.sum(-2, keepdim=True) + eps)
+    return c
+
+
+def _flat(residual: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    lead = tuple(residual.shape[:-2])
+    return residual.reshape(-1, *residual.shape[-2:]), lead
+
+
+def _rmsnorm_bf16(v: Tensor, weight: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    z = v.to(torch.bfloat16).to(dtype)
+    r = torch.rsqrt(z.square().mean(-1, keepdim=True) + eps)
+    return (z * r * weight.to(dtype)).to(torch.bfloat16)
+
+
+def mhc_pre(
+    residual: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(post_mix [..., n, 1], comb_mix [..., n, n], layer_input [..., H] bf16) of SPEC §2.1."""
+    res, lead = _flat(residual)
+    T, n, H = res.shape
+    x = res.to(dtype)
+    xf = x.reshape(T, n * H)
+    d = xf @ fn.to(dtype).t()
+    r = torch.rsqrt(xf.square().sum(-1, keepdim=True) / (n * H) + rms_eps)
+    m = d * r
+    scale, base = hc_scale.to(dtype), hc_base.to(dtype)
+    pre = torch.sigmoid(m[:, :n] * scale[0] + base[:n]) + hc_pre_eps
+    post = torch.sigmoid(m[:, n : 2 * n] * scale[1] + base[n : 2 * n]) * hc_post_mult_value
+    logits = (m[:, 2 * n :] * scale[2] + base[2 * n :]).reshape(T, n, n)
+    comb = sinkhorn(logits, hc_sinkhorn_eps, sinkhorn_repeat)
+    y = (pre.unsqueeze(-1) * x).sum(1)
+    if norm_weight is None:
+        layer_input = y.to(torch.bfloat16)
+    else:
+        layer_input = _rmsnorm_bf16(y, norm_weight, norm_eps, dtype)
+    return (
+        post.reshape(*lead, n, 1),
+        comb.reshape(*lead, n, n),
+        layer_input.reshape(*lead, H),
+    )
+
+
+def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor, *,
+             dtype: torch.dtype = torch.float32) -> Tensor:
+    """new[j] = post[j] * x + sum_i comb[i, j] * old[i], rounded to bf16 (SPEC §2.2)."""
+    res, lead = _flat(residual)
+    T, n, H = res.shape
+    post = post_mix.reshape(T, n, 1).to(dtype)
+    comb = comb_mix.reshape(T, n, n).to(dtype)
+    out = post * x.reshape(T, 1, H).to(dtype) + torch.einsum("tij,tih->tjh", comb, res.to(dtype))
+    return out.to(torch.bfloat16).reshape(*lead, n, H)
+
+
+def mhc_fused_post_pre(
+    x: Tensor,
+    residual: Tensor,
+    post_mix: Tensor,
+    comb_mix: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """mhc_post, rounded to bf16, then mhc_pre on the result (SPEC §2.3)."""
+    r = mhc_post(x, residual, post_mix, comb_mix, dtype=dtype)
+    post, comb, layer_input = mhc_pre(r, fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
+                                      hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
+                                      norm_weight, norm_eps, dtype=dtype)
+    return r, post, comb, layer_input
+
+
+mhc_post_pre = mhc_fused_post_pre
+
+
+def hc_head(residual: Tensor, fn: Tensor, hc_scale: Tensor, hc_base: Tensor,
+            rms_eps: float = 1e-6, hc_eps: float = 1e-6, *,
+            dtype: torch.dtype = torch.float32) -> Tensor:
+    """Collapse the n streams with sigmoid gates (SPEC §2.4); [..., H] bf16."""
+    res, lead = _flat(residual)
+    T, n, H = res.shape
+    x = res.to(dtype)
+    xf = x.reshape(T, n * H)
+    r = torch.rsqrt(xf.square().sum(-1, keepdim=True) / (n * H) + rms_eps)
+    mix = (xf @ fn.to(dtype).t()) * r
+    pre = torch.sigmoid(mix * hc_scale.to(dtype)[0] + hc_base.to(dtype)) + hc_eps
+    return (pre.unsqueeze(-1) * x).sum(1).to(torch.bfloat16).reshape(*lead, H)
+
+
+def split_ranges(K: int, num_splits: int) -> list[tuple[int, int]]:
+    """[k_begin, k_end) of every split: contiguous 64-wide blocks, remainder first (SPEC §2.5)."""
+    blocks = -(-K // 64)
+    q, rem = divmod(blocks, num_splits)
+    out = []
+    for s in range(num_splits):
+        b0 = s * q + min(s, rem)
+        nb = q + (1 if s < rem else 0)
+        out.append((min(b0 * 64, K), min((b0 + nb) * 64, K)))
+    return out
+
+
+def hc_prenorm_gemm(x: Tensor, fn: Tensor, num_splits: int = 1, *,
+                    dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """out [S, M, N] = x[:, Ks] @ fn[:, Ks]^T per split, sqrsum [S, M] (SPEC §2.5)."""
+    xd, fd = x.to(dtype), fn.to(dtype)
+    outs, sqs = [], []
+    for k0, k1 in split_ranges(x.shape[1], num_splits):
+        outs.append(xd[:, k0:k1] @ fd[:, k0:k1].t())
+        sqs.append(xd[:, k0:k1].square().sum(-1))
+    return torch.stack(outs), torch.stack(sqs)
+
+
+def tf32_hc_prenorm_gemm(x: Tensor, fn: Tensor, out: Tensor, sqrsum: Tensor,
+                         num_splits: int | None = None) -> None:
+    """DeepGEMM form: writes out [M, N] / [S, M, N] and sqrsum [M] / [S, M]."""
+    o, s = hc_prenorm_gemm(x, fn, num_splits or 1, dtype=torch.float32)
+    out.copy_(o.reshape(out.shape))
+    sqrsum.copy_(s.reshape(sqrsum.shape))
+
+
+def linear_bf16_fp32(x: Tensor, weight: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """x [M, K] bf16 @ weight [N, K]^T bf16 -> [M, N] in dtype (float32 by default)."""
+    return x.to(dtype) @ weight.to(dtype).t()

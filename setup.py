@@ -1,0 +1,88 @@
+"""Build of mhc_ops._C against the installed torch.
+
+MHC_BUILD_CUDA=auto (default) compiles the CUDA sources when torch has CUDA and CUDA_HOME
+exists, whether or not a GPU is visible; 1 requires them; 0 builds the CPU library only.
+TORCH_CUDA_ARCH_LIST defaults to the visible GPUs' architectures, or 9.0 when none is visible.
+"""
+
+import glob
+import os
+import subprocess
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    mode = os.environ.get("MHC_BUILD_CUDA", "auto").strip().lower()
+    available = torch.version.cuda is not None and CUDA_HOME is not None
+    if mode in ("0", "false", "no"):
+        return False
+    if mode in ("1", "true", "yes"):
+        if not available:
+            raise SystemExit(
+                f"MHC_BUILD_CUDA=1 but torch {torch.__version__} has CUDA {torch.version.cuda} "
+                f"and CUDA_HOME is {CUDA_HOME}"
+            )
+        return True
+    if mode != "auto":
+        raise SystemExit(f"MHC_BUILD_CUDA must be auto, 0 or 1; got {mode!r}")
+    return available
+
+
+def arch_list() -> str:
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    archs = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            archs.append(f"{major}.{minor}")
+    arch = ";".join(sorted(set(archs))) or "9.0"
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # read by torch's BuildExtension
+    return arch
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+with_cuda = want_cuda()
+archs = arch_list() if with_cuda else ""
+sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/core/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+macros = []
+if with_cuda:
+    sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    macros.append(("MHC_WITH_CUDA", None))
+
+with open(os.path.join(ROOT, "mhc_ops", "_build_info.py"), "w") as f:
+    f.write(
+        "# Written by setup.py at build time.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
+        f"WITH_CUDA = {with_cuda!r}\n"
+        f"CUDA_ARCH_LIST = {archs!r}\n"
+        f"GIT_SHA = {git_sha()!r}\n"
+    )
+
+Extension = CUDAExtension if with_cuda else CppExtension
+ext = Extension(
+    name="mhc_ops._C",
+    sources=sources,
+    include_dirs=[os.path.join(ROOT, "csrc")],
+    define_macros=macros,
+    extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
+    libraries=["cublas", "cublasLt"] if with_cuda else [],
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
