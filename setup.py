@@ -58,8 +58,8 @@ def git_sha() -> str:
 with_cuda = want_cuda()
 archs = arch_list() if with_cuda else ""
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/core/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden"]
-nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+cxx_flags = ["-O3", "-fvisibility=hidden"]
+nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 macros = []
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))

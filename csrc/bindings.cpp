@@ -1,6 +1,25 @@
 // The Python module mhc_ops._C. Importing it loads the library, which registers the ops
-// (registration.cpp); the bindings here are only what is not an op.
+// (registration.cpp); the bindings here are only what is not an op: the planner and the
+// registry of launched plans (mhc_ops.plan, mhc_ops.warmup).
 #include <torch/extension.h>
+
+#include "core/plan.h"
+
+namespace py = pybind11;
+
+namespace {
+py::tuple to_py(const mhc::Plan& p) {
+  return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
+                        p.block_tokens, p.hc_mult, p.hidden_spec, p.norm);
+}
+mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm) {
+  mhc::PlanOptions o;
+  o.norm = norm;
+  o.batch_invariant = batch_invariant;
+  o.fp32_gemm = fp32_gemm;
+  return o;
+}
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "mhc_ops native library: ops are under torch.ops.mhc";
@@ -9,4 +28,31 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.def("upstream_num_splits", &mhc::upstream_num_splits, py::arg("num_tokens"), py::arg("k"),
+        py::arg("num_sms"));
+  m.def(
+      "plan_of",
+      [](int kind, int64_t t, int64_t n, int64_t h, int64_t sms, bool norm, bool bi, bool fp32) {
+        return to_py(mhc::plan_of(static_cast<mhc::KernelType>(kind), t, n, h, sms,
+                                  options(norm, bi, fp32)));
+      },
+      py::arg("kind"), py::arg("num_tokens"), py::arg("hc_mult"), py::arg("hidden_size"),
+      py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"));
+  m.def(
+      "token_count_representatives",
+      [](int kind, int64_t max_tokens, int64_t n, int64_t h, int64_t sms, bool norm, bool bi,
+         bool fp32) {
+        return mhc::token_count_representatives(static_cast<mhc::KernelType>(kind), max_tokens,
+                                                n, h, sms, options(norm, bi, fp32));
+      },
+      py::arg("kind"), py::arg("max_tokens"), py::arg("hc_mult"), py::arg("hidden_size"),
+      py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"));
+  m.def("launched_plans", [] {
+    py::list out;
+    for (const auto& r : mhc::launched_plans())
+      out.append(py::make_tuple(r.device, to_py(r.plan), r.first_seen));
+    return out;
+  });
+  m.def("plan_sequence", &mhc::plan_sequence);
+  m.def("clear_launched_plans", &mhc::clear_launched_plans);
 }

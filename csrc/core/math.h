@@ -12,8 +12,10 @@
 
 #if defined(__CUDACC__)
 #define MHC_HD __host__ __device__ __forceinline__
+#define MHC_UNROLL _Pragma("unroll")
 #else
 #define MHC_HD inline
+#define MHC_UNROLL
 #endif
 
 namespace mhc {
@@ -55,7 +57,7 @@ template <int N>
 MHC_HD float post_mix_element(float post_j, float x, const float* comb_col, int comb_stride,
                               const float* res) {
   float acc = post_j * x;
-#pragma unroll
+MHC_UNROLL
   for (int i = 0; i < N; ++i) acc += comb_col[i * comb_stride] * res[i];
   return acc;
 }
@@ -65,41 +67,41 @@ MHC_HD float post_mix_element(float post_j, float x, const float* comb_col, int 
 // step. The fixed N keeps the matrix in registers on the GPU.
 template <int N>
 MHC_HD void sinkhorn(float (&c)[N][N], float eps, int64_t repeat) {
-#pragma unroll
+MHC_UNROLL
   for (int j = 0; j < N; ++j) {
     float mx = c[j][0];
-#pragma unroll
+MHC_UNROLL
     for (int k = 1; k < N; ++k) mx = fmaxf(mx, c[j][k]);
     float s = 0.f;
-#pragma unroll
+MHC_UNROLL
     for (int k = 0; k < N; ++k) {
       c[j][k] = expf(c[j][k] - mx);
       s += c[j][k];
     }
     const float inv = 1.0f / s;
-#pragma unroll
+MHC_UNROLL
     for (int k = 0; k < N; ++k) c[j][k] = c[j][k] * inv + eps;
   }
   const int64_t rounds = repeat > 1 ? repeat : 1;
   for (int64_t r = 0; r < rounds; ++r) {
     if (r > 0) {
-#pragma unroll
+MHC_UNROLL
       for (int j = 0; j < N; ++j) {
         float s = 0.f;
-#pragma unroll
+MHC_UNROLL
         for (int k = 0; k < N; ++k) s += c[j][k];
         const float inv = 1.0f / (s + eps);
-#pragma unroll
+MHC_UNROLL
         for (int k = 0; k < N; ++k) c[j][k] *= inv;
       }
     }
-#pragma unroll
+MHC_UNROLL
     for (int k = 0; k < N; ++k) {
       float s = 0.f;
-#pragma unroll
+MHC_UNROLL
       for (int j = 0; j < N; ++j) s += c[j][k];
       const float inv = 1.0f / (s + eps);
-#pragma unroll
+MHC_UNROLL
       for (int j = 0; j < N; ++j) c[j][k] *= inv;
     }
   }
@@ -122,14 +124,14 @@ MHC_HD void pre_gates(const float* d, float sqrsum, float inv_k, const float* ba
                       const GateParams& p, float (&pre)[N], float (&post)[N],
                       float (&comb)[N][N]) {
   const float r = 1.0f / sqrtf(sqrsum * inv_k + p.rms_eps);
-#pragma unroll
+MHC_UNROLL
   for (int i = 0; i < N; ++i) {
     pre[i] = sigmoidf_(d[i] * r * p.scale[0] + base[i]) + p.pre_eps;
     post[i] = sigmoidf_(d[N + i] * r * p.scale[1] + base[N + i]) * p.post_mult;
   }
-#pragma unroll
+MHC_UNROLL
   for (int j = 0; j < N; ++j)
-#pragma unroll
+MHC_UNROLL
     for (int k = 0; k < N; ++k)
       comb[j][k] = d[2 * N + j * N + k] * r * p.scale[2] + base[2 * N + j * N + k];
   sinkhorn<N>(comb, p.sinkhorn_eps, p.sinkhorn_repeat);
@@ -140,7 +142,7 @@ template <int N>
 MHC_HD void head_gates(const float* d, float sqrsum, float inv_k, const float* base,
                        float scale, float rms_eps, float eps, float (&pre)[N]) {
   const float r = 1.0f / sqrtf(sqrsum * inv_k + rms_eps);
-#pragma unroll
+MHC_UNROLL
   for (int i = 0; i < N; ++i) pre[i] = sigmoidf_(d[i] * r * scale + base[i]) + eps;
 }
 

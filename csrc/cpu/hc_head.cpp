@@ -3,6 +3,7 @@
 #include <ATen/ops/empty.h>
 
 #include "core/math.h"
+#include "core/plan.h"
 #include "core/validate.h"
 #include "cpu/common.h"
 #include "cpu/dot.h"
@@ -18,6 +19,7 @@ Tensor hc_head_cpu(const Tensor& residual, const Tensor& fn, const Tensor& hc_sc
   const int64_t T = d.T, n = d.n, H = d.H, K = d.K;
   Tensor out = at::empty({T, H}, residual.options());
   if (T == 0) return out;
+  record_plan(-1, plan_of(KernelType::HC_HEAD, T, n, H, 0, {false, false, false}));
 
   const Tensor res = residual.contiguous(), w = fn.contiguous(), base = hc_base.contiguous();
   const float scale = hc_scale.contiguous().const_data_ptr<float>()[0];

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
+#include "core/plan.h"
 #include "core/validate.h"
 #include "cpu/common.h"
 #include "cpu/dot.h"
@@ -14,6 +15,7 @@ namespace {
 // out [S, M, N], sqrsum [S, M], both contiguous fp32.
 void prenorm_into(const Tensor& x, const Tensor& fn, int64_t S, float* out, float* sqrsum) {
   const int64_t M = x.size(0), K = x.size(1), N = fn.size(0);
+  record_plan(-1, plan_of(KernelType::PRENORM_GEMM, M, 1, K, 0, {}));
   const Tensor xc = x.contiguous(), w = fn.contiguous();
   const uint16_t* x_p = cpu::bf16_bits(xc);
   const float* w_p = w.const_data_ptr<float>();

@@ -1,5 +1,6 @@
 // mhc_fused_post_pre on the CPU: literally mhc_post then mhc_pre (SPEC §2.3). The CPU gains
 // nothing from fusing, and composing keeps residual_out bit-identical to mhc_post.
+#include "core/plan.h"
 #include "core/validate.h"
 #include "ops.h"
 
@@ -18,6 +19,9 @@ Fused4 mhc_fused_post_pre_cpu(const Tensor& x, const Tensor& residual, const Ten
                    {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
                     norm_eps},
                    norm_weight);
+  if (d.T > 0)
+    record_plan(-1, plan_of(KernelType::MHC_FUSED_POST_PRE, d.T, d.n, d.H, 0,
+                            {norm_weight.has_value() && norm_weight->defined(), false, false}));
   Tensor residual_out = mhc_post_cpu(x, residual, post_mix, comb_mix);
   auto [post_out, comb_out, layer_input] =
       mhc_pre_cpu(residual_out, fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps,

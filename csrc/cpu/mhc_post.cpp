@@ -4,6 +4,7 @@
 #include <ATen/ops/empty.h>
 
 #include "core/math.h"
+#include "core/plan.h"
 #include "core/validate.h"
 #include "cpu/common.h"
 #include "ops.h"
@@ -18,6 +19,7 @@ Tensor mhc_post_cpu(const Tensor& x, const Tensor& residual, const Tensor& post_
   const int64_t T = d.T, n = d.n, H = d.H;
   Tensor out = at::empty({T, n, H}, residual.options());
   if (T == 0) return out;
+  record_plan(-1, plan_of(KernelType::MHC_POST, T, n, H, 0, {false, false, false}));
 
   const Tensor xc = x.contiguous(), res = residual.contiguous();
   const Tensor post = post_mix.contiguous(), comb = comb_mix.contiguous();

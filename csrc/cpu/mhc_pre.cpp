@@ -5,6 +5,7 @@
 #include <ATen/ops/empty.h>
 
 #include "core/math.h"
+#include "core/plan.h"
 #include "core/validate.h"
 #include "cpu/common.h"
 #include "cpu/dot.h"
@@ -32,6 +33,7 @@ Pre3 mhc_pre_cpu(const Tensor& residual, const Tensor& fn, const Tensor& hc_scal
   const Tensor scale = hc_scale.contiguous(), base = hc_base.contiguous();
   const Tensor nw = norm_weight.has_value() && norm_weight->defined() ? norm_weight->contiguous()
                                                                       : Tensor();
+  record_plan(-1, plan_of(KernelType::MHC_PRE, T, n, H, 0, {nw.defined(), false, false}));
   const GateParams p = cpu::gate_params(scale, rms_eps, hc_pre_eps, hc_sinkhorn_eps,
                                         hc_post_mult_value, sinkhorn_repeat);
   const uint16_t* res_p = cpu::bf16_bits(res);

@@ -1,0 +1,88 @@
+// The one planner (SPEC §4). Every launcher asks plan_of() which kernels to run and with what
+// split, and records what it launched (plan_registry); mhc_ops.plan exposes the same function
+// to Python, so warmup's representative token counts come from the code that launches.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace mhc {
+
+enum class KernelType : int32_t {
+  PRENORM_GEMM = 0,
+  MHC_PRE = 1,
+  MHC_POST = 2,
+  MHC_FUSED_POST_PRE = 3,
+  HC_HEAD = 4,
+  LINEAR_BF16_FP32 = 5,
+};
+constexpr int kNumKernelTypes = 6;
+const char* kernel_type_name(KernelType k);
+
+// Kernel family a plan runs.
+enum class Variant : int32_t {
+  CPU = 0,          // the CPU kernels (num_sms == 0)
+  SPLIT_K = 1,      // K split over CTAs, partials reduced in fixed order by an epilogue kernel
+  FULL_K = 2,       // one CTA owns whole tokens: no split, single pass
+  STREAM = 3,       // elementwise streaming kernel (mhc_post)
+  CUBLAS = 4,       // linear_bf16_fp32 through cuBLAS
+  FP32_GEMM = 5,    // linear_bf16_fp32 upcast + fp32 GEMM
+};
+const char* variant_name(Variant v);
+
+struct Plan {
+  KernelType kind;
+  Variant variant;
+  int32_t num_splits;    // K splits; 1 when the variant does not split
+  int32_t block_tokens;  // tokens per CTA (0 when it does not apply)
+  int32_t hc_mult;
+  int32_t hidden_spec;   // hidden size the kernel is specialised for, 0 for the generic kernel
+  bool norm;             // folded RMSNorm of SPEC §2.1 step 9
+
+  auto key() const {
+    return std::make_tuple(static_cast<int32_t>(kind), static_cast<int32_t>(variant), num_splits,
+                           block_tokens, hc_mult, hidden_spec, norm);
+  }
+  bool operator==(const Plan& o) const { return key() == o.key(); }
+  bool operator<(const Plan& o) const { return key() < o.key(); }
+};
+
+struct PlanOptions {
+  bool norm = false;
+  bool batch_invariant = false;
+  // linear_bf16_fp32 only: true for the fp32 backend (MHC_BF16_FP32_GEMM_ALGO=fp32).
+  bool fp32_gemm = false;
+};
+
+// Upstream's split rule, kept for callers that size DeepGEMM-style partial buffers:
+// max(1, min(sms / ceil(T / 64), ceil(K / 64) / 4)).
+int64_t upstream_num_splits(int64_t num_tokens, int64_t k, int64_t num_sms);
+
+// The plan the launcher of `kind` uses for T tokens. num_sms == 0 means the CPU backend.
+Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidden_size,
+             int64_t num_sms, const PlanOptions& opt);
+
+// For each distinct plan over T in 1..max_tokens, the largest T with that plan, sorted.
+std::vector<int64_t> token_count_representatives(KernelType kind, int64_t max_tokens,
+                                                 int64_t hc_mult, int64_t hidden_size,
+                                                 int64_t num_sms, const PlanOptions& opt);
+
+// ---- registry of launched plans (warmup coverage, SPEC §6) ----
+
+// Records that `plan` was launched on device `device` (-1 for the CPU). Cheap when the plan
+// was seen before.
+void record_plan(int device, const Plan& plan);
+
+struct PlanRecord {
+  int device;
+  Plan plan;
+  uint64_t first_seen;  // value of the launch sequence when the plan was first recorded
+};
+std::vector<PlanRecord> launched_plans();
+// Sequence number of the next first-seen plan; plans recorded later have first_seen >= it.
+uint64_t plan_sequence();
+void clear_launched_plans();
+
+}  // namespace mhc
