@@ -61,8 +61,9 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
              int64_t num_sms, const PlanOptions& opt) {
   const bool norm = opt.norm && (kind == KernelType::MHC_PRE ||
                                  kind == KernelType::MHC_FUSED_POST_PRE);
-  // The prenorm GEMM sees only K = hc_mult * hidden_size, so its plans do not carry n.
-  const int32_t n = kind == KernelType::PRENORM_GEMM ? 0 : static_cast<int32_t>(hc_mult);
+  // The GEMMs see only K (prenorm) or nothing of the streams (linear): their plans carry no n.
+  const bool gemm = kind == KernelType::PRENORM_GEMM || kind == KernelType::LINEAR_BF16_FP32;
+  const int32_t n = gemm ? 0 : static_cast<int32_t>(hc_mult);
   Plan p{kind, Variant::CPU, 1, 0, n, 0, norm};
   if (num_sms <= 0) return p;  // one CPU kernel per op, whatever T is
   p.hidden_spec = kind == KernelType::PRENORM_GEMM ? 0 : hidden_spec(hc_mult, hidden_size);
