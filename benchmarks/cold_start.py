@@ -1,0 +1,188 @@
+"""Cold start: what a serving process pays the first time it meets each token count.
+
+For each hidden size, in a fresh process:
+  1. time ``mhc_ops.warmup.warmup(H, max_tokens)``;
+  2. run random token counts in 1..max_tokens through mhc_pre, mhc_fused_post_pre, mhc_post
+     and hc_head; time each first call at its T (host wall clock around a synchronised call)
+     and compare with the steady-state median at the same T; count plans launched that warmup
+     did not cover (``unwarmed_plans``);
+and, in another fresh process that never warms up, capture a CUDA graph of each op at a few
+decode sizes and check its replay against eager.
+
+    python benchmarks/cold_start.py                  # H in {4096, 7168}, 500 token counts
+    python benchmarks/cold_start.py --quick          # one hidden size, 50 token counts
+
+Writes benchmarks/results/cold_start_<gpu>.json (or --out):
+{"device", "command", "runs": [{"hidden_size", "warmup_seconds", "unwarmed_plans",
+ "worst_first_call_ratio", "cold_capture"}]} and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+OPS = ("mhc_pre", "mhc_fused_post_pre", "mhc_post", "hc_head")
+DECODE_SIZES = (1, 8, 32, 64)
+
+
+def _inputs(T: int, H: int, device, seed: int = 0, n: int = 4) -> dict:
+    g = torch.Generator(device=device).manual_seed(seed)
+    K, m3 = n * H, n * (n + 2)
+
+    def randn(*shape, dtype=torch.float32, scale=1.0):
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype).mul_(scale)
+
+    return dict(
+        residual=randn(T, n, H, dtype=torch.bfloat16),
+        x=randn(T, H, dtype=torch.bfloat16),
+        post_mix=torch.rand(T, n, 1, generator=g, device=device) * 2,
+        comb_mix=torch.softmax(randn(T, n, n), -2),
+        fn=randn(m3, K, scale=K ** -0.5),
+        hc_scale=torch.rand(3, generator=g, device=device) + 0.5,
+        hc_base=randn(m3, scale=0.5),
+        head_fn=randn(n, K, scale=K ** -0.5),
+        head_scale=torch.rand(1, generator=g, device=device) + 0.5,
+        head_base=randn(n, scale=0.5),
+    )
+
+
+def _call(mhc_ops, op: str, a: dict, t: int):
+    r, x, p, c = a["residual"][:t], a["x"][:t], a["post_mix"][:t], a["comb_mix"][:t]
+    if op == "mhc_pre":
+        return mhc_ops.mhc_pre(r, a["fn"], a["hc_scale"], a["hc_base"])
+    if op == "mhc_fused_post_pre":
+        return mhc_ops.mhc_fused_post_pre(x, r, p, c, a["fn"], a["hc_scale"], a["hc_base"])
+    if op == "mhc_post":
+        return mhc_ops.mhc_post(x, r, p, c)
+    return mhc_ops.hc_head(r, a["head_fn"], a["head_scale"], a["head_base"])
+
+
+def _timed(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def child_warm(H: int, max_tokens: int, calls: int, seed: int) -> dict:
+    import mhc_ops
+    from mhc_ops import warmup
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    t0 = time.perf_counter()
+    warmup.warmup(H, max_tokens=max_tokens, device=device, progress=False)
+    torch.cuda.synchronize()
+    warmup_seconds = time.perf_counter() - t0
+
+    a = _inputs(max_tokens, H, device)
+    rng = random.Random(seed)
+    token_counts = [rng.randint(1, max_tokens) for _ in range(calls)]
+    gc.disable()
+    worst = (0.0, None)
+    for t in token_counts:
+        for op in OPS:
+            first = _timed(lambda: _call(mhc_ops, op, a, t))
+            steady = statistics.median(_timed(lambda: _call(mhc_ops, op, a, t)) for _ in range(5))
+            ratio = first / steady
+            if ratio > worst[0]:
+                worst = (ratio, f"{op} T={t}: first {first * 1e6:.1f} us, "
+                                f"steady {steady * 1e6:.1f} us")
+    gc.enable()
+    unwarmed = warmup.unwarmed_plans(device)
+    return {"hidden_size": H, "warmup_seconds": round(warmup_seconds, 4),
+            "unwarmed_plans": len(unwarmed), "worst_first_call_ratio": round(worst[0], 3),
+            "worst_call": worst[1], "unwarmed": [str(p.plan) for p in unwarmed]}
+
+
+def child_capture(H: int) -> dict:
+    import mhc_ops
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    try:
+        for t in DECODE_SIZES:
+            a = _inputs(t, H, device, seed=t)
+            for op in OPS:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    captured = _call(mhc_ops, op, a, t)
+                graph.replay()
+                torch.cuda.synchronize()
+                eager = _call(mhc_ops, op, a, t)
+                outs = (captured,) if isinstance(captured, torch.Tensor) else captured
+                refs = (eager,) if isinstance(eager, torch.Tensor) else eager
+                for got, want in zip(outs, refs):
+                    if not torch.equal(got, want):
+                        return {"cold_capture": f"{op} T={t}: graph replay differs from eager"}
+        return {"cold_capture": "ok"}
+    except Exception as e:  # the error text is the result
+        return {"cold_capture": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
+
+
+def _run_child(args: list[str]) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"child {args} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[4096, 7168])
+    ap.add_argument("--max-tokens", type=int, default=16384)
+    ap.add_argument("--calls", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="H=4096 only, 50 token counts")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--child", choices=("warm", "capture"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child == "warm":
+        print(json.dumps(child_warm(args.hidden[0], args.max_tokens, args.calls, args.seed)))
+        return
+    if args.child == "capture":
+        print(json.dumps(child_capture(args.hidden[0])))
+        return
+
+    if args.quick:
+        args.hidden, args.calls = [4096], 50
+    name = torch.cuda.get_device_name()
+    runs = []
+    for H in args.hidden:
+        common = ["--hidden", str(H), "--max-tokens", str(args.max_tokens)]
+        warm = _run_child(["--child", "warm", "--calls", str(args.calls), "--seed",
+                           str(args.seed), *common])
+        cap = _run_child(["--child", "capture", *common])
+        runs.append({**warm, **cap})
+    gpu = "h200" if "H200" in name else "h100" if "H100" in name else name.split()[-1].lower()
+    result = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "command": "python " + " ".join(sys.argv), "runs": runs}
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"cold_start_{gpu}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    print(f"{'H':>6} {'warmup s':>9} {'unwarmed':>9} {'worst ratio':>12}  cold capture")
+    for r in runs:
+        print(f"{r['hidden_size']:>6} {r['warmup_seconds']:>9.3f} {r['unwarmed_plans']:>9} "
+              f"{r['worst_first_call_ratio']:>12.2f}  {r['cold_capture']}")
+        print(f"{'':>6} worst call: {r['worst_call']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
