@@ -1,11 +1,17 @@
 // Fixed-order fp32 dot products of bf16 activations against fp32 weights.
 //
-// Compute-bound on the CPU (24 rows x K per token), so it is built twice through
-// target_clones: an AVX2+FMA clone and a baseline one, chosen once at load time. The source
-// fixes the arithmetic order; vectorisation maps the 8 lanes onto one register.
+// Compute-bound on the CPU (n(n+2) rows x K per token). The 8 lanes are written as a GCC
+// vector type so the arithmetic order is the source's on every target; target_clones builds
+// an AVX2+FMA version and a baseline one, chosen once at load time. Two weight rows x four
+// tokens keep eight independent accumulators in flight.
 #include "cpu/dot.h"
 
 #include <cstring>
+
+// The helpers below take 32-byte vectors by value; they are always inlined into dot_rows, so
+// no call crosses the ABI boundary GCC warns about, and they inherit each clone's target.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define MHC_INLINE inline __attribute__((always_inline))
 
 namespace mhc::cpu {
 
@@ -13,15 +19,48 @@ namespace {
 constexpr int kLanes = 8;
 constexpr int64_t kBlock = 512;  // elements per fp32 partial before it is added in double
 
-inline float bf16_to_f32(uint16_t b) {
+typedef float v8f __attribute__((vector_size(32)));
+
+MHC_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+MHC_INLINE float bf16_to_f32(uint16_t b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
   float v;
   std::memcpy(&v, &u, sizeof(v));
   return v;
 }
 
-inline float fold(const float (&a)[kLanes]) {
+// Lanes folded in a fixed tree; `tail` adds the scalar lanes of a short last block first.
+MHC_INLINE float fold(v8f v, const float (&tail)[kLanes]) {
+  float a[kLanes];
+  std::memcpy(a, &v, sizeof(a));
+  for (int l = 0; l < kLanes; ++l) a[l] += tail[l];
   return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+// acc[t] += x[t] . w over [0, len) of one block; full vectors, then the scalar tail lanes.
+template <int R>
+MHC_INLINE void block_rows(const float (&xf)[kDotTokens][kBlock], int64_t len, const float* const* w,
+                       double (*dsum)[kMaxDotRows], int o) {
+  v8f acc[R][kDotTokens] = {};
+  const int64_t full = len / kLanes * kLanes;
+  for (int64_t k = 0; k < full; k += kLanes) {
+    for (int r = 0; r < R; ++r) {
+      const v8f wv = load8(w[r] + k);
+      for (int t = 0; t < kDotTokens; ++t) acc[r][t] += load8(&xf[t][k]) * wv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < kDotTokens; ++t) {
+      float tail[kLanes] = {};
+      for (int64_t k = full; k < len; ++k) tail[k - full] = xf[t][k] * w[r][k];
+      dsum[t][o + r] += fold(acc[r][t], tail);
+    }
+  }
 }
 }  // namespace
 
@@ -38,27 +77,26 @@ void dot_rows(const uint16_t* const x[kDotTokens], int64_t K, const float* w, in
 
   for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
     const int64_t len = K - k0 < kBlock ? K - k0 : kBlock;
-    for (int t = 0; t < kDotTokens; ++t) {
-      for (int64_t k = 0; k < len; ++k) xf[t][k] = bf16_to_f32(x[t][k0 + k]);
-      for (int64_t k = len; k < (len + kLanes - 1) / kLanes * kLanes; ++k) xf[t][k] = 0.f;
-    }
     const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
     for (int t = 0; t < kDotTokens; ++t) {
-      float acc[kLanes] = {};
-      for (int64_t k = 0; k < padded; k += kLanes)
-        for (int l = 0; l < kLanes; ++l) acc[l] += xf[t][k + l] * xf[t][k + l];
-      ssum[t] += fold(acc);
+      for (int64_t k = 0; k < len; ++k) xf[t][k] = bf16_to_f32(x[t][k0 + k]);
+      for (int64_t k = len; k < padded; ++k) xf[t][k] = 0.f;
+      v8f acc = {};
+      for (int64_t k = 0; k < padded; k += kLanes) {
+        const v8f v = load8(&xf[t][k]);
+        acc += v * v;
+      }
+      const float none[kLanes] = {};
+      ssum[t] += fold(acc, none);
     }
-    for (int o = 0; o < N; ++o) {
-      const float* wr = w + o * ldw + k0;
-      float acc[kDotTokens][kLanes] = {};
-      int64_t k = 0;
-      for (; k + kLanes <= len; k += kLanes)
-        for (int t = 0; t < kDotTokens; ++t)
-          for (int l = 0; l < kLanes; ++l) acc[t][l] += xf[t][k + l] * wr[k + l];
-      for (int l = 0; k + l < len; ++l)  // short tail of the last block, same lane mapping
-        for (int t = 0; t < kDotTokens; ++t) acc[t][l] += xf[t][k + l] * wr[k + l];
-      for (int t = 0; t < kDotTokens; ++t) dsum[t][o] += fold(acc[t]);
+    int o = 0;
+    for (; o + 2 <= N; o += 2) {
+      const float* rows[2] = {w + o * ldw + k0, w + (o + 1) * ldw + k0};
+      block_rows<2>(xf, len, rows, dsum, o);
+    }
+    if (o < N) {
+      const float* rows[1] = {w + o * ldw + k0};
+      block_rows<1>(xf, len, rows, dsum, o);
     }
   }
   for (int t = 0; t < kDotTokens; ++t) {
