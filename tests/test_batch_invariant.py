@@ -1,0 +1,57 @@
+"""MHC_BATCH_INVARIANT (SPEC §5): a token's outputs do not depend on the batch it came in."""
+
+import pytest
+import torch
+
+import mhc_ops
+
+H = 64
+BATCHES = (1, 7, 64, 4096)
+
+
+@pytest.fixture
+def invariant(monkeypatch):
+    monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
+
+
+def _stream_inputs(T, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    n, K = 4, 4 * H
+    return dict(
+        x=torch.randn(T, H, generator=g).bfloat16().to(device),
+        residual=torch.randn(T, n, H, generator=g).bfloat16().to(device),
+        post_mix=(2 * torch.rand(T, n, 1, generator=g)).to(device),
+        comb_mix=torch.softmax(torch.randn(T, n, n, generator=g), -2).to(device),
+        fn=(torch.randn(24, K, generator=g) / K ** 0.5).to(device),
+        hc_scale=(0.5 + torch.rand(3, generator=g)).to(device),
+        hc_base=(0.5 * torch.randn(24, generator=g)).to(device),
+        norm_weight=(1 + 0.1 * torch.randn(H, generator=g)).bfloat16().to(device),
+    )
+
+
+def _run(a, rows):
+    """Every output of pre, fused and head for the token rows `rows` of the inputs."""
+    sel = {k: (v[rows] if k in ("x", "residual", "post_mix", "comb_mix") else v)
+           for k, v in a.items()}
+    pre = mhc_ops.mhc_pre(sel["residual"], sel["fn"], sel["hc_scale"], sel["hc_base"],
+                          norm_weight=sel["norm_weight"])
+    fused = mhc_ops.mhc_fused_post_pre(sel["x"], sel["residual"], sel["post_mix"],
+                                       sel["comb_mix"], sel["fn"], sel["hc_scale"],
+                                       sel["hc_base"])
+    head = mhc_ops.hc_head(sel["residual"], sel["fn"][:4], sel["hc_scale"][:1],
+                           sel["hc_base"][:4])
+    return (*pre, *fused, head)
+
+
+@pytest.mark.usefixtures("invariant")
+def test_token_outputs_do_not_depend_on_the_batch(device):
+    a = _stream_inputs(max(BATCHES), device, seed=3)
+    probe = 0  # the token followed through every batch (first row: in every batch)
+    expected = [o[probe] for o in _run(a, slice(0, 1))]
+    for T in BATCHES[1:]:
+        # the probe sits at row T // 2 of a batch of T tokens drawn from the pool
+        rows = torch.arange(1, T, device=device)
+        rows = torch.cat([rows[: T // 2], torch.tensor([probe], device=device), rows[T // 2:]])
+        got = _run(a, rows)
+        for e, o in zip(expected, got):
+            assert torch.equal(o[T // 2], e), f"batch of {T}: token outputs changed"
