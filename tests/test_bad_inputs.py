@@ -1,0 +1,294 @@
+"""Bad input (SPEC §2.8): every op rejects it before any work, with a RuntimeError whose message
+starts with the op name, names the argument and prints expected versus actual.
+
+One table row per case: (op, case id, change to a valid call, anchored regex). The valid base
+call uses T = 4, n = 4, H = 64 (K = 256, M3 = 24) and, for the GEMMs, M = 4, N = 24,
+K = 64·7 + 5 (ceil(K/64) = 8).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import helpers as h
+import mhc_ops
+
+T, N_HC, H = 4, 4, 64
+GK = 64 * 7 + 5
+
+
+def _base(op: str, device: str) -> dict:
+    if op == "mhc_pre":
+        return h.pre_inputs(T, N_HC, H, seed=0, norm=True, device=device)
+    if op == "mhc_post":
+        return h.post_inputs(T, N_HC, H, seed=0, device=device)
+    if op == "mhc_fused_post_pre":
+        return h.fused_inputs(T, N_HC, H, seed=0, norm=True, device=device)
+    if op == "hc_head":
+        return h.head_inputs(T, N_HC, H, seed=0, device=device)
+    if op == "hc_prenorm_gemm":
+        return {**h.prenorm_inputs(T, 24, GK, seed=0, device=device), "num_splits": 3}
+    if op == "tf32_hc_prenorm_gemm":
+        return {**h.prenorm_inputs(T, 24, GK, seed=0, device=device),
+                "out": torch.empty(T, 24, device=device), "sqrsum": torch.empty(T, device=device),
+                "num_splits": None}
+    if op == "linear_bf16_fp32":
+        return h.linear_inputs(T, 24, GK, seed=0, device=device)
+    raise ValueError(op)
+
+
+f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
+nan, inf = float("nan"), float("inf")
+
+# Changes shared by the three ops that take residual [T, n, H] first.
+RESIDUAL_CASES = [
+    ("residual-dtype", lambda a: {"residual": a["residual"].float()},
+     r"residual must be bfloat16 \[T, n, H\]; got float32 \[4, 4, 64\]$"),
+    ("residual-rank2", lambda a: {"residual": a["residual"][:, 0]},
+     r"residual must be bfloat16 \[T, n, H\]; got bfloat16 \[4, 64\]$"),
+    ("residual-rank4", lambda a: {"residual": a["residual"][None]},
+     r"residual must be bfloat16 \[T, n, H\]; got bfloat16 \[1, 4, 4, 64\]$"),
+    ("n>8", lambda a: {"residual": torch.zeros(T, 9, H, dtype=bf16, device=a["residual"].device)},
+     r"residual must be bfloat16 \[T, n, H\] with 1 <= n <= 8; got bfloat16 \[4, 9, 64\]$"),
+    ("n=0", lambda a: {"residual": torch.zeros(T, 0, H, dtype=bf16, device=a["residual"].device)},
+     r"residual must be bfloat16 \[T, n, H\] with 1 <= n <= 8; got bfloat16 \[4, 0, 64\]$"),
+    ("H%8", lambda a: {"residual": a["residual"][..., :60]},
+     r"residual must be bfloat16 \[T, n, H\] with H a positive multiple of 8; got "
+     r"bfloat16 \[4, 4, 60\]$"),
+]
+
+PRE_PARAM_CASES = [
+    ("fn-dtype", lambda a: {"fn": a["fn"].to(bf16)},
+     r"fn must be float32 \[M3=24, K=256\]; got bfloat16 \[24, 256\]$"),
+    ("fn-rank", lambda a: {"fn": a["fn"][None]},
+     r"fn must be float32 \[M3=24, K=256\]; got float32 \[1, 24, 256\]$"),
+    ("fn-K", lambda a: {"fn": a["fn"][:, :248]},
+     r"fn must be float32 \[M3=24, K=256\]; got float32 \[24, 248\]$"),
+    ("fn-M3", lambda a: {"fn": a["fn"][:20]},
+     r"fn must be float32 \[M3=24, K=256\]; got float32 \[20, 256\]$"),
+    ("hc_scale-len", lambda a: {"hc_scale": a["hc_scale"][:2]},
+     r"hc_scale must be float32 \[3\]; got float32 \[2\]$"),
+    ("hc_scale-dtype", lambda a: {"hc_scale": a["hc_scale"].double()},
+     r"hc_scale must be float32 \[3\]; got float64 \[3\]$"),
+    ("hc_base-len", lambda a: {"hc_base": a["hc_base"][:23]},
+     r"hc_base must be float32 \[M3=24\]; got float32 \[23\]$"),
+    ("hc_base-rank", lambda a: {"hc_base": a["hc_base"].reshape(4, 6)},
+     r"hc_base must be float32 \[M3=24\]; got float32 \[4, 6\]$"),
+    ("norm_weight-size", lambda a: {"norm_weight": torch.ones(72, dtype=bf16,
+                                                             device=a["fn"].device)},
+     r"norm_weight must be bfloat16 \[H=64\]; got bfloat16 \[72\]$"),
+    ("norm_weight-dtype", lambda a: {"norm_weight": a["norm_weight"].float()},
+     r"norm_weight must be bfloat16 \[H=64\]; got float32 \[64\]$"),
+    ("sinkhorn_repeat<0", lambda a: {"sinkhorn_repeat": -1},
+     r"sinkhorn_repeat must be >= 0; got -1$"),
+    ("rms_eps<0", lambda a: {"rms_eps": -1e-6}, r"rms_eps must be finite and >= 0; got -1e-06$"),
+    ("rms_eps-nan", lambda a: {"rms_eps": nan}, r"rms_eps must be finite and >= 0; got nan$"),
+    ("hc_pre_eps-inf", lambda a: {"hc_pre_eps": inf},
+     r"hc_pre_eps must be finite and >= 0; got inf$"),
+    ("hc_sinkhorn_eps<0", lambda a: {"hc_sinkhorn_eps": -0.5},
+     r"hc_sinkhorn_eps must be finite and >= 0; got -0.5$"),
+    ("norm_eps-nan", lambda a: {"norm_eps": nan}, r"norm_eps must be finite and >= 0; got nan$"),
+    ("post_mult-inf", lambda a: {"hc_post_mult_value": -inf},
+     r"hc_post_mult_value must be finite; got -inf$"),
+]
+
+POST_CASES = [
+    ("x-dtype", lambda a: {"x": a["x"].float()},
+     r"x must be bfloat16 \[T=4, H=64\]; got float32 \[4, 64\]$"),
+    ("x-rank", lambda a: {"x": a["x"][None]},
+     r"x must be bfloat16 \[T=4, H=64\]; got bfloat16 \[1, 4, 64\]$"),
+    ("x-T", lambda a: {"x": a["x"][:3]},
+     r"x must be bfloat16 \[T=4, H=64\]; got bfloat16 \[3, 64\]$"),
+    ("x-H", lambda a: {"x": a["x"][:, :56]},
+     r"x must be bfloat16 \[T=4, H=64\]; got bfloat16 \[4, 56\]$"),
+    ("post_mix-dtype", lambda a: {"post_mix": a["post_mix"].to(bf16)},
+     r"post_mix must be float32 \[T=4, n=4, 1\] or \[T=4, n=4\]; got bfloat16 \[4, 4, 1\]$"),
+    ("post_mix-last", lambda a: {"post_mix": a["post_mix"].expand(T, N_HC, 2)},
+     r"post_mix must be float32 .*; got float32 \[4, 4, 2\]$"),
+    ("post_mix-T", lambda a: {"post_mix": a["post_mix"][:3]},
+     r"post_mix must be float32 .*; got float32 \[3, 4, 1\]$"),
+    ("post_mix-n", lambda a: {"post_mix": a["post_mix"][:, :2]},
+     r"post_mix must be float32 .*; got float32 \[4, 2, 1\]$"),
+    ("post_mix-rank1", lambda a: {"post_mix": a["post_mix"].reshape(-1)},
+     r"post_mix must be float32 .*; got float32 \[16\]$"),
+    ("comb_mix-dtype", lambda a: {"comb_mix": a["comb_mix"].double()},
+     r"comb_mix must be float32 \[T=4, n=4, n=4\]; got float64 \[4, 4, 4\]$"),
+    ("comb_mix-shape", lambda a: {"comb_mix": a["comb_mix"][:, :, :3]},
+     r"comb_mix must be float32 \[T=4, n=4, n=4\]; got float32 \[4, 4, 3\]$"),
+    ("comb_mix-T", lambda a: {"comb_mix": a["comb_mix"][:2]},
+     r"comb_mix must be float32 \[T=4, n=4, n=4\]; got float32 \[2, 4, 4\]$"),
+    ("comb_mix-rank", lambda a: {"comb_mix": a["comb_mix"].reshape(T, 16)},
+     r"comb_mix must be float32 \[T=4, n=4, n=4\]; got float32 \[4, 16\]$"),
+]
+
+HEAD_CASES = [
+    ("fn-rows", lambda a: {"fn": torch.zeros(5, 256, device=a["fn"].device)},
+     r"fn must be float32 \[n=4, K=256\]; got float32 \[5, 256\]$"),
+    ("fn-K", lambda a: {"fn": a["fn"][:, :128]},
+     r"fn must be float32 \[n=4, K=256\]; got float32 \[4, 128\]$"),
+    ("fn-dtype", lambda a: {"fn": a["fn"].double()},
+     r"fn must be float32 \[n=4, K=256\]; got float64 \[4, 256\]$"),
+    ("hc_scale-len", lambda a: {"hc_scale": torch.ones(3, device=a["fn"].device)},
+     r"hc_scale must be float32 \[1\]; got float32 \[3\]$"),
+    ("hc_base-len", lambda a: {"hc_base": torch.ones(24, device=a["fn"].device)},
+     r"hc_base must be float32 \[n=4\]; got float32 \[24\]$"),
+    ("hc_base-dtype", lambda a: {"hc_base": a["hc_base"].to(bf16)},
+     r"hc_base must be float32 \[n=4\]; got bfloat16 \[4\]$"),
+    ("rms_eps<0", lambda a: {"rms_eps": -1.0}, r"rms_eps must be finite and >= 0; got -1$"),
+    ("hc_eps-nan", lambda a: {"hc_eps": nan}, r"hc_eps must be finite and >= 0; got nan$"),
+]
+
+PRENORM_CASES = [
+    ("x-dtype", lambda a: {"x": a["x"].float()},
+     r"x must be bfloat16 \[M, K\]; got float32 \[4, 453\]$"),
+    ("x-rank", lambda a: {"x": a["x"][None]},
+     r"x must be bfloat16 \[M, K\]; got bfloat16 \[1, 4, 453\]$"),
+    ("K=0", lambda a: {"x": a["x"][:, :0]},
+     r"x must be bfloat16 \[M, K\] with K > 0; got bfloat16 \[4, 0\]$"),
+    ("N>32", lambda a: {"fn": torch.zeros(33, GK, device=a["fn"].device)},
+     r"fn must be float32 \[N <= 32, K=453\]; got float32 \[33, 453\]$"),
+    ("N=0", lambda a: {"fn": a["fn"][:0]},
+     r"fn must be float32 \[N <= 32, K=453\]; got float32 \[0, 453\]$"),
+    ("fn-K", lambda a: {"fn": a["fn"][:, :448]},
+     r"fn must be float32 \[N <= 32, K=453\]; got float32 \[24, 448\]$"),
+    ("fn-dtype", lambda a: {"fn": a["fn"].to(bf16)},
+     r"fn must be float32 \[N <= 32, K=453\]; got bfloat16 \[24, 453\]$"),
+    ("num_splits=0", lambda a: {"num_splits": 0},
+     r"num_splits must be in \[1, ceil\(K/64\) = 8\]; got 0$"),
+    ("num_splits<0", lambda a: {"num_splits": -2},
+     r"num_splits must be in \[1, ceil\(K/64\) = 8\]; got -2$"),
+    ("num_splits>ceil(K/64)", lambda a: {"num_splits": 9},
+     r"num_splits must be in \[1, ceil\(K/64\) = 8\]; got 9$"),
+]
+
+DG_CASES = PRENORM_CASES + [
+    ("out-split-shape-when-None", lambda a: {"out": torch.empty(1, T, 24, device=a["fn"].device)},
+     r"out must be float32 \[M=4, N=24\]; got float32 \[1, 4, 24\]$"),
+    ("out-dtype", lambda a: {"out": a["out"].to(bf16)},
+     r"out must be float32 \[M=4, N=24\]; got bfloat16 \[4, 24\]$"),
+    ("out-N", lambda a: {"out": torch.empty(T, 23, device=a["fn"].device)},
+     r"out must be float32 \[M=4, N=24\]; got float32 \[4, 23\]$"),
+    ("sqrsum-shape", lambda a: {"sqrsum": torch.empty(T + 1, device=a["fn"].device)},
+     r"sqrsum must be float32 \[M=4\]; got float32 \[5\]$"),
+    ("sqrsum-dtype", lambda a: {"sqrsum": a["sqrsum"].double()},
+     r"sqrsum must be float32 \[M=4\]; got float64 \[4\]$"),
+    ("out-unsplit-shape-with-S", lambda a: {"num_splits": 3},
+     r"out must be float32 \[S=3, M=4, N=24\]; got float32 \[4, 24\]$"),
+    ("sqrsum-wrong-S", lambda a: {"num_splits": 3,
+                                  "out": torch.empty(3, T, 24, device=a["fn"].device),
+                                  "sqrsum": torch.empty(2, T, device=a["fn"].device)},
+     r"sqrsum must be float32 \[S=3, M=4\]; got float32 \[2, 4\]$"),
+]
+
+LINEAR_CASES = [
+    ("x-dtype", lambda a: {"x": a["x"].float()},
+     r"x must be bfloat16 \[M, K\]; got float32 \[4, 453\]$"),
+    ("x-rank", lambda a: {"x": a["x"][0]}, r"x must be bfloat16 \[M, K\]; got bfloat16 \[453\]$"),
+    ("weight-dtype", lambda a: {"weight": a["weight"].float()},
+     r"weight must be bfloat16 \[N, K=453\]; got float32 \[24, 453\]$"),
+    ("weight-K", lambda a: {"weight": a["weight"][:, :452]},
+     r"weight must be bfloat16 \[N, K=453\]; got bfloat16 \[24, 452\]$"),
+    ("weight-rank", lambda a: {"weight": a["weight"][None]},
+     r"weight must be bfloat16 \[N, K=453\]; got bfloat16 \[1, 24, 453\]$"),
+]
+
+FUSED_CASES = (RESIDUAL_CASES + POST_CASES + PRE_PARAM_CASES)
+
+TABLE = (
+    [("mhc_pre",) + c for c in RESIDUAL_CASES + PRE_PARAM_CASES]
+    + [("mhc_post",) + c for c in RESIDUAL_CASES + POST_CASES]
+    + [("mhc_fused_post_pre",) + c for c in FUSED_CASES]
+    + [("hc_head",) + c for c in RESIDUAL_CASES + HEAD_CASES]
+    + [("hc_prenorm_gemm",) + c for c in PRENORM_CASES]
+    + [("tf32_hc_prenorm_gemm",) + c for c in DG_CASES]
+    + [("linear_bf16_fp32",) + c for c in LINEAR_CASES]
+)
+
+
+def _raises(op: str, args: dict, regex: str):
+    with pytest.raises(RuntimeError, match=rf"^{op}: {regex}") as e:
+        getattr(torch.ops.mhc, op)(**args)
+    # the dispatcher surfaces TORCH_CHECK as a plain RuntimeError, not a subclass
+    assert e.type is RuntimeError
+    return e
+
+
+@pytest.mark.parametrize("op,case,change,regex", TABLE,
+                         ids=[f"{r[0]}-{r[1]}" for r in TABLE])
+def test_bad_input(device, op, case, change, regex):
+    args = _base(op, device)
+    getattr(torch.ops.mhc, op)(**args)  # the unchanged call is valid
+    _raises(op, {**args, **change(args)}, regex)
+
+
+# Tensor arguments that must share the first argument's device, per op.
+DEVICE_ARGS = {
+    "mhc_pre": ("residual", ["fn", "hc_scale", "hc_base", "norm_weight"]),
+    "mhc_post": ("residual", ["x", "post_mix", "comb_mix"]),
+    "mhc_fused_post_pre": ("residual", ["x", "post_mix", "comb_mix", "fn", "hc_scale", "hc_base",
+                                        "norm_weight"]),
+    "hc_head": ("residual", ["fn", "hc_scale", "hc_base"]),
+    "hc_prenorm_gemm": ("x", ["fn"]),
+    "tf32_hc_prenorm_gemm": ("x", ["fn", "out", "sqrsum"]),
+    "linear_bf16_fp32": ("x", ["weight"]),
+}
+DEVICE_TABLE = [(op, arg) for op, (_, args) in DEVICE_ARGS.items() for arg in args]
+
+
+@pytest.mark.parametrize("op,arg", DEVICE_TABLE, ids=[f"{o}-{a}" for o, a in DEVICE_TABLE])
+def test_mixed_devices(device, op, arg):
+    # On a GPU machine: one argument on the CPU while the rest are on CUDA (the CUDA kernel's
+    # checks). Everywhere: one argument on "meta", which the dispatcher routes to the fake
+    # implementation; it must reject the mix with the same message.
+    ref, _ = DEVICE_ARGS[op]
+    args = _base(op, device)
+    others = ["meta"] + (["cpu"] if device != "cpu" else [])
+    for other in others:
+        bad = {**args, arg: args[arg].to(other)}
+        _raises(op, bad, rf"{arg} must be on the same device as {ref} \({device}(:\d+)?\); "
+                         rf"got {other}")
+    # and the first argument away from all the others
+    bad = {**args, ref: args[ref].to("meta")}
+    with pytest.raises(RuntimeError, match=rf"^{op}: \w+ must be on the same device as {ref} "
+                                           rf"\(meta\); got {device}"):
+        getattr(torch.ops.mhc, op)(**bad)
+
+
+def test_bad_input_leaves_outputs_untouched(device):
+    # Checks run before any work: a rejected tf32_hc_prenorm_gemm call writes nothing.
+    args = _base("tf32_hc_prenorm_gemm", device)
+    out = torch.full((3, T, 24), nan, device=device)
+    sq = torch.full((3, T), nan, device=device)
+    for bad in ({"num_splits": 9}, {"sqrsum": torch.full((3, T + 1), nan, device=device)},
+                {"x": args["x"].float()}):
+        call = {**args, "out": out, "sqrsum": sq, "num_splits": 3, **bad}
+        with pytest.raises(RuntimeError, match=r"^tf32_hc_prenorm_gemm: "):
+            torch.ops.mhc.tf32_hc_prenorm_gemm(**call)
+        assert out.isnan().all() and sq.isnan().all()
+
+
+def test_wrappers_report_op_errors(device):
+    # The Python wrappers flatten leading dims but leave validation to the op: the same
+    # op-named messages come through.
+    pre = _base("mhc_pre", device)
+    p = {k: pre[k] for k in ("fn", "hc_scale", "hc_base")}
+    with pytest.raises(RuntimeError, match=r"^mhc_pre: residual must be bfloat16 \[T, n, H\]; "
+                                           r"got bfloat16 \[64\]$"):
+        mhc_ops.mhc_pre(pre["residual"][0, 0], **p)
+    with pytest.raises(RuntimeError, match=r"^mhc_pre: residual must be bfloat16 \[T, n, H\]; "
+                                           r"got float32 \[4, 4, 64\]$"):
+        mhc_ops.mhc_pre(pre["residual"].float().reshape(2, 2, N_HC, H), **p)
+    post = _base("mhc_post", device)
+    with pytest.raises(RuntimeError, match=r"^mhc_post: x must be bfloat16 \[T=4, H=64\]; "
+                                           r"got bfloat16 \[6, 64\]$"):
+        mhc_ops.mhc_post(torch.zeros(2, 3, H, dtype=bf16, device=device),
+                         post["residual"].reshape(2, 2, N_HC, H),
+                         post["post_mix"].reshape(2, 2, N_HC, 1),
+                         post["comb_mix"].reshape(2, 2, N_HC, N_HC))
+    head = _base("hc_head", device)
+    with pytest.raises(RuntimeError, match=r"^hc_head: hc_scale must be float32 \[1\]"):
+        mhc_ops.hc_head(head["residual"].reshape(2, 2, N_HC, H), head["fn"],
+                        torch.ones(2, device=device), head["hc_base"])
+    with pytest.raises(RuntimeError, match=r"^hc_prenorm_gemm: num_splits must be in"):
+        mhc_ops.hc_prenorm_gemm(*[_base("hc_prenorm_gemm", device)[k] for k in ("x", "fn")], 0)
