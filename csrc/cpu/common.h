@@ -7,6 +7,7 @@
 
 #include "core/math.h"
 #include "cpu/dot.h"
+#include "cpu/isa.h"
 
 namespace mhc::cpu {
 

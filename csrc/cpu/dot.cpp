@@ -1,17 +1,18 @@
 // Fixed-order fp32 dot products of bf16 activations against fp32 weights.
 //
 // Compute-bound on the CPU (n(n+2) rows x K per token). The 8 lanes are written as a GCC
-// vector type so the arithmetic order is the source's on every target; target_clones builds
-// an AVX2+FMA version and a baseline one, chosen once at load time. Two weight rows x four
+// vector type so the arithmetic order is the source's on every target; an AVX2+FMA build and
+// a baseline one of the same source are chosen once, by what the CPU supports. Two weight rows x four
 // tokens keep eight independent accumulators in flight.
 #include "cpu/dot.h"
 
 #include <cstring>
 
+#include "cpu/isa.h"
+
 // The helpers below take 32-byte vectors by value; they are always inlined into dot_rows, so
-// no call crosses the ABI boundary GCC warns about, and they inherit each clone's target.
+// no call crosses the ABI boundary GCC warns about, and they inherit each build's target.
 #pragma GCC diagnostic ignored "-Wpsabi"
-#define MHC_INLINE inline __attribute__((always_inline))
 
 namespace mhc::cpu {
 
@@ -21,13 +22,13 @@ constexpr int64_t kBlock = 512;  // elements per fp32 partial before it is added
 
 typedef float v8f __attribute__((vector_size(32)));
 
-MHC_INLINE v8f load8(const float* p) {
+MHC_CPU_INLINE v8f load8(const float* p) {
   v8f v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-MHC_INLINE float bf16_to_f32(uint16_t b) {
+MHC_CPU_INLINE float bf16_to_f32(uint16_t b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
   float v;
   std::memcpy(&v, &u, sizeof(v));
@@ -35,7 +36,7 @@ MHC_INLINE float bf16_to_f32(uint16_t b) {
 }
 
 // Lanes folded in a fixed tree; `tail` adds the scalar lanes of a short last block first.
-MHC_INLINE float fold(v8f v, const float (&tail)[kLanes]) {
+MHC_CPU_INLINE float fold(v8f v, const float (&tail)[kLanes]) {
   float a[kLanes];
   std::memcpy(a, &v, sizeof(a));
   for (int l = 0; l < kLanes; ++l) a[l] += tail[l];
@@ -44,7 +45,7 @@ MHC_INLINE float fold(v8f v, const float (&tail)[kLanes]) {
 
 // acc[t] += x[t] . w over [0, len) of one block; full vectors, then the scalar tail lanes.
 template <int R>
-MHC_INLINE void block_rows(const float (&xf)[kDotTokens][kBlock], int64_t len, const float* const* w,
+MHC_CPU_INLINE void block_rows(const float (&xf)[kDotTokens][kBlock], int64_t len, const float* const* w,
                        double (*dsum)[kMaxDotRows], int o) {
   v8f acc[R][kDotTokens] = {};
   const int64_t full = len / kLanes * kLanes;
@@ -62,13 +63,9 @@ MHC_INLINE void block_rows(const float (&xf)[kDotTokens][kBlock], int64_t len, c
     }
   }
 }
-}  // namespace
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=haswell", "default")))
-#endif
-void dot_rows(const uint16_t* const x[kDotTokens], int64_t K, const float* w, int64_t ldw, int N,
-              float* d, float* sq) {
+MHC_CPU_INLINE void dot_rows_impl(const uint16_t* const x[kDotTokens], int64_t K, const float* w,
+                              int64_t ldw, int N, float* d, float* sq) {
   double dsum[kDotTokens][kMaxDotRows];
   double ssum[kDotTokens] = {};
   for (int t = 0; t < kDotTokens; ++t)
@@ -103,6 +100,19 @@ void dot_rows(const uint16_t* const x[kDotTokens], int64_t K, const float* w, in
     for (int o = 0; o < N; ++o) d[t * N + o] = static_cast<float>(dsum[t][o]);
     sq[t] = static_cast<float>(ssum[t]);
   }
+}
+
+}  // namespace
+
+MHC_CPU_AVX2 static void dot_rows_avx2(const uint16_t* const x[kDotTokens], int64_t K,
+                                       const float* w, int64_t ldw, int N, float* d, float* sq) {
+  dot_rows_impl(x, K, w, ldw, N, d, sq);
+}
+
+void dot_rows(const uint16_t* const x[kDotTokens], int64_t K, const float* w, int64_t ldw, int N,
+              float* d, float* sq) {
+  if (has_avx2()) return dot_rows_avx2(x, K, w, ldw, N, d, sq);
+  dot_rows_impl(x, K, w, ldw, N, d, sq);
 }
 
 }  // namespace mhc::cpu
