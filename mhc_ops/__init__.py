@@ -9,13 +9,20 @@ context.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from . import envs
-from ._lib import _C
-from . import _fake  # noqa: F401  (registers the fake implementations)
-from . import reference
-from .ops import (
+# `python -m mhc_ops.envs` imports this package (and so envs) before running envs as __main__;
+# runpy warns about that, harmlessly: envs keeps no state that the second copy could split.
+warnings.filterwarnings("ignore", message=r"'mhc_ops\.envs' found in sys\.modules",
+                        category=RuntimeWarning)
+
+from . import envs  # noqa: E402
+from ._lib import _C  # noqa: E402
+from . import _fake  # noqa: F401,E402  (registers the fake implementations)
+from . import reference  # noqa: E402
+from .ops import (  # noqa: E402
     hc_head,
     hc_prenorm_gemm,
     linear_bf16_fp32,
