@@ -65,16 +65,6 @@ if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     macros.append(("MHC_WITH_CUDA", None))
 
-with open(os.path.join(ROOT, "mhc_ops", "_build_info.py"), "w") as f:
-    f.write(
-        "# Written by setup.py at build time.\n"
-        f"TORCH_VERSION = {torch.__version__!r}\n"
-        f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
-        f"WITH_CUDA = {with_cuda!r}\n"
-        f"CUDA_ARCH_LIST = {archs!r}\n"
-        f"GIT_SHA = {git_sha()!r}\n"
-    )
-
 Extension = CUDAExtension if with_cuda else CppExtension
 ext = Extension(
     name="mhc_ops._C",
@@ -85,4 +75,23 @@ ext = Extension(
     libraries=["cublas", "cublasLt"] if with_cuda else [],
 )
 
-setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+class BuildWithInfo(BuildExtension):
+    """Builds _C, then writes mhc_ops/_build_info.py next to it (in place, or in build_lib
+    for a wheel), so the record always describes the library beside it."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(ROOT if self.inplace else self.build_lib, "mhc_ops")
+        os.makedirs(target, exist_ok=True)
+        with open(os.path.join(target, "_build_info.py"), "w") as f:
+            f.write(
+                "# Written by setup.py at build time.\n"
+                f"TORCH_VERSION = {torch.__version__!r}\n"
+                f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
+                f"WITH_CUDA = {with_cuda!r}\n"
+                f"CUDA_ARCH_LIST = {archs!r}\n"
+                f"GIT_SHA = {git_sha()!r}\n"
+            )
+
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildWithInfo.with_options(use_ninja=True)})
