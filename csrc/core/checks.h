@@ -24,7 +24,6 @@ inline std::string describe(const at::Tensor& t) {
   out << name << " [";
   for (int64_t i = 0; i < t.dim(); ++i) out << (i ? ", " : "") << t.size(i);
   out << "]";
-  if (!t.device().is_cpu()) out << " on " << t.device();
   return out.str();
 }
 
