@@ -1,13 +1,21 @@
 // The planner: every decision about which kernel variant runs, for every op and backend.
 //
-// CUDA decisions, and why:
-//  * mhc_pre, mhc_fused_post_pre, hc_head, hc_prenorm_gemm: at decode sizes the op is bound by
-//    streaming fn (1.5-2.75 MB) and by latency, so K is split over enough CTAs to put every SM
-//    to work (upstream's rule); once T alone fills the GPU (one split), a single-pass kernel
-//    that owns whole tokens reads the residual once and needs no partial buffer.
-//  * MHC_BATCH_INVARIANT pins one split count for every T, so a token's reduction tree, and
-//    therefore its bits, never depend on the batch it came in.
-//  * mhc_post is one streaming kernel for every T.
+// CUDA decisions, and why (kernels: csrc/cuda/hc_main.cuh):
+//  * mhc_pre, mhc_fused_post_pre, hc_head. The K reduction is split over groups of 32 hidden
+//    columns (all n streams of them). At decode sizes the op is bound by streaming fn (1.5-2.75
+//    MB) and by latency, so SPLIT_K gives about one CTA per SM (num_splits ~ num_sms, groups
+//    divided evenly); as T grows, token blocks take over the SMs and fewer splits are needed
+//    (num_splits ~ num_sms / blocks, at least 2). Partials are reduced in fixed order by an
+//    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
+//    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
+//    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer.
+//  * block_tokens is the token block of one CTA: 16-row mma tiles, 4 of them where registers
+//    allow (fn is re-read from L2 once per block, so larger blocks save L2 traffic), 2 for the
+//    fused op and FULL_K, 1 for n > 4.
+//  * MHC_BATCH_INVARIANT pins one plan for every T (SPLIT_K, 16 splits): a token's reduction
+//    tree, and therefore its bits, never depend on the batch it came in.
+//  * mhc_post is one streaming kernel for every T; hc_prenorm_gemm keeps upstream's split count
+//    (its launcher runs the caller's num_splits); linear_bf16_fp32 is cuBLAS or the fp32 GEMM.
 #include "core/plan.h"
 
 #include <algorithm>
@@ -17,14 +25,28 @@
 namespace mhc {
 
 namespace {
-constexpr int32_t kBlockTokens = 64;
+constexpr int32_t kTileTokens = 16;  // token rows of one mma tile
+constexpr int32_t kBlockTokens = 64; // prenorm GEMM token block (4 tiles)
 // Split count of batch-invariant plans: enough CTAs for decode sizes on 78-148 SM parts.
 constexpr int64_t kInvariantSplits = 16;
+constexpr int64_t kGroupColumns = 32;  // hidden columns of one K group
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int32_t hidden_spec(int64_t hc_mult, int64_t hidden) {
   return hc_mult == 4 && (hidden == 4096 || hidden == 7168) ? static_cast<int32_t>(hidden) : 0;
+}
+
+// mma tiles per token block; must match tiles_per_block<>() in csrc/cuda/hc_main.cuh.
+int32_t tiles_per_block(KernelType kind, int64_t hc_mult, bool full_k) {
+  if (hc_mult > 4) return 1;
+  return full_k || kind == KernelType::MHC_FUSED_POST_PRE ? 2 : 4;
+}
+
+// `want` splits of `groups` K groups, rounded so every split gets the same number of groups.
+int64_t even_splits(int64_t groups, int64_t want) {
+  want = std::max<int64_t>(1, std::min(want, groups));
+  return ceil_div(groups, ceil_div(groups, want));
 }
 }  // namespace
 
@@ -75,19 +97,31 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.variant = opt.fp32_gemm ? Variant::FP32_GEMM : Variant::CUBLAS;
       p.hidden_spec = 0;
       return p;
-    case KernelType::PRENORM_GEMM:
+    case KernelType::PRENORM_GEMM: {
+      const int64_t k = hc_mult * hidden_size;
+      p.variant = Variant::SPLIT_K;
+      p.num_splits = static_cast<int32_t>(upstream_num_splits(num_tokens, k, num_sms));
+      p.block_tokens = kBlockTokens;
+      return p;
+    }
     case KernelType::MHC_PRE:
     case KernelType::MHC_FUSED_POST_PRE:
     case KernelType::HC_HEAD: {
       const int64_t k = hc_mult * hidden_size;
-      const int64_t splits =
-          opt.batch_invariant ? std::min(kInvariantSplits, ceil_div(k, 64))
-                              : upstream_num_splits(num_tokens, k, num_sms);
-      p.block_tokens = kBlockTokens;
+      const int64_t groups = ceil_div(hidden_size, kGroupColumns);
+      const bool full_k =
+          !opt.batch_invariant && upstream_num_splits(num_tokens, k, num_sms) == 1;
+      const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, full_k);
+      int64_t splits = 1;
+      if (opt.batch_invariant) {
+        splits = even_splits(groups, kInvariantSplits);
+      } else if (!full_k) {
+        const int64_t blocks = ceil_div(num_tokens, block);
+        splits = even_splits(groups, std::max<int64_t>(2, num_sms / blocks));
+      }
+      p.variant = full_k ? Variant::FULL_K : Variant::SPLIT_K;
       p.num_splits = static_cast<int32_t>(splits);
-      p.variant = splits > 1 || opt.batch_invariant || kind == KernelType::PRENORM_GEMM
-                      ? Variant::SPLIT_K
-                      : Variant::FULL_K;
+      p.block_tokens = block;
       return p;
     }
   }

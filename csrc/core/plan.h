@@ -25,7 +25,7 @@ const char* kernel_type_name(KernelType k);
 enum class Variant : int32_t {
   CPU = 0,          // the CPU kernels (num_sms == 0)
   SPLIT_K = 1,      // K split over CTAs, partials reduced in fixed order by an epilogue kernel
-  FULL_K = 2,       // one CTA owns whole tokens: no split, single pass
+  FULL_K = 2,       // one kernel; each CTA owns whole tokens: no split, no partials
   STREAM = 3,       // elementwise streaming kernel (mhc_post)
   CUBLAS = 4,       // linear_bf16_fp32 through cuBLAS
   FP32_GEMM = 5,    // linear_bf16_fp32 upcast + fp32 GEMM

@@ -1,0 +1,256 @@
+// Helpers shared by the CUDA kernels of every family: programmatic dependent launch, bf16
+// packing, the bf16 hi/lo tensor-core dot product, the post element of mhc_post / fused, and
+// the host side (launch with PDL, SM count per device, alignment checks).
+//
+// The skinny GEMMs (x [T, K] bf16 against fn [M, K] fp32, M <= 80) run on mma.sync.m16n8k16
+// with fp32 accumulation: x (bf16) is the A operand as is; fn is split into hi = bf16(fn) and
+// lo = bf16(fn - hi) (a third term for the prenorm GEMM), B operands whose products are exact
+// in fp32, so the GEMM is accurate to ~2^-18 relative per product with two terms (far inside
+// the gate bounds of SPEC §3, where TF32-truncated fn is not) and ~2^-27 with three.
+// K is walked in chunks of 32: lane (g = lane / 4, c = lane % 4) loads 8 consecutive k of its
+// token row with one 16-byte load, and A and B use the same permutation of k inside the chunk
+// (logical k {2c, 2c+1, 2c+8, 2c+9} of step s <-> physical 8c + 4s + {0, 1, 2, 3}), which
+// leaves the dot product unchanged and needs no shared-memory staging.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/math.h"
+
+namespace mhc::cuda {
+
+// ---------------------------------------------------------------------------------------------
+// Programmatic dependent launch (sm_90+; no-ops below, where launches are fully serialised).
+// A kernel launched with PDL may start while its predecessor in the stream still runs: it must
+// call pdl_wait() before touching any global memory the predecessor may read or write.
+// pdl_trigger() lets the next kernel in the stream launch early (it waits the same way).
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// cp.async (sm_80+): 16 bytes global -> shared without registers; bytes = 0 zero-fills.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
+
+// A hint only (no data is returned), so it is safe before pdl_wait() on read-only weights.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 helpers. Outputs are rounded with core/math.h f32_to_bf16_bits (the CPU's rounding).
+
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
+  f[0] = bf16_lo(v.x); f[1] = bf16_hi(v.x);
+  f[2] = bf16_lo(v.y); f[3] = bf16_hi(v.y);
+  f[4] = bf16_lo(v.z); f[5] = bf16_hi(v.z);
+  f[6] = bf16_lo(v.w); f[7] = bf16_hi(v.w);
+}
+
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  return static_cast<uint32_t>(f32_to_bf16_bits(a)) |
+         (static_cast<uint32_t>(f32_to_bf16_bits(b)) << 16);
+}
+
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  return make_uint4(pack2(f[0], f[1]), pack2(f[2], f[3]), pack2(f[4], f[5]), pack2(f[6], f[7]));
+}
+
+__device__ __forceinline__ uint4 ldg16(const uint16_t* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+__device__ __forceinline__ void stg16(uint16_t* p, const uint4& v) {
+  *reinterpret_cast<uint4*>(p) = v;
+}
+
+// sum of squares of 8 bf16 values added to s, in element order.
+__device__ __forceinline__ float add_sumsq8(const uint4& v, float s) {
+  float f[8];
+  unpack8(v, f);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) s = fmaf(f[e], f[e], s);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core dot products.
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// B fragments of one 8-row block of fn over one 32-wide K chunk, split into PARTS bf16 terms
+// (hi = bf16(fn), then bf16 of what is left): 2 terms leave |fn - hi - lo| <= 2^-18 |fn|, 3
+// terms 2^-27 |fn|. part[p][0], part[p][1] feed k16 step 0 (b0, b1), part[p][2], [3] step 1.
+template <int PARTS>
+struct FnFrag {
+  uint32_t part[PARTS][4];
+};
+
+__device__ __forceinline__ uint32_t bits(__nv_bfloat162 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// From the 8 fp32 fn values this lane owns (row 8*nt + g, k = chunk + 8c .. + 7).
+template <int PARTS>
+__device__ __forceinline__ FnFrag<PARTS> make_frag(const float (&f)[8]) {
+  FnFrag<PARTS> r;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    float a = f[2 * q], b = f[2 * q + 1];
+#pragma unroll
+    for (int k = 0; k < PARTS; ++k) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+      const float2 hf = __bfloat1622float2(h);
+      r.part[k][q] = bits(h);
+      a -= hf.x;  // exact: hf.x is a rounding of a
+      b -= hf.y;
+    }
+  }
+  return r;
+}
+
+template <int PARTS>
+__device__ __forceinline__ FnFrag<PARTS> zero_frag() {
+  FnFrag<PARTS> r;
+#pragma unroll
+  for (int k = 0; k < PARTS; ++k)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) r.part[k][q] = 0u;
+  return r;
+}
+
+// Loads the lane's 8 fn values at p (16-byte aligned) and splits them.
+template <int PARTS>
+__device__ __forceinline__ FnFrag<PARTS> load_frag(const float* p) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+  const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  return make_frag<PARTS>(f);
+}
+
+// acc (16 tokens x 8 outputs) += x chunk (rows g: v0, g + 8: v1) . fn chunk, term by term.
+template <int PARTS>
+__device__ __forceinline__ void mma_chunk(float (&acc)[4], const uint4& v0, const uint4& v1,
+                                          const FnFrag<PARTS>& f) {
+  const uint32_t a0[4] = {v0.x, v1.x, v0.y, v1.y};
+#pragma unroll
+  for (int k = 0; k < PARTS; ++k) mma_bf16(acc, a0, f.part[k][0], f.part[k][1]);
+  const uint32_t a1[4] = {v0.z, v1.z, v0.w, v1.w};
+#pragma unroll
+  for (int k = 0; k < PARTS; ++k) mma_bf16(acc, a1, f.part[k][2], f.part[k][3]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// mhc_post of 8 consecutive h of one token (SPEC §2.2). mhc_post and the fused op both call
+// this, so residual_out of the fused op is bit-identical to mhc_post.
+// post [N], comb [N][N] row-major (comb[i][j] at i * N + j), x and res[i] 8 bf16 each.
+template <int N>
+__device__ __forceinline__ void post_vec8(const float (&post)[N], const float (&comb)[N * N],
+                                          const uint4& xv, const uint4 (&res)[N],
+                                          uint4 (&out)[N]) {
+  float xf[8], rf[N][8];
+  unpack8(xv, xf);
+#pragma unroll
+  for (int i = 0; i < N; ++i) unpack8(res[i], rf[i]);
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    float o[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float col[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) col[i] = rf[i][e];
+      o[e] = post_mix_element<N>(post[j], xf[e], comb + j, N, col);
+    }
+    out[j] = pack8(o);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+inline const uint16_t* bf16_ptr(const at::Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.const_data_ptr<at::BFloat16>());
+}
+inline uint16_t* bf16_mut(const at::Tensor& t) {
+  return reinterpret_cast<uint16_t*>(t.mutable_data_ptr<at::BFloat16>());
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// t itself when it is contiguous and 16-byte aligned, else an aligned contiguous copy.
+inline at::Tensor aligned_contiguous(const at::Tensor& t) {
+  if (t.is_contiguous() && aligned16(t.const_data_ptr())) return t;
+  at::Tensor c = at::empty(t.sizes(), t.options());
+  c.copy_(t);
+  return c;
+}
+
+inline int num_sms(int device) {
+  return at::cuda::getDeviceProperties(device)->multiProcessorCount;
+}
+
+inline bool pdl_supported(int device) { return at::cuda::getDeviceProperties(device)->major >= 9; }
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
+// serialisation where the device supports it, and raises dynamic shared memory past 48 KB.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), int device, dim3 grid, dim3 block, size_t smem,
+            cudaStream_t stream, Args&&... args) {
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  if (pdl_supported(device)) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace mhc::cuda

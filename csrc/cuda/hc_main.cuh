@@ -1,0 +1,670 @@
+// The kernels behind mhc_pre, mhc_fused_post_pre and hc_head (SPEC §2.1, §2.3, §2.4).
+//
+// What they compute, per token t: d = fn · x_t over K = n·H (M = n(n+2) rows for pre, n for
+// head), ss = Σ x_t², the gates of core/math.h (pre_gates / head_gates, Sinkhorn included),
+// and the weighted stream sum Σ_i pre[i]·x_t[i] (optionally RMS-normalised). The fused op first
+// writes x_t = bf16(mhc_post(...)) (core/math.h post_mix_element) and feeds it to the same
+// GEMM from registers.
+//
+// How the work is split: K is cut into groups of 32 hidden columns, each taken over all n
+// streams (so the fused op has every stream of a column in registers for the post mix). The
+// main kernel's grid is (token blocks of block_tokens, splits); a split owns a run of groups,
+// and its CTA's warps take work units in turn, a (group, stream) chunk for pre / head and a
+// whole group for the fused op, each unit one round of loads for all 16-row tiles of the token
+// block on mma.sync (common.cuh). Pre / head stream the activations through a per-warp
+// cp.async ring (kXStages units in flight) and prefetch fn one unit ahead in registers. Each
+// warp leaves its sums in its own shared-memory slice; one barrier, then the slices are added
+// in warp order.
+//  * SPLIT_K (T <= 32 * num_sms): the main kernel writes per-split partials [T, S, M + 1]; the
+//    epilogue kernel (launched with programmatic dependent launch, so it is resident and has
+//    prefetched the residual when the main kernel ends) adds them in split order, computes the
+//    gates (a dedicated warp runs the 20 Sinkhorn rounds in registers while the other four
+//    stream the weighted sum) and writes the outputs. Decode sizes spread the epilogue of one
+//    token over several CTAs (chunks of H).
+//  * FULL_K (larger T): one kernel; a CTA owns 32 tokens, reduces over all K, then each warp
+//    streams the weighted sum of whole tokens while one warp runs the Sinkhorns (one per lane).
+// Bound: at decode, latency and streaming fn (the whole GPU reads it once); at prefill, HBM
+// bytes: the residual is read twice (GEMM, then the stream sum), fn once per token block from
+// L2. Every reduction has a fixed order that depends only on the plan, never on T, so a
+// batch-invariant plan (fixed split count) gives a token the same bits in any batch.
+#pragma once
+
+#include "core/plan.h"
+#include "cuda/common.cuh"
+
+namespace mhc::cuda {
+
+enum class Mode : int { PRE = 0, FUSED = 1, HEAD = 2 };
+
+template <int N, Mode MODE>
+struct Shape {
+  static constexpr int M = MODE == Mode::HEAD ? N : N * (N + 2);  // rows of fn
+  static constexpr int NT = (M + 7) / 8;                            // 8-row mma blocks
+  static constexpr int MP = (M + 1 + 3) / 4 * 4;                    // partial: M dots, ss, pad
+  static constexpr int NC = (N + N * N + 3) / 4 * 4;                // fused: post, comb, pad
+};
+
+// mma tiles of 16 tokens per CTA; must match tiles_per_block() in csrc/core/plan.cpp.
+template <int N, Mode MODE, bool FULLK>
+constexpr int tiles_per_block() {
+  return N > 4 ? 1 : (FULLK || MODE == Mode::FUSED ? 2 : 4);
+}
+
+constexpr int kGroupCols = 32;     // hidden columns per K group
+constexpr int kXStages = 4;        // pre / head: activation stages in flight per warp (cp.async)
+constexpr int kParts = 2;          // bf16 terms of fn (common.cuh): hi + lo
+constexpr int kMainThreads = 256;  // largest main-kernel CTA (8 warps)
+constexpr int kEpiThreads = 128;   // epilogue threads that stream the weighted sum
+
+struct MainParams {
+  const uint16_t* res;     // [T, N, H] bf16: residual (pre, head) or the fused op's input
+  const uint16_t* x;       // fused: [T, H] bf16 sub-layer output
+  const float* post_in;    // fused: [T, N]
+  const float* comb_in;    // fused: [T, N, N]
+  uint16_t* res_out;       // fused: [T, N, H] bf16 new residual
+  const float* fn;         // [M, N * H]
+  const float* scale;      // hc_scale [3] (pre, fused) or [1] (head)
+  const float* base;       // hc_base [M]
+  const uint16_t* norm_w;  // [H] bf16, null without the folded norm
+  float* ws;               // SPLIT_K: partials [T, S, MP]
+  float* post_out;         // FULL_K pre / fused: [T, N]
+  float* comb_out;         // FULL_K pre / fused: [T, N, N]
+  uint16_t* out;           // FULL_K: layer_input / hc_head output [T, H]
+  int64_t T;
+  int H, G, S, gpc;        // hidden size, K groups, splits, groups per split
+  float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;  // pre_eps is hc_eps for head
+  int64_t repeat;
+};
+
+struct EpiParams {
+  const uint16_t* src;     // [T, N, H] residual (pre, head) or residual_out (fused)
+  const float* ws;         // [T, S, MP] partials of the main kernel
+  const float* scale;
+  const float* base;
+  const uint16_t* norm_w;
+  float* post_out;         // [T, N]
+  float* comb_out;         // [T, N, N]
+  uint16_t* out;           // [T, H]
+  int64_t T;
+  int H, S, HC, CW;        // hidden, splits, chunks per token, 8-column vectors per chunk
+  float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;
+  int64_t repeat;
+  int prefetch;            // src is an input (not written by the main kernel): prefetch it
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ GateParams gate_params(const float* scale, float rms_eps,
+                                                  float pre_eps, float sinkhorn_eps,
+                                                  float post_mult, int64_t repeat) {
+  return GateParams{rms_eps, pre_eps, sinkhorn_eps, post_mult, repeat,
+                    {scale[0], scale[1], scale[2]}};
+}
+
+// pre_gates of one token from its reduced dots d[0..M) and ss = d[M]; writes post and comb.
+template <int N>
+__device__ __forceinline__ void write_gates(const float* d, float inv_k, const float* base,
+                                            const GateParams& gp, int64_t t, float* post_out,
+                                            float* comb_out) {
+  float pre[N], post[N], comb[N][N];
+  pre_gates<N>(d, d[N * (N + 2)], inv_k, base, gp, pre, post, comb);
+#pragma unroll
+  for (int i = 0; i < N; ++i) post_out[t * N + i] = post[i];
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+#pragma unroll
+    for (int k = 0; k < N; ++k) comb_out[(t * N + j) * N + k] = comb[j][k];
+}
+
+// Weighted stream sum of one token over the 8-column vectors v = v0, v0 + STRIDE, ... < v1:
+// out[8v..] = bf16(Σ_i pre[i] · src[i][8v..]) in stream order (SPEC §2.1 step 8). With NORM it
+// returns this thread's Σ z² of z = bf16(y), in its vector order (step 9 needs the whole row).
+// COHERENT: src was written earlier in this kernel (FULL_K fused), so it is read through L2
+// (ld.global.cg) rather than the read-only path.
+template <int N, bool NORM, int HS, int STRIDE, bool COHERENT>
+__device__ __forceinline__ float stream_pass(const uint16_t* src, const float (&pre)[N],
+                                             uint16_t* __restrict__ out, int H, int v0,
+                                             int v1) {
+  float ssq = 0.f;
+  const auto body = [&](int v) {
+    uint4 r[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const uint16_t* q = src + static_cast<int64_t>(i) * H + 8 * v;
+      r[i] = COHERENT ? __ldcg(reinterpret_cast<const uint4*>(q)) : ldg16(q);
+    }
+    float y[8], f[8];
+    unpack8(r[0], f);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[e] = pre[0] * f[e];
+#pragma unroll
+    for (int i = 1; i < N; ++i) {
+      unpack8(r[i], f);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) y[e] += pre[i] * f[e];
+    }
+    const uint4 o = pack8(y);
+    if constexpr (NORM) {
+      float z[8];
+      unpack8(o, z);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ssq = fmaf(z[e], z[e], ssq);
+    }
+    stg16(out + 8 * v, o);
+  };
+  if constexpr (HS > 0) {
+    constexpr int kIters = (HS / 8 + STRIDE - 1) / STRIDE;
+#pragma unroll 4
+    for (int j = 0; j < kIters; ++j) {
+      const int v = v0 + j * STRIDE;
+      if (v < v1) body(v);
+    }
+  } else {
+#pragma unroll 4
+    for (int v = v0; v < v1; v += STRIDE) body(v);
+  }
+  return ssq;
+}
+
+// Second pass of the folded RMSNorm: out = bf16(z · rs · w) over the vectors this thread wrote
+// (plain loads: the values were stored by this thread in this kernel).
+template <int HS, int STRIDE>
+__device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
+                                          const uint16_t* __restrict__ w, float rs, int v0,
+                                          int v1) {
+  const auto body = [&](int v) {
+    const uint4 zv = *reinterpret_cast<const uint4*>(out + 8 * v);
+    float z[8], wf[8], o[8];
+    unpack8(zv, z);
+    unpack8(ldg16(w + 8 * v), wf);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[e] = z[e] * rs * wf[e];
+    stg16(out + 8 * v, pack8(o));
+  };
+  if constexpr (HS > 0) {
+    constexpr int kIters = (HS / 8 + STRIDE - 1) / STRIDE;
+#pragma unroll 4
+    for (int j = 0; j < kIters; ++j) {
+      const int v = v0 + j * STRIDE;
+      if (v < v1) body(v);
+    }
+  } else {
+#pragma unroll 4
+    for (int v = v0; v < v1; v += STRIDE) body(v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main kernel. grid (token blocks, splits); block = warps * 32. Dynamic shared memory:
+// red [W][BT][MP] floats (one slice per warp), then the gates of the tokens [BT][NC] (fused)
+// or the activation ring xs [W][kXStages][2 TT][32] uint4 (pre / head).
+template <int N, Mode MODE, bool FULLK, bool NORM, int HS>
+__global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainParams p) {
+  using Sh = Shape<N, MODE>;
+  constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP, NC = Sh::NC;
+  constexpr int TT = tiles_per_block<N, MODE, FULLK>();
+  constexpr int BT = 16 * TT;
+  extern __shared__ float4 smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+  float* red = reinterpret_cast<float*>(smem_raw);
+  float* coef = red + W * BT * MP;
+  const int g = lane >> 2, c = lane & 3;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * BT;
+  const int split = blockIdx.y;
+  const int gb = split * p.gpc, ge = min(p.G, gb + p.gpc);
+  const int H = HS > 0 ? HS : p.H;
+  const int64_t K = static_cast<int64_t>(N) * H;
+  const int64_t T = p.T;
+
+  // Work units of this CTA's warps: a (group, stream) chunk of K for pre / head, a whole
+  // group (all streams, for the post mix) for the fused op; unit u goes to warp u % W.
+  constexpr int kUnitStreams = MODE == Mode::FUSED ? N : 1;
+  const int units = (ge - gb) * (N / kUnitStreams);
+
+  if constexpr (!FULLK) {
+    // Start pulling this CTA's slice of fn into L2 while the previous kernel finishes.
+    for (int u = warp; u < units; u += W) {
+      const int gi = gb + u / (N / kUnitStreams), i0 = (u % (N / kUnitStreams)) * kUnitStreams;
+      const int h = gi * kGroupCols + 8 * c;
+      if (h >= H) continue;
+#pragma unroll
+      for (int i = i0; i < i0 + kUnitStreams; ++i)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          if (8 * nt + g < M) prefetch_l2(p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
+    }
+  }
+  pdl_wait();
+  pdl_trigger();
+
+  if constexpr (MODE == Mode::FUSED) {
+    for (int idx = threadIdx.x; idx < BT * NC; idx += blockDim.x) {
+      const int r = idx / NC, q = idx % NC;
+      const int64_t t = t0 + r;
+      float v = 0.f;
+      if (t < T) {
+        if (q < N) v = p.post_in[t * N + q];
+        else if (q < N + N * N) v = p.comb_in[t * N * N + (q - N)];
+      }
+      coef[idx] = v;
+    }
+    __syncthreads();
+  }
+
+  float acc[TT][NT][4];
+  float ss[TT][2];
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt) {
+    ss[tt][0] = ss[tt][1] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[tt][nt][q] = 0.f;
+  }
+
+  if constexpr (MODE == Mode::FUSED) {
+    for (int u = warp; u < units; u += W) {
+      const int gi = gb + u;
+      const int h = gi * kGroupCols + 8 * c;
+      const bool hv = h < H;
+      // fn of every stream first, so that all of the group's loads are in flight together
+      // (where registers allow: n <= 4; larger n load it stream by stream below).
+      constexpr bool kPreload = N * NT <= 12;
+      float4 fr[kPreload ? N : 1][NT][2];
+#pragma unroll
+      for (int i = 0; i < (kPreload ? N : 0); ++i)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const bool ok = hv && 8 * nt + g < M;
+          const float4* q = reinterpret_cast<const float4*>(
+              p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
+          fr[i][nt][0] = ok ? __ldg(q) : make_float4(0.f, 0.f, 0.f, 0.f);
+          fr[i][nt][1] = ok ? __ldg(q + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+      // New residual of this lane's 8 columns, all streams, both rows of each tile.
+      uint4 r[TT][2][N];
+#pragma unroll
+      for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int row = 16 * tt + g + 8 * hf;
+          const int64_t t = t0 + row;
+          if (hv && t < T) {
+            const uint4 xv = ldg16(p.x + t * H + h);
+            uint4 old[N];
+#pragma unroll
+            for (int i = 0; i < N; ++i) old[i] = ldg16(p.res + (t * N + i) * H + h);
+            float pst[N], cmb[N * N];
+#pragma unroll
+            for (int j = 0; j < N; ++j) pst[j] = coef[row * NC + j];
+#pragma unroll
+            for (int q = 0; q < N * N; ++q) cmb[q] = coef[row * NC + N + q];
+            post_vec8<N>(pst, cmb, xv, old, r[tt][hf]);
+#pragma unroll
+            for (int i = 0; i < N; ++i) stg16(p.res_out + (t * N + i) * H + h, r[tt][hf][i]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < N; ++i) r[tt][hf][i] = make_uint4(0u, 0u, 0u, 0u);
+          }
+        }
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        FnFrag<kParts> f[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if constexpr (kPreload) {
+            const float4 a = fr[i][nt][0], b = fr[i][nt][1];
+            const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            f[nt] = make_frag<kParts>(v8);
+          } else {
+            f[nt] = hv && 8 * nt + g < M
+                        ? load_frag<kParts>(p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h)
+                        : zero_frag<kParts>();
+          }
+        }
+#pragma unroll
+        for (int tt = 0; tt < TT; ++tt) {
+          if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma_chunk(acc[tt][nt], r[tt][0][i], r[tt][1][i], f[nt]);
+          ss[tt][0] = add_sumsq8(r[tt][0][i], ss[tt][0]);
+          ss[tt][1] = add_sumsq8(r[tt][1][i], ss[tt][1]);
+        }
+      }
+    }
+  } else {
+    // One (group, stream) unit: this lane's 8 fn values of each 8-row block (raw fp32, in
+    // registers, prefetched one unit ahead: L2 hits) and its 8 activations of rows g, g + 8
+    // of every tile (HBM), which stream through a per-warp ring of kXStages units in shared
+    // memory with cp.async, so each warp keeps several units of loads in flight.
+    uint4* ring = reinterpret_cast<uint4*>(coef) + warp * kXStages * 2 * TT * 32 + lane;
+    const auto stage_x = [&](int k) {  // the warp's k-th unit into slot k % kXStages
+      const int uu = warp + k * W;
+      if (uu < units) {
+        const int gi = gb + uu / N, i = uu % N;
+        const int h = gi * kGroupCols + 8 * c;
+        uint4* slot = ring + (k % kXStages) * 2 * TT * 32;
+#pragma unroll
+        for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int64_t t = t0 + 16 * tt + g + 8 * hf;
+            const bool ok = h < H && t < T;
+            cp_async16(slot + (2 * tt + hf) * 32, ok ? p.res + (t * N + i) * H + h : p.res, ok);
+          }
+      }
+      cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
+    };
+    const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
+      const int gi = gb + uu / N, i = uu % N;
+      const int h = gi * kGroupCols + 8 * c;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const bool ok = h < H && 8 * nt + g < M;
+        const float4* q = reinterpret_cast<const float4*>(
+            p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
+        fr[nt][0] = ok ? __ldg(q) : make_float4(0.f, 0.f, 0.f, 0.f);
+        fr[nt][1] = ok ? __ldg(q + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    };
+#pragma unroll
+    for (int k = 0; k < kXStages - 1; ++k) stage_x(k);
+    float4 fr[NT][2];
+    if (warp < units) load_fn(warp, fr);
+    for (int k = 0, u = warp; u < units; ++k, u += W) {
+      stage_x(k + kXStages - 1);
+      float4 fr_next[NT][2];
+      if (u + W < units) load_fn(u + W, fr_next);
+      FnFrag<kParts> f[NT];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float4 a = fr[nt][0], b = fr[nt][1];
+        const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        f[nt] = make_frag<kParts>(v8);
+      }
+      cp_async_wait<kXStages - 1>();  // this unit's group has landed (this lane's own slots)
+      const uint4* slot = ring + (k % kXStages) * 2 * TT * 32;
+#pragma unroll
+      for (int tt = 0; tt < TT; ++tt) {
+        if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
+        const uint4 v0 = slot[(2 * tt) * 32], v1 = slot[(2 * tt + 1) * 32];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_chunk(acc[tt][nt], v0, v1, f[nt]);
+        ss[tt][0] = add_sumsq8(v0, ss[tt][0]);
+        ss[tt][1] = add_sumsq8(v1, ss[tt][1]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        fr[nt][0] = fr_next[nt][0];
+        fr[nt][1] = fr_next[nt][1];
+      }
+    }
+    cp_async_wait<0>();  // no copy may still target shared memory when the reduction reuses it
+  }
+
+  // Sum of squares over the quad (the 4 lanes of a row), then the warps in warp order.
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float s = ss[tt][hf];
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      ss[tt][hf] = s;
+    }
+  const int nwork = min(W, units);  // warps that own at least one unit
+  const int rows = T - t0 < BT ? static_cast<int>(T - t0) : BT;  // live token rows
+  if (warp < nwork) {
+    float* mine = red + warp * BT * MP;
+#pragma unroll
+    for (int tt = 0; tt < TT; ++tt) {
+      if (16 * tt >= rows) continue;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int row = 16 * tt + g + 8 * (q >> 1), o = 8 * nt + 2 * c + (q & 1);
+          if (o < M) mine[row * MP + o] = acc[tt][nt][q];
+        }
+      if (c == 0) {
+        mine[(16 * tt + g) * MP + M] = ss[tt][0];
+        mine[(16 * tt + g + 8) * MP + M] = ss[tt][1];
+      }
+    }
+  }
+  __syncthreads();
+  // Warps in warp order, for the live rows; the sums land in slice 0.
+  for (int idx = threadIdx.x; idx < rows * (M + 1); idx += blockDim.x) {
+    const int row = idx / (M + 1), m = idx % (M + 1);
+    float a = red[row * MP + m];
+    for (int w = 1; w < nwork; ++w) a += red[(w * BT + row) * MP + m];
+    red[row * MP + m] = a;
+  }
+  __syncthreads();
+
+  if constexpr (!FULLK) {
+    for (int idx = threadIdx.x; idx < rows * MP; idx += blockDim.x) {
+      const int row = idx / MP, m = idx % MP;
+      p.ws[((t0 + row) * p.S + split) * MP + m] = m <= M ? red[idx] : 0.f;
+    }
+  } else {
+    // Gates: lane l of every warp computes pre of token t0 + l (BT <= 32); the last warp also
+    // runs pre_gates (Sinkhorn) for its lane's token and writes post / comb.
+    static_assert(BT <= 32, "FULL_K gates take one token per lane");
+    const float inv_k = 1.0f / static_cast<float>(K);
+    const int64_t tl = t0 + lane;
+    const bool lv = lane < BT && tl < T;
+    float pre[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) pre[i] = 0.f;
+    if (lv) {
+      const float* d = red + lane * MP;
+      head_gates<N>(d, d[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
+    }
+    if constexpr (MODE != Mode::HEAD) {
+      if (warp == W - 1 && lv) {
+        const GateParams gp =
+            gate_params(p.scale, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
+        write_gates<N>(red + lane * MP, inv_k, p.base, gp, tl, p.post_out, p.comb_out);
+      }
+    }
+    const uint16_t* src = MODE == Mode::FUSED ? p.res_out : p.res;
+    for (int j = warp; j < BT; j += W) {
+      const int64_t t = t0 + j;
+      if (t >= T) break;
+      float pj[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) pj[i] = __shfl_sync(0xffffffffu, pre[i], j);
+      uint16_t* out = p.out + t * H;
+      const float ssq = stream_pass<N, NORM, HS, 32, MODE == Mode::FUSED>(src + t * K, pj, out,
+                                                                         H, lane, H / 8);
+      if constexpr (NORM) {
+        const float rs = 1.0f / sqrtf(warp_sum(ssq) / static_cast<float>(H) + p.norm_eps);
+        norm_pass<HS, 32>(out, p.norm_w, rs, lane, H / 8);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue kernel of SPLIT_K. grid T * HC (token, chunk of H); block 128 stream threads, plus
+// one gate warp for pre / fused. Dynamic shared memory: partials [S][MP], part sums [4][MP].
+template <int N, Mode MODE, bool NORM, int HS>
+__global__ void __launch_bounds__(kEpiThreads + 32) hc_epilogue_kernel(const EpiParams p) {
+  using Sh = Shape<N, MODE>;
+  constexpr int M = Sh::M, MP = Sh::MP;
+  constexpr int kRuns = kEpiThreads / MP < 1 ? 1 : (kEpiThreads / MP > 4 ? 4 : kEpiThreads / MP);
+  extern __shared__ float4 smem_raw[];
+  float* part = reinterpret_cast<float*>(smem_raw);
+  float* psum = part + p.S * MP;
+  __shared__ float dsum[MP];
+  __shared__ float wsum[kEpiThreads / 32];
+
+  const int tid = threadIdx.x;
+  const int64_t t = blockIdx.x / p.HC;
+  const int chunk = blockIdx.x % p.HC;
+  const int H = HS > 0 ? HS : p.H;
+  const int64_t K = static_cast<int64_t>(N) * H;
+  const int v0 = chunk * p.CW, v1 = min(H / 8, v0 + p.CW);
+  const uint16_t* src = p.src + t * K;
+
+  if (p.prefetch && tid < kEpiThreads)
+    for (int v = v0 + tid; v < v1; v += kEpiThreads)
+#pragma unroll
+      for (int i = 0; i < N; ++i) prefetch_l2(src + static_cast<int64_t>(i) * H + 8 * v);
+  pdl_wait();
+  pdl_trigger();
+
+  // Partials of this token, then their sum in split order (kRuns contiguous runs, in order).
+  const float4* w4 = reinterpret_cast<const float4*>(p.ws + t * p.S * MP);
+  for (int idx = tid; idx < p.S * MP / 4; idx += blockDim.x)
+    reinterpret_cast<float4*>(part)[idx] = w4[idx];
+  __syncthreads();
+  const int parts = min(kRuns, p.S);
+  if (tid < parts * MP) {
+    const int m = tid % MP, q = tid / MP;
+    const int per = p.S / parts, rem = p.S % parts;
+    const int s0 = q * per + min(q, rem), s1 = s0 + per + (q < rem ? 1 : 0);
+    float a = part[s0 * MP + m];
+    for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + m];
+    psum[q * MP + m] = a;
+  }
+  __syncthreads();
+  if (tid < MP) {
+    float a = psum[tid];
+    for (int q = 1; q < parts; ++q) a += psum[q * MP + tid];
+    dsum[tid] = a;
+  }
+  __syncthreads();
+
+  const float inv_k = 1.0f / static_cast<float>(K);
+  if (tid >= kEpiThreads) {  // the gate warp of pre / fused
+    if constexpr (MODE != Mode::HEAD) {
+      if (chunk == 0 && tid == kEpiThreads) {
+        const GateParams gp =
+            gate_params(p.scale, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
+        write_gates<N>(dsum, inv_k, p.base, gp, t, p.post_out, p.comb_out);
+      }
+    }
+    return;
+  }
+  float pre[N];
+  head_gates<N>(dsum, dsum[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
+  uint16_t* out = p.out + t * H;
+  const float ssq = stream_pass<N, NORM, HS, kEpiThreads, false>(src, pre, out, H, v0 + tid, v1);
+  if constexpr (NORM) {
+    const float s = warp_sum(ssq);
+    if ((tid & 31) == 0) wsum[tid >> 5] = s;
+    asm volatile("bar.sync 1, %0;" ::"n"(kEpiThreads) : "memory");
+    const float total = (wsum[0] + wsum[1]) + (wsum[2] + wsum[3]);
+    const float rs = 1.0f / sqrtf(total / static_cast<float>(H) + p.norm_eps);
+    norm_pass<HS, kEpiThreads>(out, p.norm_w, rs, v0 + tid, v1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+// Everything one call of pre / fused / head needs, as raw pointers into tensors that the
+// caller keeps alive (contiguous, 16-byte aligned where vector loads read them).
+struct HcCall {
+  Mode mode;
+  int64_t T;
+  int n, H;
+  const uint16_t* res;
+  const uint16_t* x;
+  const float* post_in;
+  const float* comb_in;
+  uint16_t* res_out;
+  const float* fn;
+  const float* scale;
+  const float* base;
+  const uint16_t* norm_w;
+  float* post_out;
+  float* comb_out;
+  uint16_t* out;
+  float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;
+  int64_t repeat;
+};
+
+template <int N, Mode MODE, int HS>
+void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
+                 cudaStream_t stream) {
+  using Sh = Shape<N, MODE>;
+  const bool full = plan.variant == Variant::FULL_K;
+  const bool norm = a.norm_w != nullptr;
+  const int G = (a.H + kGroupCols - 1) / kGroupCols;
+  const int S = plan.num_splits;
+  const int gpc = (G + S - 1) / S;
+  TORCH_INTERNAL_ASSERT(S >= 1 && (S - 1) * gpc < G, "plan splits ", S, " leave a split of ", G,
+                        " K groups empty");
+
+  MainParams mp{a.res, a.x, a.post_in, a.comb_in, a.res_out, a.fn, a.scale, a.base, a.norm_w,
+                nullptr, a.post_out, a.comb_out, a.out, a.T, a.H, G, S, gpc,
+                a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat};
+
+  const auto main_launch = [&](auto kernel, int tt, int warps, at::Tensor* ws) {
+    TORCH_INTERNAL_ASSERT(plan.block_tokens == 16 * tt, "plan block_tokens ",
+                          plan.block_tokens, " does not match the kernel's ", 16 * tt);
+    const int bt = 16 * tt;
+    const dim3 grid(static_cast<unsigned>((a.T + bt - 1) / bt), static_cast<unsigned>(S));
+    const size_t smem =
+        sizeof(float) * bt * warps * Sh::MP +
+        (MODE == Mode::FUSED ? sizeof(float) * bt * Sh::NC
+                             : sizeof(uint4) * warps * kXStages * 2 * tt * 32);
+    if (ws) mp.ws = ws->data_ptr<float>();
+    launch(kernel, device, grid, dim3(32 * warps), smem, stream, mp);
+  };
+
+  if (full) {
+    constexpr int TT = tiles_per_block<N, MODE, true>();
+    if constexpr (MODE != Mode::HEAD) {
+      if (norm) return main_launch(hc_main_kernel<N, MODE, true, true, HS>, TT, 8, nullptr);
+    }
+    return main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
+  }
+
+  constexpr int TT = tiles_per_block<N, MODE, false>();
+  at::Tensor ws = at::empty({a.T, S, Sh::MP}, fopts);
+  const int units = gpc * (MODE == Mode::FUSED ? 1 : N);  // per split, see hc_main_kernel
+  main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
+
+  // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
+  // tokens otherwise; the folded norm needs the whole row in one CTA.
+  constexpr Mode EM = MODE == Mode::HEAD ? Mode::HEAD : Mode::PRE;
+  const int H8 = a.H / 8;
+  const int max_chunks = std::max(1, H8 / kEpiThreads);
+  const int64_t want = (2 * static_cast<int64_t>(num_sms(device)) + a.T - 1) / a.T;
+  const int HC = norm ? 1 : static_cast<int>(std::min<int64_t>(max_chunks, std::max<int64_t>(1, want)));
+  const int CW = (H8 + HC - 1) / HC;
+  EpiParams ep{MODE == Mode::FUSED ? a.res_out : a.res, ws.data_ptr<float>(), a.scale, a.base,
+               a.norm_w, a.post_out, a.comb_out, a.out, a.T, a.H, S, HC, CW,
+               a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat,
+               MODE == Mode::FUSED ? 0 : 1};
+  const dim3 grid(static_cast<unsigned>(a.T * HC));
+  const dim3 block(kEpiThreads + (EM == Mode::HEAD ? 0 : 32));
+  const size_t smem = sizeof(float) * (static_cast<size_t>(S) + 4) * Sh::MP;
+  if constexpr (EM != Mode::HEAD) {
+    if (norm) return launch(hc_epilogue_kernel<N, EM, true, HS>, device, grid, block, smem, stream, ep);
+  }
+  launch(hc_epilogue_kernel<N, EM, false, HS>, device, grid, block, smem, stream, ep);
+}
+
+// Runs the plan's kernels for hc_mult a.n (compile-time N) and the plan's hidden_spec.
+template <Mode MODE>
+void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
+            cudaStream_t stream) {
+  MHC_DISPATCH_HC_MULT(a.n, N, [&] {
+    if constexpr (N == 4) {
+      if (plan.hidden_spec == 4096) return run_hc_spec<4, MODE, 4096>(plan, a, fopts, device, stream);
+      if (plan.hidden_spec == 7168) return run_hc_spec<4, MODE, 7168>(plan, a, fopts, device, stream);
+    }
+    return run_hc_spec<N, MODE, 0>(plan, a, fopts, device, stream);
+  });
+}
+
+}  // namespace mhc::cuda

@@ -1,0 +1,112 @@
+// mhc_post on CUDA (SPEC §2.2): new[t, j, h] = bf16(post[t, j]·x[t, h] + Σ_i comb[t, i, j]·
+// residual[t, i, h]), each element through post_vec8 (common.cuh), the function the fused op
+// uses too. Grid (tokens, chunks of 128 threads x 8 columns): every thread reads the 8 columns
+// of x and of the n old streams with 16-byte loads and writes the n new streams; the token's
+// gates come from L1. Bound: HBM bytes, T·(18H + 80) at n = 4, i.e. copy bandwidth.
+// Misaligned x / residual views take the same kernel with 2-byte loads (the output is ours,
+// hence aligned).
+#include "core/plan.h"
+#include "core/validate.h"
+#include "cuda/common.cuh"
+#include "ops.h"
+
+namespace mhc {
+namespace cuda {
+namespace {
+
+constexpr int kPostThreads = 128;
+
+struct PostParams {
+  const uint16_t* x;    // [T, H] bf16
+  const uint16_t* res;  // [T, N, H] bf16
+  const float* post;    // [T, N]
+  const float* comb;    // [T, N, N]
+  uint16_t* out;        // [T, N, H] bf16
+  int H;
+};
+
+template <bool VEC>
+__device__ __forceinline__ uint4 load8(const uint16_t* p) {
+  if constexpr (VEC) {
+    return ldg16(p);
+  } else {
+    uint32_t w[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      w[q] = static_cast<uint32_t>(__ldg(p + 2 * q)) |
+             (static_cast<uint32_t>(__ldg(p + 2 * q + 1)) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+template <int N, bool VEC>
+__global__ void __launch_bounds__(kPostThreads) mhc_post_kernel(const PostParams p) {
+  const int64_t t = blockIdx.x;
+  const int v = blockIdx.y * kPostThreads + threadIdx.x;
+  pdl_wait();
+  pdl_trigger();
+  if (v >= p.H / 8) return;
+  float post[N], comb[N * N];
+  if constexpr (N % 4 == 0) {  // 16-byte aligned rows (the launcher makes the gates aligned)
+#pragma unroll
+    for (int q = 0; q < N / 4; ++q) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(p.post + t * N) + q);
+      post[4 * q] = a.x; post[4 * q + 1] = a.y; post[4 * q + 2] = a.z; post[4 * q + 3] = a.w;
+    }
+#pragma unroll
+    for (int q = 0; q < N * N / 4; ++q) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(p.comb + t * N * N) + q);
+      comb[4 * q] = a.x; comb[4 * q + 1] = a.y; comb[4 * q + 2] = a.z; comb[4 * q + 3] = a.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) post[j] = __ldg(p.post + t * N + j);
+#pragma unroll
+    for (int q = 0; q < N * N; ++q) comb[q] = __ldg(p.comb + t * N * N + q);
+  }
+  const int64_t h = 8 * static_cast<int64_t>(v);
+  const uint4 xv = load8<VEC>(p.x + t * p.H + h);
+  uint4 old[N], nv[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) old[i] = load8<VEC>(p.res + (t * N + i) * p.H + h);
+  post_vec8<N>(post, comb, xv, old, nv);
+#pragma unroll
+  for (int j = 0; j < N; ++j) stg16(p.out + (t * N + j) * p.H + h, nv[j]);
+}
+
+}  // namespace
+}  // namespace cuda
+
+Tensor mhc_post_cuda(const Tensor& x, const Tensor& residual, const Tensor& post_mix,
+                     const Tensor& comb_mix) {
+  constexpr const char* op = "mhc_post";
+  const StreamDims d = check_residual(op, residual);
+  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  Tensor out = at::empty({d.T, d.n, d.H}, residual.options());
+  if (d.T == 0) return out;
+
+  const c10::cuda::CUDAGuard guard(residual.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int dev = residual.get_device();
+  const Tensor xc = x.contiguous(), res = residual.contiguous();
+  const Tensor post = cuda::aligned_contiguous(post_mix);
+  const Tensor comb = cuda::aligned_contiguous(comb_mix);
+  record_plan(dev, plan_of(KernelType::MHC_POST, d.T, d.n, d.H, cuda::num_sms(dev), {}));
+
+  const cuda::PostParams p{cuda::bf16_ptr(xc), cuda::bf16_ptr(res), post.const_data_ptr<float>(),
+                           comb.const_data_ptr<float>(), cuda::bf16_mut(out),
+                           static_cast<int>(d.H)};
+  const bool vec = cuda::aligned16(p.x) && cuda::aligned16(p.res);
+  const dim3 grid(static_cast<unsigned>(d.T),
+                  static_cast<unsigned>((d.H / 8 + cuda::kPostThreads - 1) / cuda::kPostThreads));
+  const dim3 block(cuda::kPostThreads);
+  MHC_DISPATCH_HC_MULT(d.n, N, [&] {
+    if (vec)
+      cuda::launch(cuda::mhc_post_kernel<N, true>, dev, grid, block, 0, stream, p);
+    else
+      cuda::launch(cuda::mhc_post_kernel<N, false>, dev, grid, block, 0, stream, p);
+  });
+  return out;
+}
+
+}  // namespace mhc

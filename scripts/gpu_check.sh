@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds mhc_ops with its CUDA kernels on a GPU machine and runs the requested stages, each
+# logged to $OUT/<stage>.log (OUT defaults to ./gpu_out). Exit status 1 if any stage failed.
+#
+#   scripts/gpu_check.sh [stage ...]      default: build test sanitize bench
+#   build     MAX_JOBS=16 setup.py build_ext --inplace with MHC_BUILD_CUDA=1
+#   test      the whole suite (pytest tests: cpu and cuda parameters, tests/test_cuda_*.py)
+#   slow      the suite's slow tests on CUDA (pytest -m slow -k cuda)
+#   trace     benchmarks/trace_ops.py: kernel by kernel inside the benchmark's CUDA graphs
+#   sanitize  scripts/sanitize.sh (memcheck, racecheck, initcheck, synccheck)
+#   bench     benchmarks/bench_ops.py, mhc_ops and eager, merged into
+#             benchmarks/results/<gpu>.json (+ .png), copied to $OUT
+#   compile   the same for torch.compile of the reference (slow: one compile per point)
+#   quick     benchmarks/bench_ops.py --quick (one point, mhc_ops and eager)
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-$ROOT/gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python3}"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)" in
+  *H200*) tag=h200 ;;
+  *H100*) tag=h100 ;;
+  *) tag=gpu ;;
+esac
+results="benchmarks/results/$tag.json"
+
+# pytest-xdist, where installed, runs the suite in 8 processes (and survives a crashed one).
+xdist=()
+"$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
+
+status=0
+run() {
+  local name=$1
+  shift
+  echo "== [$name] $*"
+  local t0=$SECONDS
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== [$name] exit $rc after $((SECONDS - t0)) s"
+  [ "$rc" -eq 0 ] || status=1
+  return "$rc"
+}
+
+for stage in "${stages[@]}"; do
+  case "$stage" in
+    build)
+      run build env MHC_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace \
+        || exit 1
+      "$PY" -c "import mhc_ops, torch; assert mhc_ops.cuda_available(), 'no CUDA kernels'; \
+print('mhc_ops', mhc_ops.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())" \
+        || exit 1
+      ;;
+    test) run test "$PY" -m pytest -q -p no:cacheprovider -rfE "${xdist[@]}" tests ;;
+    slow) run slow "$PY" -m pytest -q -p no:cacheprovider -rfE "${xdist[@]}" -m slow -k cuda tests ;;
+    trace) run trace "$PY" benchmarks/trace_ops.py --tokens 1,64,4096,16384 --widths 7168 ;;
+    sanitize) run sanitize bash scripts/sanitize.sh ;;
+    bench | compile | quick)
+      impls="mhc_ops,eager"
+      args=(--out "$results")
+      [ "$stage" = compile ] && impls="compile"
+      [ "$stage" = quick ] && args=(--quick)
+      run "$stage" "$PY" benchmarks/bench_ops.py --impls "$impls" "${args[@]}"
+      [ "$stage" = quick ] || cp "$results" "${results%.json}.png" "$OUT/" 2>/dev/null
+      ;;
+    *) echo "gpu_check.sh: unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+exit "$status"

@@ -1,0 +1,71 @@
+"""The calls scripts/sanitize.sh runs under compute-sanitizer: every CUDA op through each of
+its kernel variants at small sizes (the sanitizer slows kernels down 10-100x)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+import mhc_ops
+
+g = torch.Generator(device="cuda").manual_seed(0)
+
+
+def rn(*s, std=1.0, dtype=torch.float32):
+    return (torch.randn(*s, generator=g, device="cuda") * std).to(dtype)
+
+
+def stream_args(T, n, H, norm):
+    K, m3 = n * H, n * (n + 2)
+    return dict(x=rn(T, H, dtype=torch.bfloat16), residual=rn(T, n, H, dtype=torch.bfloat16),
+                post_mix=2 * torch.sigmoid(rn(T, n, 1)), comb_mix=torch.softmax(rn(T, n, n), -2),
+                fn=rn(m3, K, std=1 / math.sqrt(K)), hc_scale=0.5 + torch.rand(3, generator=g,
+                                                                               device="cuda"),
+                hc_base=rn(m3, std=0.5),
+                norm_weight=(1 + 0.1 * rn(H)).bfloat16() if norm else None)
+
+
+def run_stream_ops(T, n, H, norm):
+    a = stream_args(T, n, H, norm)
+    mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"],
+                    norm_weight=a["norm_weight"])
+    mhc_ops.mhc_fused_post_pre(a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["fn"],
+                               a["hc_scale"], a["hc_base"], norm_weight=a["norm_weight"])
+    mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"], a["comb_mix"])
+    mhc_ops.hc_head(a["residual"], a["fn"][:n].contiguous(), a["hc_scale"][:1],
+                    a["hc_base"][:n])
+
+
+# (T, n, H, norm): split-K with a multi-chunk epilogue, its norm form, split-K at mid T,
+# FULL_K (K = 256 never splits) with and without norm, n = 3 and n = 8, a partial K group
+cases = [(1, 4, 2048, False), (1, 4, 2048, True), (70, 4, 520, False), (40, 4, 64, True),
+         (5, 3, 200, True), (9, 8, 128, False), (3, 4, 4104, False)]
+for case in cases:
+    run_stream_ops(*case)
+
+os.environ["MHC_BATCH_INVARIANT"] = "1"
+run_stream_ops(40, 4, 64, True)
+del os.environ["MHC_BATCH_INVARIANT"]
+
+# mhc_post scalar fallback: x two bytes past alignment
+a = stream_args(5, 4, 520, False)
+buf = torch.empty(a["x"].numel() + 1, dtype=torch.bfloat16, device="cuda")
+xo = buf[1:].view_as(a["x"])
+xo.copy_(a["x"])
+mhc_ops.mhc_post(xo, a["residual"], a["post_mix"], a["comb_mix"])
+
+# prenorm GEMM: vector path, scalar path (K % 8 != 0), DeepGEMM form
+x, fn = rn(70, 2080, dtype=torch.bfloat16), rn(24, 2080, std=0.02)
+mhc_ops.hc_prenorm_gemm(x, fn, 3)
+mhc_ops.hc_prenorm_gemm(rn(5, 100, dtype=torch.bfloat16), rn(7, 100), 2)
+out, sq = torch.empty(70, 24, device="cuda"), torch.empty(70, device="cuda")
+mhc_ops.tf32_hc_prenorm_gemm(x, fn, out, sq)
+
+# linear_bf16_fp32, both backends
+for algo in ("cublas", "fp32"):
+    os.environ["MHC_BF16_FP32_GEMM_ALGO"] = algo
+    mhc_ops.linear_bf16_fp32(rn(9, 256, dtype=torch.bfloat16), rn(64, 256, dtype=torch.bfloat16))
+torch.cuda.synchronize()
+print("sanitize_calls: done")

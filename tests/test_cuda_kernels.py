@@ -1,0 +1,377 @@
+"""CUDA kernels (csrc/cuda) at the sizes they are built for, checked against the float64
+reference with the SPEC §3 bounds (helpers.check_*).
+
+Every plan the CUDA planner reaches for T in 1..16384 at this GPU's SM count is run once per
+op (its representative token count), at both DeepSeek-V4 widths, with outputs pre-filled with
+NaN so that an element no kernel wrote fails the check. Large batches are checked on sampled
+token rows (every op is per token), always including the first and the last tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import helpers as h
+import mhc_ops
+from mhc_ops import plan
+from mhc_ops.plan import KernelType
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not (mhc_ops.cuda_available() and torch.cuda.is_available()),
+                                 reason="needs the CUDA kernels and a GPU")]
+
+WIDTHS = (4096, 7168)  # DeepSeek-V4 Flash and Pro hidden sizes
+N_HC = 4
+
+
+@pytest.fixture
+def nan_filled():
+    """torch.empty (and at::empty in the launchers) returns NaN-filled memory: an output
+    element that no kernel writes stays NaN and fails the finiteness checks."""
+    det, warn = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+def _randn(g, *shape, std=1.0, mean=0.0, dtype=torch.float32):
+    return (torch.randn(*shape, generator=g, device="cuda") * std + mean).to(dtype)
+
+
+def _pre_params(g, n, H, norm):
+    """Same scales as helpers.pre_params, drawn on the GPU (large T stays fast)."""
+    K, m3 = n * H, n * (n + 2)
+    return {"fn": _randn(g, m3, K, std=1 / math.sqrt(K)),
+            "hc_scale": 0.5 + torch.rand(3, generator=g, device="cuda"),
+            "hc_base": _randn(g, m3, std=0.5),
+            "norm_weight": _randn(g, H, std=0.1, mean=1.0, dtype=torch.bfloat16) if norm else None}
+
+
+def _post_gates(g, T, n):
+    post = 2 * torch.sigmoid(_randn(g, T, n, 1))
+    comb = mhc_ops.reference.sinkhorn(_randn(g, T, n, n), 1e-6, 20)
+    return post, comb
+
+
+def _rows(T: int) -> torch.Tensor:
+    """Sampled token rows: the first and last 8, and 16 spread in between."""
+    idx = set(range(min(T, 8))) | set(range(max(0, T - 8), T))
+    idx |= {int(i) for i in torch.linspace(0, T - 1, 16).round().tolist()}
+    return torch.tensor(sorted(idx), device="cuda")
+
+
+def _sub(p: dict, **kw) -> dict:
+    return {k: v for k, v in p.items() if k not in kw} | kw
+
+
+def check_pre(T, H, norm, seed, n=N_HC):
+    g = _gen(seed)
+    res = _randn(g, T, n, H, dtype=torch.bfloat16)
+    p = _pre_params(g, n, H, norm)
+    outs = mhc_ops.mhc_pre(res, **p)
+    for o in outs:
+        assert torch.isfinite(o).all(), "unwritten or non-finite output"
+    idx = _rows(T)
+    h.check_pre_outputs(tuple(o[idx] for o in outs), res[idx], p)
+
+
+def check_fused(T, H, norm, seed, n=N_HC):
+    g = _gen(seed)
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, n, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, n)
+    p = _pre_params(g, n, H, norm)
+    outs = mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p)
+    for o in outs:
+        assert torch.isfinite(o).all(), "unwritten or non-finite output"
+    idx = _rows(T)
+    r = outs[0][idx]
+    h.check_post_output(r, {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                            "comb_mix": comb[idx]}, what="fused residual_out")
+    h.check_pre_outputs(tuple(o[idx] for o in outs[1:]), r, p, what="fused")
+    # residual_out is bit-identical to mhc_post on the same device (SPEC §2.3)
+    assert torch.equal(outs[0], mhc_ops.mhc_post(x, res, post, comb))
+
+
+def check_head(T, H, seed, n=N_HC):
+    g = _gen(seed)
+    K = n * H
+    inp = {"residual": _randn(g, T, n, H, dtype=torch.bfloat16),
+           "fn": _randn(g, n, K, std=1 / math.sqrt(K)),
+           "hc_scale": 0.5 + torch.rand(1, generator=g, device="cuda"),
+           "hc_base": _randn(g, n, std=0.5)}
+    out = mhc_ops.hc_head(**inp)
+    assert torch.isfinite(out).all(), "unwritten or non-finite output"
+    idx = _rows(T)
+    h.check_head_output(out[idx], _sub(inp, residual=inp["residual"][idx]))
+
+
+def check_post(T, H, seed, n=N_HC):
+    g = _gen(seed)
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, n, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, n)
+    out = mhc_ops.mhc_post(x, res, post, comb)
+    assert torch.isfinite(out).all(), "unwritten or non-finite output"
+    idx = _rows(T)
+    h.check_post_output(out[idx], {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                                   "comb_mix": comb[idx]})
+
+
+def check_prenorm(M, K, S, seed, N=24):
+    g = _gen(seed)
+    x = _randn(g, M, K, dtype=torch.bfloat16)
+    fn = _randn(g, N, K, std=1 / math.sqrt(K))
+    out, sq = mhc_ops.hc_prenorm_gemm(x, fn, S)
+    assert torch.isfinite(out).all() and torch.isfinite(sq).all()
+    idx = _rows(M)
+    h.check_prenorm_outputs(out[:, idx], sq[:, idx], x[idx], fn, S)
+
+
+def _launched(kind) -> set:
+    """Plans the launchers recorded on the current GPU (mhc_ops._C registry)."""
+    dev = torch.cuda.current_device()
+    plans = {plan.Plan._from_c(p) for d, p, _ in mhc_ops._C.launched_plans() if d == dev}
+    return {p for p in plans if p.kind == kind}
+
+
+# ----------------------------------------------------------------------------------------------
+# Every plan reachable for T in 1..16384 at this GPU's SM count, once each.
+
+MAX_TOKENS = 16384
+
+
+def _reps(kind, H, norm=False):
+    return plan.token_count_representatives(kind, MAX_TOKENS, hidden_size=H, hc_mult=N_HC,
+                                            num_sms=plan.device_num_sms("cuda"), norm=norm,
+                                            batch_invariant=False)
+
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", WIDTHS)
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize("kind", [KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE])
+def test_every_plan_pre_fused(kind, norm, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    check = check_pre if kind == KernelType.MHC_PRE else check_fused
+    reps = _reps(kind, H, norm)
+    # the small decode sizes of the same plans too (a plan runs every T up to its representative)
+    for T in sorted(set(reps) | {1, 7}):
+        check(T, H, norm, seed=h.seed_of(kind.name, T, H, norm))
+        want = plan.plan_of(kind, T, hidden_size=H, num_sms=plan.device_num_sms("cuda"),
+                            norm=norm, batch_invariant=False)
+        assert want in _launched(kind), f"T={T}: launcher did not record {want}"
+
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", WIDTHS)
+def test_every_plan_head(H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    for T in sorted(set(_reps(KernelType.HC_HEAD, H)) | {1, 7}):
+        check_head(T, H, seed=h.seed_of("head", T, H))
+    assert len(_launched(KernelType.HC_HEAD)) >= len(_reps(KernelType.HC_HEAD, H))
+
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", WIDTHS)
+def test_every_plan_prenorm(H):
+    sms = plan.device_num_sms("cuda")
+    for T in sorted(set(_reps(KernelType.PRENORM_GEMM, H)) | {1}):
+        S = plan.plan_of(KernelType.PRENORM_GEMM, T, hidden_size=H, num_sms=sms).num_splits
+        check_prenorm(T, N_HC * H, S, seed=h.seed_of("prenorm", T, H))
+
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", WIDTHS)
+@pytest.mark.parametrize("T", [1, 8, 64, 4096, 16384])
+def test_post_sizes(T, H):
+    check_post(T, H, seed=h.seed_of("post", T, H))
+
+
+# ----------------------------------------------------------------------------------------------
+# Other hc_mult, odd widths and the scalar fallbacks, on the CUDA paths.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 8])
+@pytest.mark.parametrize("T", [3, 200, 6000])  # decode split, mid split, FULL_K (at 132 SMs)
+def test_other_hc_mult(n, T):
+    H = 1024
+    check_pre(T, H, norm=T == 200, seed=h.seed_of("n", n, T), n=n)
+    check_fused(T, H, norm=False, seed=h.seed_of("nf", n, T), n=n)
+    check_head(T, H, seed=h.seed_of("nh", n, T), n=n)
+
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [8, 40, 264, 1000, 7176])  # G = ceil(H/32) with a partial group
+def test_odd_widths(H):
+    for T in (1, 50, 5000 if H <= 1000 else 300):
+        check_pre(T, H, norm=True, seed=h.seed_of("w", H, T))
+        check_fused(T, H, norm=False, seed=h.seed_of("wf", H, T))
+        check_head(T, H, seed=h.seed_of("wh", H, T))
+
+
+def test_post_scalar_fallback_is_bit_identical():
+    g = _gen(5)
+    T, n, H = 37, 4, 520
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, n, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, n)
+    want = mhc_ops.mhc_post(x, res, post, comb)
+    for name in ("x", "residual"):
+        a = {"x": x, "residual": res}
+        a[name] = h.odd_view(a[name], "offset")  # contiguous, 2 bytes past alignment
+        assert torch.equal(mhc_ops.mhc_post(a["x"], a["residual"], post, comb), want)
+
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("K", [24, 100, 4 * 520 + 6, 16384])
+@pytest.mark.parametrize("N", [1, 8, 24, 32])
+def test_prenorm_shapes(N, K):
+    blocks = -(-K // 64)
+    for M in (1, 70, 300):
+        for S in sorted({1, min(3, blocks), blocks}):
+            check_prenorm(M, K, S, seed=h.seed_of("pn", M, N, K, S), N=N)
+
+
+def test_prenorm_misaligned_x_and_deepgemm_form():
+    g = _gen(6)
+    M, N, K = 33, 24, 4096
+    x = _randn(g, M, K, dtype=torch.bfloat16)
+    fn = _randn(g, N, K, std=1 / 64)
+    want_o, want_s = mhc_ops.hc_prenorm_gemm(x, fn, 1)
+    xo = h.odd_view(x, "offset")
+    got_o, got_s = mhc_ops.hc_prenorm_gemm(xo, fn, 1)
+    assert torch.equal(got_o, want_o) and torch.equal(got_s, want_s)
+    out = torch.full((M, N), float("nan"), device="cuda")
+    sq = torch.full((M,), float("nan"), device="cuda")
+    mhc_ops.tf32_hc_prenorm_gemm(x, fn, out, sq)
+    assert torch.equal(out, want_o[0]) and torch.equal(sq, want_s[0])
+    # non-contiguous out / sqrsum of the split form are written through a temporary
+    out = torch.full((1, N, M), float("nan"), device="cuda").transpose(1, 2)
+    sq = torch.full((1, 2 * M), float("nan"), device="cuda")[:, ::2]
+    mhc_ops.tf32_hc_prenorm_gemm(x, fn, out, sq, 1)
+    assert torch.equal(out, want_o) and torch.equal(sq, want_s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch invariance at real widths (SPEC §5): a token's bits do not depend on its batch.
+
+@pytest.mark.parametrize("H", WIDTHS)
+def test_batch_invariant_real_widths(H, monkeypatch):
+    monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
+    g = _gen(7)
+    pool = 4096
+    x = _randn(g, pool, H, dtype=torch.bfloat16)
+    res = _randn(g, pool, N_HC, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, pool, N_HC)
+    p = _pre_params(g, N_HC, H, norm=True)
+    hp = {"fn": p["fn"][:N_HC], "hc_scale": p["hc_scale"][:1], "hc_base": p["hc_base"][:N_HC]}
+
+    def run(rows):
+        a = mhc_ops.mhc_pre(res[rows], **p)
+        b = mhc_ops.mhc_pre(res[rows], **_sub(p, norm_weight=None))
+        c = mhc_ops.mhc_fused_post_pre(x[rows], res[rows], post[rows], comb[rows], **p)
+        d = mhc_ops.hc_head(res[rows], **hp)
+        return (*a, *b, *c, d)
+
+    probe = 0
+    want = [o[0] for o in run(torch.tensor([probe], device="cuda"))]
+    for T in (7, 64, 4096):
+        rows = torch.arange(1, T, device="cuda")
+        rows = torch.cat([rows[: T // 2], torch.tensor([probe], device="cuda"), rows[T // 2:]])
+        for w, o in zip(want, run(rows)):
+            assert torch.equal(o[T // 2], w), f"batch of {T}"
+
+
+# ----------------------------------------------------------------------------------------------
+# T·n·H > 2^31 at the Pro width: the last tokens start past 2^31 elements.
+
+BIG_T, BIG_H = 74_900, 7168
+
+
+@pytest.fixture(scope="module")
+def big_inputs():
+    need = BIG_T * N_HC * BIG_H * 2 * 2 + BIG_T * BIG_H * 2 * 3
+    if torch.cuda.mem_get_info()[0] < need * 1.2:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB free on the GPU")
+    g = _gen(8)
+    assert BIG_T * N_HC * BIG_H > 2**31
+    x = _randn(g, BIG_T, BIG_H, dtype=torch.bfloat16)
+    res = _randn(g, BIG_T, N_HC, BIG_H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, BIG_T, N_HC)
+    p = _pre_params(g, N_HC, BIG_H, norm=True)
+    yield x, res, post, comb, p
+    del x, res
+    torch.cuda.empty_cache()
+
+
+def test_past_2_31_pre_head_post(big_inputs):
+    x, res, post, comb, p = big_inputs
+    idx = _rows(BIG_T)
+    outs = mhc_ops.mhc_pre(res, **p)
+    h.check_pre_outputs(tuple(o[idx] for o in outs), res[idx], p)
+    del outs
+    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+          "hc_base": p["hc_base"][:N_HC]}
+    out = mhc_ops.hc_head(res, **hp)
+    h.check_head_output(out[idx], {"residual": res[idx], **hp})
+    del out
+    r = mhc_ops.mhc_post(x, res, post, comb)
+    h.check_post_output(r[idx], {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                                 "comb_mix": comb[idx]})
+
+
+def test_past_2_31_fused(big_inputs):
+    x, res, post, comb, p = big_inputs
+    idx = _rows(BIG_T)
+    outs = mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p)
+    r = outs[0][idx]
+    h.check_post_output(r, {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                            "comb_mix": comb[idx]}, what="fused residual_out")
+    h.check_pre_outputs(tuple(o[idx] for o in outs[1:]), r, p, what="fused")
+
+
+# ----------------------------------------------------------------------------------------------
+# linear_bf16_fp32 backends (SPEC §2.7, §5).
+
+@pytest.mark.parametrize("algo", ["cublas", "fp32"])
+def test_linear_backends(algo, monkeypatch):
+    monkeypatch.setenv("MHC_BF16_FP32_GEMM_ALGO", algo)
+    g = _gen(9)
+    for M, N, K in ((1, 256, 7168), (77, 512, 4096), (4096, 64, 1000)):
+        x = _randn(g, M, K, dtype=torch.bfloat16)
+        w = _randn(g, N, K, std=1 / math.sqrt(K), dtype=torch.bfloat16)
+        out = mhc_ops.linear_bf16_fp32(x, w)
+        ref = x.double() @ w.double().t()
+        err = float((out.double() - ref).norm() / ref.norm())
+        assert err <= 1e-5, f"{algo} {M}x{N}x{K}: normwise error {err:.2e}"
+    variant = "fp32_gemm" if algo == "fp32" else "cublas"
+    assert any(p.variant == variant for p in _launched(KernelType.LINEAR_BF16_FP32))
+
+
+def test_linear_invalid_algo_warns_and_uses_cublas():
+    # TORCH_WARN_ONCE fires once per process: run it in a fresh one.
+    import subprocess
+    import sys
+    code = ("import torch, mhc_ops\n"
+            "x = torch.randn(4, 64, device='cuda').bfloat16()\n"
+            "w = torch.randn(8, 64, device='cuda').bfloat16()\n"
+            "mhc_ops.linear_bf16_fp32(x, w)\n"
+            "print(sorted({p[1] for _, p, _ in mhc_ops._C.launched_plans()}))\n")
+    env = {**__import__("os").environ, "MHC_BF16_FP32_GEMM_ALGO": "tf32"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "MHC_BF16_FP32_GEMM_ALGO=tf32 is not one of" in r.stderr
+    assert r.stdout.strip() == "['cublas']"
