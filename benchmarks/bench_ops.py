@@ -1,0 +1,353 @@
+"""Timing of the mHC ops against the eager reference, torch.compile of it and the byte floor
+(SPEC §8).
+
+For each op, T and H: verify mhc_ops against the float64 reference first, then time each
+implementation as the median per call of CUDA-graph replays of >= 10 back-to-back calls,
+  * warm: the same inputs every call;
+  * cold: the calls rotate over >= 8 input sets (fn included) whose total exceeds 2x L2, so
+    fn and the activations come from HBM.
+Implementations: mhc_ops (the CUDA kernels), eager (mhc_ops.reference, fp32), compile
+(torch.compile of the reference, static shapes, compiled once per point and reused for warm
+and cold). Floor = bytes moved once / device-to-device copy bandwidth measured in this run
+(bytes read + written), with
+  pre     T·(10H + 80) + 384H          residual in, layer_input + gates out, fn
+  post    T·(18H + 80)                 x + residual in, new residual out, gates in
+  fused   T·(20H + 160) + 384H         post's bytes + layer_input + gates out, fn
+  head    T·10H + 64H                  residual in, [T, H] out, fn [4, 4H] fp32
+  prenorm T·(8H + 100·S) + 384H        x [T, 4H] in, S splits of out [T, 24] + sqrsum, fn
+(n = 4; prenorm runs upstream's split count S for T, as a DeepGEMM caller would).
+
+  python benchmarks/bench_ops.py                      # all ops, T and H of SPEC §8
+  python benchmarks/bench_ops.py --quick              # one point (T=64, H=7168), all ops
+  python benchmarks/bench_ops.py --impls mhc_ops,eager --out r.json   # merge into r.json
+Writes JSON rows {op, T, H, l2, impl, us, floor_us} and a PNG plot next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import zlib
+
+import torch
+
+import mhc_ops
+from mhc_ops import plan, reference
+
+N_HC = 4
+OPS = ("mhc_pre", "mhc_post", "mhc_fused_post_pre", "hc_head", "hc_prenorm_gemm")
+TOKENS = (1, 8, 32, 64, 512, 4096, 16384)
+WIDTHS = (4096, 7168)
+MIN_SETS = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+def make_set(op: str, T: int, H: int, g: torch.Generator) -> dict:
+    K, m3 = N_HC * H, N_HC * (N_HC + 2)
+
+    def rn(*s, std=1.0, dtype=torch.float32):
+        return (torch.randn(*s, generator=g, device="cuda") * std).to(dtype)
+
+    if op == "hc_prenorm_gemm":
+        return {"x": rn(T, K, dtype=torch.bfloat16), "fn": rn(m3, K, std=1 / math.sqrt(K))}
+    a = {"residual": rn(T, N_HC, H, dtype=torch.bfloat16)}
+    if op in ("mhc_post", "mhc_fused_post_pre"):
+        a["x"] = rn(T, H, dtype=torch.bfloat16)
+        a["post_mix"] = 2 * torch.sigmoid(rn(T, N_HC, 1))
+        a["comb_mix"] = reference.sinkhorn(rn(T, N_HC, N_HC), 1e-6, 20)
+    if op in ("mhc_pre", "mhc_fused_post_pre"):
+        a["fn"] = rn(m3, K, std=1 / math.sqrt(K))
+        a["hc_scale"] = 0.5 + torch.rand(3, generator=g, device="cuda")
+        a["hc_base"] = rn(m3, std=0.5)
+    if op == "hc_head":
+        a["fn"] = rn(N_HC, K, std=1 / math.sqrt(K))
+        a["hc_scale"] = 0.5 + torch.rand(1, generator=g, device="cuda")
+        a["hc_base"] = rn(N_HC, std=0.5)
+    return a
+
+
+def set_bytes(a: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in a.values())
+
+
+def floor_bytes(op: str, T: int, H: int, sms: int) -> int:
+    if op == "mhc_pre":
+        return T * (10 * H + 80) + 384 * H
+    if op == "mhc_post":
+        return T * (18 * H + 80)
+    if op == "mhc_fused_post_pre":
+        return T * (20 * H + 160) + 384 * H
+    if op == "hc_head":
+        return T * 10 * H + 64 * H
+    S = plan.num_splits(T, N_HC * H, sms)
+    return T * (8 * H + 100 * S) + 384 * H
+
+
+def prenorm_splits(T: int, H: int, sms: int) -> int:
+    return plan.num_splits(T, N_HC * H, sms)
+
+
+# ---------------------------------------------------------------------------------------------
+# The callables per implementation. Each returns a function of one input set.
+
+def op_fn(op: str, impl: str, T: int, H: int, sms: int):
+    S = prenorm_splits(T, H, sms)
+    if impl == "mhc_ops":
+        if op == "hc_prenorm_gemm":
+            return lambda a: mhc_ops.hc_prenorm_gemm(a["x"], a["fn"], S)
+        return lambda a: getattr(mhc_ops, op)(**a)
+    ref = getattr(reference, op)
+    if op == "hc_prenorm_gemm":
+        def f(x, fn):
+            return ref(x, fn, S)
+    elif op == "mhc_post":
+        def f(x, residual, post_mix, comb_mix):
+            return ref(x, residual, post_mix, comb_mix)
+    elif op == "hc_head":
+        def f(residual, fn, hc_scale, hc_base):
+            return ref(residual, fn, hc_scale, hc_base)
+    elif op == "mhc_pre":
+        def f(residual, fn, hc_scale, hc_base):
+            return ref(residual, fn, hc_scale, hc_base)
+    else:
+        def f(x, residual, post_mix, comb_mix, fn, hc_scale, hc_base):
+            return ref(x, residual, post_mix, comb_mix, fn, hc_scale, hc_base)
+    if impl == "compile":
+        f = torch.compile(f, dynamic=False, fullgraph=True)
+    return lambda a: f(**a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification (loose: the tests hold the SPEC §3 bounds; this catches a broken build).
+
+def verify(op: str, a: dict, T: int, H: int, sms: int) -> str | None:
+    got = op_fn(op, "mhc_ops", T, H, sms)(a)
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    rows = torch.unique(torch.tensor([0, T // 2, T - 1], device="cuda"))
+    if op == "hc_prenorm_gemm":
+        want = reference.hc_prenorm_gemm(a["x"][rows], a["fn"], prenorm_splits(T, H, sms),
+                                         dtype=torch.float64)
+        got = (got[0][:, rows], got[1][:, rows])
+    else:
+        sub = {k: (v[rows] if v.dim() > 1 and v.shape[0] == T and k != "fn" else v)
+               for k, v in a.items()}
+        want = getattr(reference, op)(**sub, dtype=torch.float64)
+        want = want if isinstance(want, (tuple, list)) else (want,)
+        got = tuple(o[rows] for o in got)
+    for i, (o, w) in enumerate(zip(got, want)):
+        o, w = o.double(), w.double()
+        if not torch.isfinite(o).all():
+            return f"output {i} not finite"
+        err = float(((o - w).abs() - 0.02 * w.abs()).max())
+        if err > 0.02:
+            return f"output {i} off by {err:.3g}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+def graph_time_us(fn, sets: list[dict], calls: int, budget_s: float = 0.25) -> float:
+    """Median over replays of (replay time / calls) for a graph of `calls` back-to-back calls
+    rotating over `sets`."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(min(calls, len(sets))):
+            fn(sets[i])
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(sets[i % len(sets)])
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    graph.replay()
+    torch.cuda.synchronize()
+    once = time.perf_counter() - t0
+    reps = max(5, min(50, int(budget_s / max(once, 1e-6))))
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        start[i].record()
+        graph.replay()
+        end[i].record()
+    torch.cuda.synchronize()
+    del graph
+    return statistics.median(s.elapsed_time(e) for s, e in zip(start, end)) * 1e3 / calls
+
+
+def copy_bandwidth_gbps() -> float:
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    ts = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        dst.copy_(src)
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    return 2 * n / (statistics.median(ts) * 1e-3) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+
+def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures):
+    g = torch.Generator(device="cuda").manual_seed(zlib.crc32(repr((op, T, H)).encode()))
+    first = make_set(op, T, H, g)
+    nsets = max(MIN_SETS, math.ceil(2.5 * l2_bytes / set_bytes(first)))
+    if "mhc_ops" in impls:
+        msg = verify(op, first, T, H, sms)
+        if msg:
+            failures.append(f"{op} T={T} H={H}: {msg}")
+            print(f"VERIFY FAILED {op} T={T} H={H}: {msg}", flush=True)
+    sets = [first] + [make_set(op, T, H, g) for _ in range(nsets - 1)]
+    floor_us = floor_bytes(op, T, H, sms) / (bw * 1e9) * 1e6
+    out = {}
+    for impl in impls:
+        fn = op_fn(op, impl, T, H, sms)
+        for l2 in ("warm", "cold"):
+            use = sets[:1] if l2 == "warm" else sets
+            us = graph_time_us(fn, use, max(10, len(use)))
+            out[(impl, l2)] = us
+            rows.append({"op": op, "T": T, "H": H, "l2": l2, "impl": impl, "us": round(us, 3),
+                         "floor_us": round(floor_us, 3)})
+    del sets, first
+    torch.cuda.empty_cache()
+    cells = "  ".join(f"{i}/{l}={out[(i, l)]:9.2f}" for i in impls for l in ("warm", "cold"))
+    print(f"{op:20s} T={T:6d} H={H:5d} floor={floor_us:8.2f}  {cells}", flush=True)
+
+
+def table(rows: list[dict]) -> str:
+    key = {}
+    for r in rows:
+        key.setdefault((r["op"], r["H"], r["T"]), {})[(r["impl"], r["l2"])] = r["us"]
+        key[(r["op"], r["H"], r["T"])]["floor"] = r["floor_us"]
+    lines = [f"{'op':20s} {'H':>5s} {'T':>6s} {'floor':>9s} {'mhc cold':>9s} {'x floor':>7s} "
+             f"{'compile':>9s} {'speedup':>7s} {'eager':>9s} {'mhc warm':>9s}"]
+    for (op, H, T), v in sorted(key.items(), key=lambda kv: (OPS.index(kv[0][0]), kv[0][1],
+                                                              kv[0][2])):
+        m, c, e = v.get(("mhc_ops", "cold")), v.get(("compile", "cold")), v.get(("eager", "cold"))
+        f = v["floor"]
+        fmt = lambda x: f"{x:9.2f}" if x is not None else f"{'-':>9s}"  # noqa: E731
+        lines.append(f"{op:20s} {H:5d} {T:6d} {f:9.2f} {fmt(m)} "
+                     f"{(m / f if m else 0):7.2f} {fmt(c)} {(c / m if m and c else 0):7.2f} "
+                     f"{fmt(e)} {fmt(v.get(('mhc_ops', 'warm')))}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(WIDTHS), len(OPS), figsize=(4 * len(OPS), 3.6 * len(WIDTHS)),
+                             squeeze=False)
+    for i, H in enumerate(WIDTHS):
+        for j, op in enumerate(OPS):
+            ax = axes[i][j]
+            sel = [r for r in rows if r["op"] == op and r["H"] == H and r["l2"] == "cold"]
+            for impl, style, color in (("mhc_ops", "o-", "C0"), ("compile", "s--", "C1"),
+                                       ("eager", "^:", "C2")):
+                pts = sorted((r["T"], r["us"]) for r in sel if r["impl"] == impl)
+                if pts:
+                    ax.plot(*zip(*pts), style, color=color, label=impl)
+            fl = sorted({r["T"]: r["floor_us"] for r in sel}.items())
+            if fl:
+                ax.plot(*zip(*fl), "k-", lw=1, label="byte floor")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{op} H={H} (cold)", fontsize=9)
+            ax.set_xlabel("T")
+            ax.set_ylabel("µs / call")
+            ax.grid(True, which="both", alpha=0.3)
+    handles = {}
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.97, 1))
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one point: T=64, H=7168, all ops")
+    ap.add_argument("--ops", default=",".join(OPS))
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    ap.add_argument("--widths", default=",".join(map(str, WIDTHS)))
+    ap.add_argument("--impls", default="mhc_ops,eager,compile")
+    ap.add_argument("--out", default=None, help="JSON file; rows of other impls are kept")
+    ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
+    args = ap.parse_args()
+    if not (mhc_ops.cuda_available() and torch.cuda.is_available()):
+        print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
+        return 2
+    ops = args.ops.split(",")
+    tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
+    widths = [7168] if args.quick else [int(h) for h in args.widths.split(",")]
+    impls = args.impls.split(",")
+    torch._dynamo.config.cache_size_limit = 256
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = 256
+    props = torch.cuda.get_device_properties(0)
+    sms, l2 = props.multi_processor_count, props.L2_cache_size
+    bw = copy_bandwidth_gbps()
+    print(f"{props.name}: {sms} SMs, L2 {l2 / 2**20:.0f} MiB, copy bandwidth {bw:.0f} GB/s, "
+          f"torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
+    rows, failures = [], []
+    old, command = [], " ".join(["python"] + sys.argv)
+    if args.out and os.path.exists(args.out):
+        with open(args.out) as f:
+            prev = json.load(f)
+        old = prev["rows"]
+        if prev.get("command") and prev["command"] != command:
+            command = prev["command"] + " && " + command
+
+    def save() -> dict:
+        keys = {(q["op"], q["T"], q["H"], q["impl"]) for q in rows}
+        doc = {"device": props.name, "torch": torch.__version__, "cuda": torch.version.cuda,
+               "copy_bandwidth_GBps": round(bw, 1), "command": command,
+               "rows": [r for r in old if (r["op"], r["T"], r["H"], r["impl"]) not in keys]
+               + rows}
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+        return doc
+
+    for op in ops:
+        for H in widths:
+            for T in tokens:
+                run_point(op, T, H, impls, sms, l2, bw, rows, failures)
+                if args.out:  # after every point, so that a run cut short keeps its rows
+                    save()
+    print()
+    print(table(rows))
+    if args.out:
+        doc = save()
+        png = args.plot or os.path.splitext(args.out)[0] + ".png"
+        plot(doc["rows"], png, f"{props.name}, torch {torch.__version__}, CUDA "
+                               f"{torch.version.cuda}, copy {bw:.0f} GB/s")
+        print(f"wrote {args.out} and {png}")
+    if failures:
+        print("VERIFY FAILURES:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Where the time of one op call goes, kernel by kernel, inside the CUDA graph the benchmark
+replays (programmatic dependent launch overlap included): torch.profiler around one replay of
+`calls` back-to-back calls (cold input sets as in bench_ops), then per kernel the mean
+duration, and the period per call.
+
+  python benchmarks/trace_ops.py --ops mhc_pre,hc_head --tokens 1,64 --widths 7168
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_ops  # noqa: E402
+
+
+def trace_point(op: str, T: int, H: int, sms: int, l2: int) -> None:
+    g = torch.Generator(device="cuda").manual_seed(1)
+    first = bench_ops.make_set(op, T, H, g)
+    nsets = max(bench_ops.MIN_SETS, math.ceil(2.5 * l2 / bench_ops.set_bytes(first)))
+    sets = [first] + [bench_ops.make_set(op, T, H, g) for _ in range(nsets - 1)]
+    calls = max(10, nsets)
+    fn = bench_ops.op_fn(op, "mhc_ops", T, H, sms)
+    for a in sets[:calls]:
+        fn(a)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(sets[i % len(sets)])
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        graph.replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_name: dict[str, list] = {}
+    for e in kernels:
+        name = e.name.split("(")[0].replace("void ", "").replace("mhc::cuda::", "")[:60]
+        by_name.setdefault(name, []).append(e)
+    t0 = min(e.time_range.start for e in kernels)
+    t1 = max(e.time_range.end for e in kernels)
+    print(f"{op} T={T} H={H}: {calls} calls in {t1 - t0:.1f} us -> {(t1 - t0) / calls:.2f} us/call")
+    for name, evs in by_name.items():
+        d = statistics.mean(e.time_range.elapsed_us() for e in evs)
+        print(f"    {len(evs):3d} x {d:8.2f} us  {name}")
+    del graph, sets
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", default=",".join(bench_ops.OPS))
+    ap.add_argument("--tokens", default="1,64,4096")
+    ap.add_argument("--widths", default="7168")
+    args = ap.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    for op in args.ops.split(","):
+        for H in map(int, args.widths.split(",")):
+            for T in map(int, args.tokens.split(",")):
+                trace_point(op, T, H, props.multi_processor_count, props.L2_cache_size)
+
+
+if __name__ == "__main__":
+    main()
