@@ -2,8 +2,9 @@
 //
 // Compute-bound on the CPU (n(n+2) rows x K per token). The 8 lanes are written as a GCC
 // vector type so the arithmetic order is the source's on every target; an AVX2+FMA build and
-// a baseline one of the same source are chosen once, by what the CPU supports. Two weight rows x four
-// tokens keep eight independent accumulators in flight.
+// a baseline one of the same source are chosen once, by what the CPU supports. Three weight
+// rows x four tokens keep twelve accumulators in registers, and each activation vector is
+// loaded once for the three rows.
 #include "cpu/dot.h"
 
 #include <cstring>
@@ -50,9 +51,11 @@ MHC_CPU_INLINE void block_rows(const float (&xf)[kDotTokens][kBlock], int64_t le
   v8f acc[R][kDotTokens] = {};
   const int64_t full = len / kLanes * kLanes;
   for (int64_t k = 0; k < full; k += kLanes) {
+    v8f xv[kDotTokens];
+    for (int t = 0; t < kDotTokens; ++t) xv[t] = load8(&xf[t][k]);
     for (int r = 0; r < R; ++r) {
       const v8f wv = load8(w[r] + k);
-      for (int t = 0; t < kDotTokens; ++t) acc[r][t] += load8(&xf[t][k]) * wv;
+      for (int t = 0; t < kDotTokens; ++t) acc[r][t] += xv[t] * wv;
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -87,11 +90,14 @@ MHC_CPU_INLINE void dot_rows_impl(const uint16_t* const x[kDotTokens], int64_t K
       ssum[t] += fold(acc, none);
     }
     int o = 0;
-    for (; o + 2 <= N; o += 2) {
+    for (; o + 3 <= N; o += 3) {
+      const float* rows[3] = {w + o * ldw + k0, w + (o + 1) * ldw + k0, w + (o + 2) * ldw + k0};
+      block_rows<3>(xf, len, rows, dsum, o);
+    }
+    if (N - o == 2) {
       const float* rows[2] = {w + o * ldw + k0, w + (o + 1) * ldw + k0};
       block_rows<2>(xf, len, rows, dsum, o);
-    }
-    if (o < N) {
+    } else if (N - o == 1) {
       const float* rows[1] = {w + o * ldw + k0};
       block_rows<1>(xf, len, rows, dsum, o);
     }
