@@ -20,6 +20,7 @@ import torch
 
 import mhc_ops
 from mhc_ops import reference
+from mhc_ops.plan import num_splits
 
 
 def _inputs(T, H, n=4, seed=0):
@@ -48,7 +49,9 @@ def _calls(lib, a):
         "mhc_fused_post_pre": lambda: lib.mhc_fused_post_pre(x, r, p, c, fn, s, b,
                                                              norm_weight=a["norm_weight"]),
         "hc_head": lambda: lib.hc_head(r, fn[:n], s[:1], b[:n]),
-        "hc_prenorm_gemm": lambda: lib.hc_prenorm_gemm(r.view(r.shape[0], -1), fn, 4),
+        # the split count DeepGEMM-style callers pass: upstream's rule for a 132-SM GPU
+        "hc_prenorm_gemm": lambda: lib.hc_prenorm_gemm(
+            r.view(r.shape[0], -1), fn, num_splits(r.shape[0], fn.shape[1], 132)),
         "linear_bf16_fp32": lambda: lib.linear_bf16_fp32(x, a["weight"]),
     }
 
