@@ -50,18 +50,6 @@ int64_t even_splits(int64_t groups, int64_t want) {
 }
 }  // namespace
 
-const char* kernel_type_name(KernelType k) {
-  switch (k) {
-    case KernelType::PRENORM_GEMM: return "PRENORM_GEMM";
-    case KernelType::MHC_PRE: return "MHC_PRE";
-    case KernelType::MHC_POST: return "MHC_POST";
-    case KernelType::MHC_FUSED_POST_PRE: return "MHC_FUSED_POST_PRE";
-    case KernelType::HC_HEAD: return "HC_HEAD";
-    case KernelType::LINEAR_BF16_FP32: return "LINEAR_BF16_FP32";
-  }
-  return "?";
-}
-
 const char* variant_name(Variant v) {
   switch (v) {
     case Variant::CPU: return "cpu";

@@ -18,8 +18,6 @@ enum class KernelType : int32_t {
   HC_HEAD = 4,
   LINEAR_BF16_FP32 = 5,
 };
-constexpr int kNumKernelTypes = 6;
-const char* kernel_type_name(KernelType k);
 
 // Kernel family a plan runs.
 enum class Variant : int32_t {
