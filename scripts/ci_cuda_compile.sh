@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Compiles and links the CUDA sources on a machine with no GPU, so that a CUDA compile error
+# fails CI. torch 2.14.1 (a CUDA 13 build; on local disk on the dev machines) goes into its own
+# venv, .cuvenv; the build is out of tree (build/cuda-*) and leaves the CPU build alone. The
+# CUDA toolkit on these machines has no cuBLAS/cuSPARSE headers or libraries, which torch's CUDA
+# headers include and the library links: they come from the torch wheel's nvidia/cu13 package,
+# whose libraries are versioned only (libcublas.so.13), so build/cuda-link holds the
+# unversioned names the linker looks for.
+#
+#   MHC_CUDA_TORCH_SPEC=torch==2.14.1  TORCH_CUDA_ARCH_LIST=9.0  CUDA_HOME=/usr/local/cuda
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.cuvenv"
+cd "$ROOT"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+if ! "$VENV/bin/python" -c "import torch, ninja, setuptools, numpy" 2>/dev/null; then
+  echo "[cuda-compile] pip install ${MHC_CUDA_TORCH_SPEC:-torch==2.14.1} numpy ninja setuptools wheel" >&2
+  "$VENV/bin/pip" install -q "${MHC_CUDA_TORCH_SPEC:-torch==2.14.1}" numpy ninja setuptools wheel
+fi
+cu13="$("$VENV/bin/python" -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
+mkdir -p build/cuda-link
+for lib in cublas cublasLt; do ln -sf "$cu13/lib/lib$lib.so.13" "build/cuda-link/lib$lib.so"; done
+start=$SECONDS
+PATH="$VENV/bin:$PATH" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" CPATH="$cu13/include${CPATH:+:$CPATH}" \
+  LIBRARY_PATH="$ROOT/build/cuda-link${LIBRARY_PATH:+:$LIBRARY_PATH}" \
+  MHC_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-2}" \
+  "$VENV/bin/python" setup.py build_ext --build-temp build/cuda-temp --build-lib build/cuda-lib \
+  > build/cuda-compile.log 2>&1 || {
+    grep -E -m 20 'error' build/cuda-compile.log >&2 || true
+    tail -n 20 build/cuda-compile.log >&2
+    echo "[cuda-compile] FAILED; full output in build/cuda-compile.log" >&2
+    exit 1
+  }
+so="$(ls build/cuda-lib/mhc_ops/_C*.so)"
+nm -DC "$so" | grep "mhc::mhc_pre_cuda" >/dev/null || { echo "[cuda-compile] no CUDA entry points in $so" >&2; exit 1; }
+echo "[cuda-compile] OK: $(basename "$so") with CUDA kernels for ${TORCH_CUDA_ARCH_LIST:-9.0} in $((SECONDS - start)) s" >&2
