@@ -7,7 +7,6 @@ TORCH_CUDA_ARCH_LIST defaults to the visible GPUs' architectures, or 9.0 when no
 
 import glob
 import os
-import re
 import shutil
 import subprocess
 
@@ -48,50 +47,95 @@ def arch_list() -> str:
     return arch
 
 
-def _gcc_major(cxx: str) -> int | None:
-    """Major version of a GCC C++ driver; None for anything else (clang, wrappers)."""
+def _elf_needed(path: str) -> list[str] | None:
+    """DT_NEEDED entries of a 64-bit little-endian ELF shared object; None if unreadable."""
+    import struct
+
     try:
-        text = subprocess.run([cxx, "--version"], capture_output=True, text=True,
-                              timeout=30).stdout
-        if "Free Software Foundation" not in text:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
             return None
-        ver = subprocess.run([cxx, "-dumpversion"], capture_output=True, text=True,
-                             timeout=30).stdout.strip()
-        return int(ver.split(".")[0])
-    except (OSError, subprocess.SubprocessError, ValueError):
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                    for i in range(shnum)]
+        for sh in sections:
+            if sh[1] != 6:  # SHT_DYNAMIC
+                continue
+            strtab = sections[sh[6]]  # sh_link: the dynamic string table
+            names = []
+            for off in range(sh[4], sh[4] + sh[5], 16):
+                tag, val = struct.unpack_from("<qQ", data, off)
+                if tag == 0:
+                    break
+                if tag == 1:  # DT_NEEDED
+                    start = strtab[4] + val
+                    names.append(data[start:data.index(b"\0", start)].decode())
+            return names
+        return []
+    except (OSError, ValueError, IndexError, struct.error):
         return None
 
 
-def pick_compilers() -> None:
-    """Build with a GCC no newer than the one torch was built with, when one is available.
+def _links_shared_libstdcxx(cxx: str) -> bool | None:
+    """Whether cxx links a shared object against the shared libstdc++ (as torch is).
 
-    On the GPU image CC / CXX name /opt/gcc, a newer GCC than torch's; the extension it built
-    crashed inside std::ostream whenever an op formatted an error message, while the same
-    sources built with the system /usr/bin/g++ passed the whole suite (H100, 815 tests).
-    MHC_CXX (and MHC_CC) force a compiler.
+    None when the probe cannot tell (no compiler, not ELF). A driver that resolves -lstdc++ to
+    libstdc++.a puts a second copy of the C++ runtime in mhc_ops._C beside the one torch loads.
+    """
+    import shlex
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        src, lib = os.path.join(d, "probe.cpp"), os.path.join(d, "probe.so")
+        with open(src, "w") as f:
+            f.write("#include <sstream>\n#include <string>\n"
+                    "std::string probe(int v) { std::ostringstream s; s << v; return s.str(); }\n")
+        try:
+            r = subprocess.run([*shlex.split(cxx), "-shared", "-fPIC", "-o", lib, src],
+                               capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        if r.returncode != 0:
+            return None
+        needed = _elf_needed(lib)
+        if needed is None:
+            return None
+        return any(n.startswith("libstdc++.so") for n in needed)
+
+
+def pick_compilers() -> None:
+    """Build with a C++ compiler that links the shared libstdc++, as torch does.
+
+    On the GPU image CC / CXX name /opt/gcc/bin/g{cc,++}, wrappers whose library path finds
+    libstdc++.a first: mhc_ops._C then carried its own copy of the C++ runtime (no libstdc++.so
+    in its DT_NEEDED, ~350 locale symbols defined), and every op that formatted an error crashed
+    inside std::ostream, where the two runtimes' locale state met. The same sources built with
+    /usr/bin/g++ passed the whole suite (H100, 815 tests). So the configured compiler is probed
+    with a one-line shared object; if it links libstdc++ statically, the first g++ that links
+    it shared is used instead, with a notice. MHC_CXX (and MHC_CC) force a compiler.
     """
     if os.environ.get("MHC_CXX"):
         os.environ["CXX"] = os.environ["MHC_CXX"]
         os.environ["CC"] = os.environ.get("MHC_CC", os.environ.get("CC", "gcc"))
         return
-    m = re.search(r"GCC (\d+)", torch.__config__.show())
     configured = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not m or not configured:
+    if not configured or _links_shared_libstdcxx(configured) is not False:
         return
-    torch_major, major = int(m.group(1)), _gcc_major(configured.split()[0])
-    if major is None or major <= torch_major:
+    for alt in dict.fromkeys(filter(None, (shutil.which("g++"), "/usr/bin/g++"))):
+        if alt == configured or not os.path.exists(alt) or not _links_shared_libstdcxx(alt):
+            continue
+        gcc = os.path.join(os.path.dirname(alt), os.path.basename(alt).replace("g++", "gcc"))
+        os.environ["CXX"] = alt
+        if os.path.exists(gcc):
+            os.environ["CC"] = gcc
+        print(f"mhc_ops setup: {configured} links libstdc++ statically, which would put a "
+              f"second C++ runtime beside torch's; building with {alt} (MHC_CXX forces a "
+              f"compiler)")
         return
-    for alt in dict.fromkeys(filter(None, (shutil.which("g++"), "/usr/bin/g++",
-                                           f"/usr/bin/g++-{torch_major}"))):
-        alt_major = _gcc_major(alt) if os.path.exists(alt) else None
-        if alt_major is not None and alt_major <= torch_major:
-            gcc = os.path.join(os.path.dirname(alt), os.path.basename(alt).replace("g++", "gcc"))
-            os.environ["CXX"] = alt
-            if os.path.exists(gcc):
-                os.environ["CC"] = gcc
-            print(f"mhc_ops setup: {configured} is GCC {major}, newer than torch's GCC "
-                  f"{torch_major}; building with {alt} (MHC_CXX forces a compiler)")
-            return
+    print(f"mhc_ops setup: warning: {configured} links libstdc++ statically and no g++ that "
+          f"links it shared was found; set MHC_CXX")
 
 
 def git_sha() -> str:

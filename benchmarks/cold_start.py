@@ -75,34 +75,51 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def child_warm(H: int, max_tokens: int, calls: int, seed: int) -> dict:
+def _device_allocs(device) -> int:
+    """cudaMalloc calls the caching allocator has made so far on device."""
+    return int(torch.cuda.memory_stats(device).get("num_device_alloc", 0))
+
+
+def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: bool) -> dict:
     import mhc_ops
     from mhc_ops import warmup
 
     device = torch.device("cuda", torch.cuda.current_device())
+    # A serving process holds its weights and activation buffers before it warms up, so by
+    # default the inputs exist first and warmup's blocks stay in the allocator's cache.
+    a = _inputs(max_tokens, H, device) if inputs_first else None
     t0 = time.perf_counter()
     warmup.warmup(H, max_tokens=max_tokens, device=device, progress=False)
     torch.cuda.synchronize()
     warmup_seconds = time.perf_counter() - t0
+    if a is None:
+        a = _inputs(max_tokens, H, device)
 
-    a = _inputs(max_tokens, H, device)
     rng = random.Random(seed)
     token_counts = [rng.randint(1, max_tokens) for _ in range(calls)]
     gc.disable()
     worst = (0.0, None)
+    allocs_before = _device_allocs(device)
+    first_call_allocs = 0
     for t in token_counts:
         for op in OPS:
+            before = _device_allocs(device)
             first = _timed(lambda: _call(mhc_ops, op, a, t))
+            new_allocs = _device_allocs(device) - before
+            first_call_allocs += new_allocs
             steady = statistics.median(_timed(lambda: _call(mhc_ops, op, a, t)) for _ in range(5))
             ratio = first / steady
             if ratio > worst[0]:
                 worst = (ratio, f"{op} T={t}: first {first * 1e6:.1f} us, "
-                                f"steady {steady * 1e6:.1f} us")
+                                f"steady {steady * 1e6:.1f} us, cudaMalloc calls {new_allocs}")
     gc.enable()
     unwarmed = warmup.unwarmed_plans(device)
     return {"hidden_size": H, "warmup_seconds": round(warmup_seconds, 4),
             "unwarmed_plans": len(unwarmed), "worst_first_call_ratio": round(worst[0], 3),
-            "worst_call": worst[1], "unwarmed": [str(p.plan) for p in unwarmed]}
+            "worst_call": worst[1], "inputs_first": inputs_first,
+            "cudamalloc_in_first_calls": first_call_allocs,
+            "cudamalloc_in_all_calls": _device_allocs(device) - allocs_before,
+            "unwarmed": [str(p.plan) for p in unwarmed]}
 
 
 def child_capture(H: int) -> dict:
@@ -147,11 +164,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="H=4096 only, 50 token counts")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--inputs-after-warmup", action="store_true",
+                    help="allocate the benchmark's inputs after warmup instead of before")
     ap.add_argument("--child", choices=("warm", "capture"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child == "warm":
-        print(json.dumps(child_warm(args.hidden[0], args.max_tokens, args.calls, args.seed)))
+        print(json.dumps(child_warm(args.hidden[0], args.max_tokens, args.calls, args.seed,
+                                    not args.inputs_after_warmup)))
         return
     if args.child == "capture":
         print(json.dumps(child_capture(args.hidden[0])))
@@ -163,8 +183,9 @@ def main() -> None:
     runs = []
     for H in args.hidden:
         common = ["--hidden", str(H), "--max-tokens", str(args.max_tokens)]
+        order = ["--inputs-after-warmup"] if args.inputs_after_warmup else []
         warm = _run_child(["--child", "warm", "--calls", str(args.calls), "--seed",
-                           str(args.seed), *common])
+                           str(args.seed), *order, *common])
         cap = _run_child(["--child", "capture", *common])
         runs.append({**warm, **cap})
     gpu = "h200" if "H200" in name else "h100" if "H100" in name else name.split()[-1].lower()
@@ -181,6 +202,8 @@ def main() -> None:
         print(f"{r['hidden_size']:>6} {r['warmup_seconds']:>9.3f} {r['unwarmed_plans']:>9} "
               f"{r['worst_first_call_ratio']:>12.2f}  {r['cold_capture']}")
         print(f"{'':>6} worst call: {r['worst_call']}")
+        print(f"{'':>6} cudaMalloc calls during first calls: {r['cudamalloc_in_first_calls']}, "
+              f"in all calls: {r['cudamalloc_in_all_calls']}")
     print(f"wrote {out}")
 
 
