@@ -75,6 +75,18 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _timed_both(fn) -> tuple[float, float]:
+    """(host seconds around a synchronised call, GPU seconds between events around it)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0, start.elapsed_time(end) * 1e-3
+
+
 def _device_allocs(device) -> int:
     """cudaMalloc calls the caching allocator has made so far on device."""
     return int(torch.cuda.memory_stats(device).get("num_device_alloc", 0))
@@ -99,24 +111,32 @@ def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: boo
     token_counts = [rng.randint(1, max_tokens) for _ in range(calls)]
     gc.disable()
     worst = (0.0, None)
+    worst_gpu = 0.0
+    over_2x = 0
     allocs_before = _device_allocs(device)
     first_call_allocs = 0
     for t in token_counts:
         for op in OPS:
             before = _device_allocs(device)
-            first = _timed(lambda: _call(mhc_ops, op, a, t))
+            first, first_gpu = _timed_both(lambda: _call(mhc_ops, op, a, t))
             new_allocs = _device_allocs(device) - before
             first_call_allocs += new_allocs
-            steady = statistics.median(_timed(lambda: _call(mhc_ops, op, a, t)) for _ in range(5))
+            steady_runs = [_timed_both(lambda: _call(mhc_ops, op, a, t)) for _ in range(5)]
+            steady = statistics.median(h for h, _ in steady_runs)
+            steady_gpu = statistics.median(g for _, g in steady_runs)
             ratio = first / steady
+            over_2x += ratio > 2
+            worst_gpu = max(worst_gpu, first_gpu / steady_gpu)
             if ratio > worst[0]:
                 worst = (ratio, f"{op} T={t}: first {first * 1e6:.1f} us, "
-                                f"steady {steady * 1e6:.1f} us, cudaMalloc calls {new_allocs}")
+                                f"steady {steady * 1e6:.1f} us (GPU {first_gpu * 1e6:.1f} vs "
+                                f"{steady_gpu * 1e6:.1f} us), cudaMalloc calls {new_allocs}")
     gc.enable()
     unwarmed = warmup.unwarmed_plans(device)
     return {"hidden_size": H, "warmup_seconds": round(warmup_seconds, 4),
             "unwarmed_plans": len(unwarmed), "worst_first_call_ratio": round(worst[0], 3),
-            "worst_call": worst[1], "inputs_first": inputs_first,
+            "worst_call": worst[1], "calls_over_2x": over_2x, "first_calls": calls * len(OPS),
+            "worst_first_call_gpu_ratio": round(worst_gpu, 3), "inputs_first": inputs_first,
             "cudamalloc_in_first_calls": first_call_allocs,
             "cudamalloc_in_all_calls": _device_allocs(device) - allocs_before,
             "unwarmed": [str(p.plan) for p in unwarmed]}
@@ -202,6 +222,8 @@ def main() -> None:
         print(f"{r['hidden_size']:>6} {r['warmup_seconds']:>9.3f} {r['unwarmed_plans']:>9} "
               f"{r['worst_first_call_ratio']:>12.2f}  {r['cold_capture']}")
         print(f"{'':>6} worst call: {r['worst_call']}")
+        print(f"{'':>6} first calls over 2x: {r['calls_over_2x']} of {r['first_calls']}; "
+              f"worst GPU-time ratio {r['worst_first_call_gpu_ratio']:.2f}")
         print(f"{'':>6} cudaMalloc calls during first calls: {r['cudamalloc_in_first_calls']}, "
               f"in all calls: {r['cudamalloc_in_all_calls']}")
     print(f"wrote {out}")
