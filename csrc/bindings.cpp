@@ -12,11 +12,12 @@ py::tuple to_py(const mhc::Plan& p) {
   return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
                         p.block_tokens, p.hc_mult, p.hidden_spec, p.norm);
 }
-mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm) {
+mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;
   o.norm = norm;
   o.batch_invariant = batch_invariant;
   o.fp32_gemm = fp32_gemm;
+  o.clusters = clusters;
   return o;
 }
 }  // namespace
@@ -32,21 +33,28 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_sms"));
   m.def(
       "plan_of",
-      [](int kind, int64_t t, int64_t n, int64_t h, int64_t sms, bool norm, bool bi, bool fp32) {
+      [](int kind, int64_t t, int64_t n, int64_t h, int64_t sms, bool norm, bool bi, bool fp32,
+         bool clusters) {
         return to_py(mhc::plan_of(static_cast<mhc::KernelType>(kind), t, n, h, sms,
-                                  options(norm, bi, fp32)));
+                                  options(norm, bi, fp32, clusters)));
       },
       py::arg("kind"), py::arg("num_tokens"), py::arg("hc_mult"), py::arg("hidden_size"),
-      py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"));
+      py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"),
+      py::arg("clusters"));
   m.def(
       "token_count_representatives",
       [](int kind, int64_t max_tokens, int64_t n, int64_t h, int64_t sms, bool norm, bool bi,
-         bool fp32) {
+         bool fp32, bool clusters) {
         return mhc::token_count_representatives(static_cast<mhc::KernelType>(kind), max_tokens,
-                                                n, h, sms, options(norm, bi, fp32));
+                                                n, h, sms, options(norm, bi, fp32, clusters));
       },
       py::arg("kind"), py::arg("max_tokens"), py::arg("hc_mult"), py::arg("hidden_size"),
-      py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"));
+      py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"),
+      py::arg("clusters"));
+  // Tests and benchmarks only: where CLUSTER plans start (plan.h; off by default). Returns
+  // the previous value.
+  m.def("cluster_min_tokens", &mhc::cluster_min_tokens);
+  m.def("set_cluster_min_tokens", &mhc::set_cluster_min_tokens, py::arg("num_tokens"));
   m.def("launched_plans", [] {
     py::list out;
     for (const auto& r : mhc::launched_plans())

@@ -19,6 +19,7 @@ __all__ = [
     "plan_of",
     "token_count_representatives",
     "device_num_sms",
+    "device_supports_clusters",
 ]
 
 
@@ -35,7 +36,7 @@ class Plan(NamedTuple):
     """What a launcher runs. Equal plans: same kernels, same launch shapes up to grid size."""
 
     kind: KernelType
-    variant: str  # cpu, split_k, full_k, stream, cublas, fp32_gemm
+    variant: str  # cpu, split_k, full_k, cluster, stream, cublas, fp32_gemm
     num_splits: int
     block_tokens: int
     hc_mult: int  # 0 for PRENORM_GEMM, which only sees K
@@ -81,26 +82,41 @@ def num_splits(num_tokens: int, hc_hidden_size: int, num_sms: int) -> int:
 
 def plan_of(kind: KernelType | str, num_tokens: int, *, hidden_size: int, hc_mult: int = 4,
             num_sms: int, norm: bool = False, batch_invariant: bool | None = None,
-            fp32_gemm: bool | None = None) -> Plan:
+            fp32_gemm: bool | None = None, clusters: bool = True) -> Plan:
     """The plan the launcher of `kind` uses for `num_tokens` tokens on a device with
     `num_sms` multiprocessors (0: the CPU). batch_invariant and fp32_gemm default to the
-    current MHC_BATCH_INVARIANT / MHC_BF16_FP32_GEMM_ALGO flags, as the launchers read them."""
+    current MHC_BATCH_INVARIANT / MHC_BF16_FP32_GEMM_ALGO flags, as the launchers read them;
+    clusters says whether the device runs thread-block clusters (sm_90+, see
+    device_supports_clusters; True for the H100 / H200 this pack is tuned for)."""
     return Plan._from_c(_C.plan_of(int(_kind(kind)), int(num_tokens), int(hc_mult),
                                    int(hidden_size), int(num_sms), bool(norm),
-                                   _batch_invariant(batch_invariant), _fp32_gemm(fp32_gemm)))
+                                   _batch_invariant(batch_invariant), _fp32_gemm(fp32_gemm),
+                                   bool(clusters)))
 
 
 def token_count_representatives(kind: KernelType | str, max_tokens: int, *, hidden_size: int,
                                 hc_mult: int = 4, num_sms: int, norm: bool = False,
                                 batch_invariant: bool | None = None,
-                                fp32_gemm: bool | None = None) -> tuple[int, ...]:
+                                fp32_gemm: bool | None = None,
+                                clusters: bool = True) -> tuple[int, ...]:
     """For every distinct plan_of over T in 1..max_tokens, the largest such T, sorted;
     () for max_tokens <= 0."""
     if max_tokens <= 0:
         return ()
     return tuple(_C.token_count_representatives(
         int(_kind(kind)), int(max_tokens), int(hc_mult), int(hidden_size), int(num_sms),
-        bool(norm), _batch_invariant(batch_invariant), _fp32_gemm(fp32_gemm)))
+        bool(norm), _batch_invariant(batch_invariant), _fp32_gemm(fp32_gemm), bool(clusters)))
+
+
+def device_supports_clusters(device) -> bool:
+    """Whether the launchers may run CLUSTER plans on `device` (compute capability 9.0+)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def device_num_sms(device) -> int:

@@ -30,7 +30,8 @@ import torch
 from . import envs
 from . import ops as _ops
 from ._lib import _C
-from .plan import KernelType, Plan, device_num_sms, plan_of, token_count_representatives
+from .plan import (KernelType, Plan, device_num_sms, device_supports_clusters, plan_of,
+                   token_count_representatives)
 
 __all__ = [
     "KernelType",
@@ -78,10 +79,12 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def token_counts_for(kind: KernelType | str, max_tokens: int, *, hidden_size: int,
-                     hc_mult: int = 4, num_sms: int, norm: bool = False) -> tuple[int, ...]:
+                     hc_mult: int = 4, num_sms: int, norm: bool = False,
+                     clusters: bool = True) -> tuple[int, ...]:
     """The token counts warmup runs for one op: one per plan reachable in 1..max_tokens."""
     return token_count_representatives(kind, max_tokens, hidden_size=hidden_size,
-                                       hc_mult=hc_mult, num_sms=num_sms, norm=norm)
+                                       hc_mult=hc_mult, num_sms=num_sms, norm=norm,
+                                       clusters=clusters)
 
 
 class WarmupExecutor:
@@ -403,6 +406,7 @@ def warmup(hidden_size: int, *, max_tokens: int | None = None,
              for k in (kinds if kinds is not None else list(KernelType))]
     norms = tuple(dict.fromkeys(bool(v) for v in norm)) or (False,)
     num_sms = device_num_sms(dev)
+    clusters = device_supports_clusters(dev)
     jobs = [(k, nv) for k in kinds
             for nv in (norms if k in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE)
                        else (False,))]
@@ -417,7 +421,8 @@ def warmup(hidden_size: int, *, max_tokens: int | None = None,
             ex = WarmupExecutor.create(kind, max_tokens=max_tokens, hidden_size=hidden_size,
                                        hc_mult=hc_mult, device=dev, norm=nv)
             counts = token_counts_for(kind, ex.max_tokens, hidden_size=hidden_size,
-                                      hc_mult=hc_mult, num_sms=num_sms, norm=nv)
+                                      hc_mult=hc_mult, num_sms=num_sms, norm=nv,
+                                      clusters=clusters)
             for t in counts:
                 for param_set in (0, 1):
                     ex.execute(t, param_set)

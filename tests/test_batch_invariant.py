@@ -55,3 +55,25 @@ def test_token_outputs_do_not_depend_on_the_batch(device):
         got = _run(a, rows)
         for e, o in zip(expected, got):
             assert torch.equal(o[T // 2], e), f"batch of {T}: token outputs changed"
+
+
+def test_linear_rows_do_not_depend_on_the_batch():
+    # linear_bf16_fp32 on the CPU sums every output in an order fixed by K alone (SPEC §2.7),
+    # with or without MHC_BATCH_INVARIANT: a row's bits depend neither on the rows batched with
+    # it nor on the thread count. K = 1000 ends in a partial group of 16 and spans two K chunks;
+    # N = 38 leaves single weight rows after the register tiles.
+    g = torch.Generator().manual_seed(11)
+    N, K, batches = 38, 1000, (1, 7, 64, 300)
+    pool = torch.randn(max(batches), K, generator=g).bfloat16()
+    weight = (torch.randn(N, K, generator=g) / K ** 0.5).bfloat16()
+    alone = torch.cat([mhc_ops.linear_bf16_fp32(pool[i:i + 1], weight) for i in range(len(pool))])
+    for T in batches:
+        rows = torch.randperm(len(pool), generator=g)[:T]
+        assert torch.equal(mhc_ops.linear_bf16_fp32(pool[rows], weight), alone[rows]), \
+            f"batch of {T}: token outputs changed"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(mhc_ops.linear_bf16_fp32(pool, weight), alone), "thread count"
+    finally:
+        torch.set_num_threads(threads)

@@ -375,3 +375,82 @@ def test_linear_invalid_algo_warns_and_uses_cublas():
     assert r.returncode == 0, r.stderr
     assert "MHC_BF16_FP32_GEMM_ALGO=tf32 is not one of" in r.stderr
     assert r.stdout.strip() == "['cublas']"
+
+
+# ----------------------------------------------------------------------------------------------
+# CLUSTER plans (sm_90+): token blocks split over a cluster, partial groups, tails, isolation.
+
+@pytest.fixture
+def clusters_on(monkeypatch):
+    """CLUSTER plans from T = 64 (they are off by default, plan.h), sm_90+ only."""
+    if not plan.device_supports_clusters("cuda"):
+        pytest.skip("CLUSTER plans need sm_90+")
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old = mhc_ops._C.set_cluster_min_tokens(64)
+    yield
+    mhc_ops._C.set_cluster_min_tokens(old)
+
+
+def _variant(kind, T, H, n=N_HC):
+    return plan.plan_of(kind, T, hidden_size=H, hc_mult=n, num_sms=plan.device_num_sms("cuda"),
+                        batch_invariant=False).variant
+
+
+@pytest.mark.usefixtures("nan_filled", "clusters_on")
+@pytest.mark.parametrize("H", [8, 264, 520, 4096, 7168, 7176])  # 1..16 CTAs, partial groups
+@pytest.mark.parametrize("T", [64, 65, 95, 97, 300])  # whole and partial token blocks
+def test_cluster_plan(T, H):
+    for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE, KernelType.HC_HEAD):
+        assert _variant(kind, T, H) == "cluster", (kind, T, H)
+    check_pre(T, H, norm=False, seed=h.seed_of("cp", T, H))
+    check_fused(T, H, norm=False, seed=h.seed_of("cf", T, H))
+    check_head(T, H, seed=h.seed_of("ch", T, H))
+
+
+@pytest.mark.usefixtures("nan_filled", "clusters_on")
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_cluster_plan_small_hc_mult(n):
+    assert _variant(KernelType.MHC_PRE, 333, 7168, n) == "cluster"
+    check_pre(333, 7168, norm=False, seed=h.seed_of("cpn", n), n=n)
+    check_fused(333, 7168, norm=False, seed=h.seed_of("cfn", n), n=n)
+    check_head(333, 7168, seed=h.seed_of("chn", n), n=n)
+
+
+@pytest.mark.usefixtures("clusters_on")
+def test_cluster_nan_token_isolated_and_repeatable():
+    assert _variant(KernelType.MHC_PRE, 100, 4096) == "cluster"
+    g = _gen(11)
+    T, H = 100, 4096
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
+    p = _pre_params(g, N_HC, H, norm=False)
+    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+          "hc_base": p["hc_base"][:N_HC]}
+    bad = res.clone()
+    bad[37, 2, 100] = float("nan")
+    others = torch.arange(T, device="cuda") != 37
+    runs = [lambda r: mhc_ops.mhc_pre(r, **p), lambda r: (mhc_ops.hc_head(r, **hp),),
+            lambda r: mhc_ops.mhc_fused_post_pre(x, r, post, comb, **p)]
+    for run in runs:
+        clean, first, again = run(res), run(bad), run(bad)
+        for c, f, a in zip(clean, first, again):
+            torch.testing.assert_close(f, a, rtol=0, atol=0, equal_nan=True)  # to the bit
+            assert torch.equal(c[others], f[others])  # one token's NaN stays in its row
+            assert torch.isnan(f[37]).any()
+
+
+@pytest.mark.usefixtures("clusters_on")
+def test_past_2_31_cluster(big_inputs):
+    x, res, post, comb, p = big_inputs
+    p = _sub(p, norm_weight=None)
+    assert _variant(KernelType.MHC_PRE, BIG_T, BIG_H) == "cluster"
+    idx = _rows(BIG_T)
+    outs = mhc_ops.mhc_pre(res, **p)
+    h.check_pre_outputs(tuple(o[idx] for o in outs), res[idx], p)
+    del outs
+    outs = mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p)
+    r = outs[0][idx]
+    h.check_post_output(r, {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                            "comb_mix": comb[idx]}, what="fused residual_out")
+    h.check_pre_outputs(tuple(o[idx] for o in outs[1:]), r, p, what="fused")

@@ -56,12 +56,64 @@ def test_representatives_empty_for_no_budget():
 
 
 def test_small_t_splits_large_t_does_not():
-    small = plan.plan_of("MHC_PRE", 8, hidden_size=7168, num_sms=132, batch_invariant=False)
-    large = plan.plan_of("MHC_PRE", 16384, hidden_size=7168, num_sms=132, batch_invariant=False)
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
+    small = plan.plan_of("MHC_PRE", 8, **kw)
+    large = plan.plan_of("MHC_PRE", 16384, **kw)
     assert small.num_splits == 112 and small.variant == "split_k"
-    assert large.num_splits == 1 and large.variant != "split_k"
+    assert large.num_splits == 1 and large.variant == "full_k"
     assert small.hidden_spec == 7168
     assert plan.plan_of("MHC_PRE", 8, hidden_size=520, num_sms=132).hidden_spec == 0
+
+
+@pytest.fixture
+def clusters_from_64():
+    from mhc_ops._lib import _C
+
+    old = _C.set_cluster_min_tokens(64)
+    yield
+    _C.set_cluster_min_tokens(old)
+
+
+def test_cluster_plans_off_by_default():
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
+    for kind in ("MHC_PRE", "HC_HEAD", "MHC_FUSED_POST_PRE"):
+        assert all(plan.plan_of(kind, t, **kw).variant != "cluster" for t in (64, 4096, 16384))
+
+
+@pytest.mark.usefixtures("clusters_from_64")
+def test_cluster_plans_at_prefill_sizes():
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
+    for kind, block in (("MHC_PRE", 32), ("HC_HEAD", 32), ("MHC_FUSED_POST_PRE", 16)):
+        p = plan.plan_of(kind, 16384, **kw)
+        # 224 K groups of 32 columns over 16 CTAs of 14 groups
+        assert (p.variant, p.num_splits, p.block_tokens, p.hidden_spec) == ("cluster", 16, block, 0)
+        assert plan.plan_of(kind, 1, **kw).variant == "split_k"  # decode keeps the split plan
+        assert plan.plan_of(kind, 16384, clusters=False, **kw).variant == "full_k"
+        # no cluster plan for the folded norm, for n > 4, or with batch invariance
+        if kind != "HC_HEAD":
+            assert plan.plan_of(kind, 16384, norm=True, **kw).variant == "full_k"
+        assert plan.plan_of(kind, 16384, hc_mult=8, **kw).variant == "full_k"
+    assert plan.plan_of("MHC_PRE", 16384, hidden_size=7168, num_sms=132,
+                        batch_invariant=True).variant == "split_k"
+    # small hidden sizes: fewer, smaller CTAs (H = 64: 2 groups, a cluster of 2)
+    assert plan.plan_of("MHC_PRE", 4096, hidden_size=64, num_sms=132).num_splits == 2
+    # too much shared memory per CTA for a cluster of 16: the other plans
+    assert plan.plan_of("MHC_PRE", 16384, hidden_size=32768, num_sms=132).variant == "full_k"
+
+
+def test_cluster_threshold_moves_every_plan_together():
+    from mhc_ops._lib import _C
+
+    kw = dict(hidden_size=4096, num_sms=132, batch_invariant=False)
+    old = _C.set_cluster_min_tokens(8)
+    try:
+        assert plan.plan_of("MHC_PRE", 8, **kw).variant == "cluster"
+        assert plan.plan_of("MHC_PRE", 7, **kw).variant == "split_k"
+        reps = plan.token_count_representatives("MHC_PRE", 64, **kw)
+        assert reps[-1] == 64 and 7 in reps
+    finally:
+        _C.set_cluster_min_tokens(old)
+    assert _C.cluster_min_tokens() == old
 
 
 def test_norm_is_part_of_the_plan_only_where_it_applies():

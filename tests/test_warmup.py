@@ -123,6 +123,7 @@ def test_warmup_walk_covers_every_reachable_plan(monkeypatch, num_sms, hidden):
             return 1
 
     monkeypatch.setattr(warmup, "device_num_sms", lambda device: num_sms)
+    monkeypatch.setattr(warmup, "device_supports_clusters", lambda device: True)  # sm_90
     monkeypatch.setattr(warmup.WarmupExecutor, "create",
                         classmethod(lambda cls, kind, **kw: Recorder(kind, kw["norm"])))
     warmup.warmup(hidden, max_tokens=max_tokens, device="cpu", progress=False)

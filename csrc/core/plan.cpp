@@ -19,6 +19,8 @@
 #include "core/plan.h"
 
 #include <algorithm>
+#include <atomic>
+#include <limits>
 #include <map>
 #include <mutex>
 
@@ -30,6 +32,15 @@ constexpr int32_t kBlockTokens = 64; // prenorm GEMM token block (4 tiles)
 // Split count of batch-invariant plans: enough CTAs for decode sizes on 78-148 SM parts.
 constexpr int64_t kInvariantSplits = 16;
 constexpr int64_t kGroupColumns = 32;  // hidden columns of one K group
+// CLUSTER plans: at most 16 CTAs per cluster (sm_90's non-portable limit), 8 warps per CTA,
+// 227 KB of dynamic shared memory per CTA.
+constexpr int64_t kMaxClusterSize = 16;
+constexpr int64_t kClusterWarps = 8;
+constexpr int64_t kMaxSmemPerCta = 227 * 1024;
+// CLUSTER plans are off by default: on H100 they measured slower than SPLIT_K / FULL_K at
+// every size but one (benchmarks/NOTES.md, v4); set_cluster_min_tokens turns them on.
+constexpr int64_t kClustersOff = std::numeric_limits<int64_t>::max();
+std::atomic<int64_t> g_cluster_min_tokens{kClustersOff};
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -50,6 +61,35 @@ int64_t even_splits(int64_t groups, int64_t want) {
 }
 }  // namespace
 
+ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size) {
+  const bool fused = kind == KernelType::MHC_FUSED_POST_PRE;
+  const bool head = kind == KernelType::HC_HEAD;
+  if (!(fused || head || kind == KernelType::MHC_PRE) || hc_mult < 1 || hc_mult > 4 ||
+      hidden_size <= 0)
+    return {};
+  const int64_t n = hc_mult;
+  const int64_t groups = ceil_div(hidden_size, kGroupColumns);
+  const int64_t per_cta = ceil_div(groups, std::min(groups, kMaxClusterSize));
+  const int64_t size = ceil_div(groups, per_cta);
+  const int64_t bt = fused ? 16 : 32;  // must match hc_cluster.cuh (tiles of 16 tokens)
+  const int64_t vecs = 4 * per_cta;    // 8-column vectors of one stream per CTA
+  const int64_t row = n * vecs + ((n * per_cta) % 2 == 0 ? 4 : 0);  // 16-byte units, padded
+  const int64_t m = head ? n : n * (n + 2);
+  const int64_t mp = (m + 1 + 3) / 4 * 4;
+  const int64_t nc = (n + n * n + 3) / 4 * 4;
+  const int64_t bytes = 16 * bt * row                                 // activations
+                        + (fused ? 16 * bt * vecs + 4 * bt * nc : 0)  // x, post/comb inputs
+                        + 4 * kClusterWarps * bt * mp                 // per-warp partial dots
+                        + 4 * bt * mp                                 // reduced dots
+                        + 4 * bt * n;                                 // pre gates
+  if (bytes > kMaxSmemPerCta) return {};
+  return {static_cast<int32_t>(size), static_cast<int32_t>(per_cta), static_cast<int32_t>(bt),
+          bytes};
+}
+
+int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
+int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }
+
 const char* variant_name(Variant v) {
   switch (v) {
     case Variant::CPU: return "cpu";
@@ -58,6 +98,7 @@ const char* variant_name(Variant v) {
     case Variant::STREAM: return "stream";
     case Variant::CUBLAS: return "cublas";
     case Variant::FP32_GEMM: return "fp32_gemm";
+    case Variant::CLUSTER: return "cluster";
   }
   return "?";
 }
@@ -97,6 +138,16 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
     case KernelType::HC_HEAD: {
       const int64_t k = hc_mult * hidden_size;
       const int64_t groups = ceil_div(hidden_size, kGroupColumns);
+      if (opt.clusters && !opt.batch_invariant && !norm && num_tokens >= cluster_min_tokens()) {
+        const ClusterShape cs = cluster_shape(kind, hc_mult, hidden_size);
+        if (cs.size > 0) {
+          p.variant = Variant::CLUSTER;
+          p.num_splits = cs.size;
+          p.block_tokens = cs.block_tokens;
+          p.hidden_spec = 0;  // one kernel for every hidden size
+          return p;
+        }
+      }
       const bool full_k =
           !opt.batch_invariant && upstream_num_splits(num_tokens, k, num_sms) == 1;
       const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, full_k);

@@ -27,6 +27,8 @@ enum class Variant : int32_t {
   STREAM = 3,       // elementwise streaming kernel (mhc_post)
   CUBLAS = 4,       // linear_bf16_fp32 through cuBLAS
   FP32_GEMM = 5,    // linear_bf16_fp32 upcast + fp32 GEMM
+  CLUSTER = 6,      // one kernel; a thread-block cluster owns a token block, each CTA a K slice
+                    // held in shared memory: the residual is read from HBM once (sm_90+)
 };
 const char* variant_name(Variant v);
 
@@ -52,7 +54,27 @@ struct PlanOptions {
   bool batch_invariant = false;
   // linear_bf16_fp32 only: true for the fp32 backend (MHC_BF16_FP32_GEMM_ALGO=fp32).
   bool fp32_gemm = false;
+  // The device runs thread-block clusters with distributed shared memory (sm_90+).
+  bool clusters = false;
 };
+
+// Geometry of a CLUSTER plan (csrc/cuda/hc_cluster.cuh): `size` CTAs per cluster, each owning
+// `groups` K groups of 32 hidden columns (all streams) of `block_tokens` tokens, and the
+// dynamic shared memory one CTA needs. One function, used by the planner and the launcher.
+struct ClusterShape {
+  int32_t size = 0;          // CTAs per cluster (0: the op cannot run as a cluster plan)
+  int32_t groups = 0;        // K groups per CTA
+  int32_t block_tokens = 0;  // tokens per cluster
+  int64_t smem_bytes = 0;    // dynamic shared memory per CTA
+};
+ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size);
+
+// Smallest T that runs a CLUSTER plan where one is possible. Off (INT64_MAX) by default: the
+// kernel is correct but measured slower than the other plans (benchmarks/NOTES.md, v4).
+// Tests and benchmarks move it (set_cluster_min_tokens returns the previous value); the
+// planner, the launchers and warmup all read the same value.
+int64_t cluster_min_tokens();
+int64_t set_cluster_min_tokens(int64_t t);
 
 // Upstream's split rule, kept for callers that size DeepGEMM-style partial buffers:
 // max(1, min(sms / ceil(T / 64), ceil(K / 64) / 4)).

@@ -229,6 +229,11 @@ inline int num_sms(int device) {
 
 inline bool pdl_supported(int device) { return at::cuda::getDeviceProperties(device)->major >= 9; }
 
+// Thread-block clusters with distributed shared memory (the CLUSTER plans): sm_90+.
+inline bool supports_clusters(int device) {
+  return at::cuda::getDeviceProperties(device)->major >= 9;
+}
+
 // Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
 // serialisation where the device supports it, and raises dynamic shared memory past 48 KB.
 template <typename... Params, typename... Args>

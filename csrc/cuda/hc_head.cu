@@ -25,7 +25,8 @@ Tensor hc_head_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_s
   const Tensor w = cuda::aligned_contiguous(fn);
   const Tensor scale = hc_scale.contiguous(), base = hc_base.contiguous();
   const Plan plan = plan_of(KernelType::HC_HEAD, d.T, d.n, d.H, cuda::num_sms(dev),
-                            {false, batch_invariant_enabled(), false});
+                            {false, batch_invariant_enabled(), false,
+                             cuda::supports_clusters(dev)});
   record_plan(dev, plan);
 
   const cuda::HcCall call{cuda::Mode::HEAD, d.T, static_cast<int>(d.n), static_cast<int>(d.H),

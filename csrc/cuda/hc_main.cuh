@@ -591,9 +591,19 @@ struct HcCall {
   int64_t repeat;
 };
 
+}  // namespace mhc::cuda
+
+#include "cuda/hc_cluster.cuh"  // the CLUSTER plan: kernel and launcher (uses HcCall)
+
+namespace mhc::cuda {
+
 template <int N, Mode MODE, int HS>
 void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
                  cudaStream_t stream) {
+  if (plan.variant == Variant::CLUSTER) {
+    if constexpr (N <= 4) return run_cluster<N, MODE>(plan, a, device, stream);
+    TORCH_INTERNAL_ASSERT(false, "no cluster kernel for hc_mult ", N);
+  }
   using Sh = Shape<N, MODE>;
   const bool full = plan.variant == Variant::FULL_K;
   const bool norm = a.norm_w != nullptr;

@@ -44,7 +44,8 @@ Fused4 mhc_fused_post_pre_cuda(const Tensor& x, const Tensor& residual, const Te
   const Tensor scale = hc_scale.contiguous(), base = hc_base.contiguous();
   const Tensor nw = norm ? cuda::aligned_contiguous(*norm_weight) : Tensor();
   const Plan plan = plan_of(KernelType::MHC_FUSED_POST_PRE, d.T, d.n, d.H, cuda::num_sms(dev),
-                            {norm, batch_invariant_enabled(), false});
+                            {norm, batch_invariant_enabled(), false,
+                             cuda::supports_clusters(dev)});
   record_plan(dev, plan);
 
   const cuda::HcCall call{

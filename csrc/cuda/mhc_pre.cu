@@ -35,7 +35,8 @@ Pre3 mhc_pre_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_sca
   const Tensor scale = hc_scale.contiguous(), base = hc_base.contiguous();
   const Tensor nw = norm ? cuda::aligned_contiguous(*norm_weight) : Tensor();
   const Plan plan = plan_of(KernelType::MHC_PRE, d.T, d.n, d.H, cuda::num_sms(dev),
-                            {norm, batch_invariant_enabled(), false});
+                            {norm, batch_invariant_enabled(), false,
+                             cuda::supports_clusters(dev)});
   record_plan(dev, plan);
 
   const cuda::HcCall call{cuda::Mode::PRE, d.T, static_cast<int>(d.n), static_cast<int>(d.H),

@@ -1,0 +1,396 @@
+// The CLUSTER plan of mhc_pre, mhc_fused_post_pre and hc_head (csrc/core/plan.h, sm_90+).
+// Included by hc_main.cuh after the device code it shares (Shape, gates, mma, post_vec8).
+//
+// Why: the other plans read the residual twice at prefill sizes, once for the K reduction and
+// once for the weighted stream sum after the gates are known (18H bytes per token for pre at
+// n = 4 instead of 10H). Here one thread-block cluster owns a block of BT tokens and each of its
+// CS CTAs a slice of the hidden columns (all n streams), which it copies from HBM into shared
+// memory once (cp.async, in stages, the tensor-core GEMM consuming each stage as it lands):
+//  1. every CTA reduces its slice: per-warp partial dots (bf16 hi/lo mma.sync, common.cuh) and
+//     sums of squares, added in warp order;
+//  2. cluster barrier; CTA r then owns tokens j = r, r + CS, ...: it adds the CS partials of
+//     its tokens in rank order through distributed shared memory, computes their pre gates and
+//     writes them into every CTA's gate table; after the next cluster barrier each CTA has the
+//     gates of all BT tokens. The owner runs the 20-round Sinkhorn of its tokens (post and comb
+//     outputs) between arriving at that barrier and waiting on it, off the critical path;
+//  3. each CTA writes the weighted stream sum of its slice from shared memory.
+// The fused op also copies x, applies mhc_post in shared memory (post_vec8, the function behind
+// mhc_post, so residual_out is bit-identical to it), stores residual_out and runs the same
+// pipeline on the new residual: x and the residual are read once, residual_out written once.
+// Every sum has a fixed order that depends on the plan only. Bank conflicts: a token row of the
+// activations is padded so that rows g and g + 1 of an mma fragment load fall in different
+// banks. Geometry (cluster size, K groups per CTA, BT, shared memory) is cluster_shape() of
+// csrc/core/plan.cpp, shared with the planner.
+#pragma once
+
+namespace mhc::cuda {
+
+constexpr int kClusterWarps = 8;  // must match kClusterWarps in csrc/core/plan.cpp
+constexpr int kClusterMax = 16;   // largest cluster (non-portable on sm_90)
+
+struct ClusterParams {
+  const uint16_t* res;     // [T, N, H] residual (pre, head) or the fused op's input residual
+  const uint16_t* x;       // fused: [T, H]
+  const float* post_in;    // fused: [T, N]
+  const float* comb_in;    // fused: [T, N, N]
+  uint16_t* res_out;       // fused: [T, N, H]
+  const float* fn;         // [M, N * H]
+  const float* scale;
+  const float* base;
+  float* post_out;         // pre / fused: [T, N]
+  float* comb_out;         // pre / fused: [T, N, N]
+  uint16_t* out;           // [T, H]
+  int64_t T;
+  int H, G, gpc, CS, stages;  // hidden, K groups, groups per CTA, cluster size, copy stages
+  float rms_eps, pre_eps, sinkhorn_eps, post_mult;
+  int64_t repeat;
+};
+
+template <Mode MODE>
+constexpr int cluster_tiles() {  // 16-token mma tiles per cluster; plan.cpp: 16 fused, else 32
+  return MODE == Mode::FUSED ? 1 : 2;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+}
+__device__ __forceinline__ int cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return static_cast<int>(r);
+}
+// Shared-memory address of *p (this CTA's) in CTA `rank` of the cluster.
+__device__ __forceinline__ uint32_t cluster_addr(const void* p, int rank) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ float ld_cluster(uint32_t addr) {
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_cluster(uint32_t addr, float v) {
+  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
+}
+#endif
+
+// cp.async.wait_group takes an immediate: this thread's groups still pending <= `pending`.
+__device__ __forceinline__ void cp_async_wait_upto(int pending) {
+  switch (pending) {
+    case 3: cp_async_wait<3>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 1: cp_async_wait<1>(); break;
+    default: cp_async_wait<0>(); break;
+  }
+}
+constexpr int kClusterMaxStages = 4;
+
+// grid (CS * token blocks), cluster (CS, 1, 1): CTA blockIdx.x is rank blockIdx.x % CS of token
+// block blockIdx.x / CS. kClusterWarps warps. Dynamic shared memory, in
+// this order: activations [BT][RS] uint4, fused x [BT][SV] uint4 and post/comb [BT][NC],
+// per-warp partials [W][BT][MP], reduced dots of the owned tokens [BT][MP], gates [BT][N].
+template <int N, Mode MODE>
+__global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const ClusterParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using Sh = Shape<N, MODE>;
+  constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP, NC = Sh::NC;
+  constexpr int TT = cluster_tiles<MODE>();
+  constexpr int BT = 16 * TT;
+  constexpr int W = kClusterWarps;
+  constexpr bool kFused = MODE == Mode::FUSED;
+  extern __shared__ float4 smem_raw[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int rank = cluster_rank();
+  const int CS = p.CS, H = p.H;
+  const int64_t K = static_cast<int64_t>(N) * H;
+  const int64_t T = p.T;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x / CS) * BT;
+  const int gb = rank * p.gpc;
+  const int ng = max(0, min(p.G, gb + p.gpc) - gb);  // K groups of this CTA
+  const int h0 = gb * kGroupCols;
+  const int SV = 4 * p.gpc;                           // 8-column vectors per stream row
+  const int nv = h0 < H ? min(SV, (H - h0) / 8) : 0;  // of them inside H (H % 8 == 0)
+  const int RS = N * SV + ((N * p.gpc) % 2 == 0 ? 4 : 0);
+
+  uint4* data = reinterpret_cast<uint4*>(smem_raw);
+  uint4* xs = data + BT * RS;
+  float* coef = reinterpret_cast<float*>(xs + (kFused ? BT * SV : 0));
+  float* red = coef + (kFused ? BT * NC : 0);
+  float* dsum = red + W * BT * MP;
+  float* gates = dsum + BT * MP;
+
+  // fn of this CTA's slice into L2 while the previous kernel finishes (read-only weights).
+  for (int idx = tid; idx < M * N * ng; idx += blockDim.x) {
+    const int q = idx % ng, rest = idx / ng;
+    prefetch_l2(p.fn + static_cast<int64_t>(rest / N) * K + static_cast<int64_t>(rest % N) * H +
+                h0 + q * kGroupCols);
+  }
+  pdl_wait();
+  pdl_trigger();
+
+  if constexpr (kFused) {
+    for (int idx = tid; idx < BT * NC; idx += blockDim.x) {
+      const int r = idx / NC, q = idx % NC;
+      const int64_t t = t0 + r;
+      float v = 0.f;
+      if (t < T) {
+        if (q < N) v = p.post_in[t * N + q];
+        else if (q < N + N * N) v = p.comb_in[t * N * N + (q - N)];
+      }
+      coef[idx] = v;
+    }
+  }
+
+  // All copies up front, one commit group per stage of K groups (tokens past T and columns
+  // past H are zero-filled, so they add nothing to the dots).
+  const int stages = p.stages;
+  const int gps = (p.gpc + stages - 1) / stages;
+  constexpr int kRows = kFused ? N + 1 : N;  // fused: row N of a token is x
+  for (int s = 0; s < stages; ++s) {
+    const int q0 = s * gps, q1 = min(ng, q0 + gps);
+    const int vcount = q1 > q0 ? 4 * (q1 - q0) : 0;
+    for (int idx = tid; idx < BT * kRows * vcount; idx += blockDim.x) {
+      const int v = 4 * q0 + idx % vcount, rest = idx / vcount;
+      const int i = rest % kRows, t = rest / kRows;
+      const int64_t tok = t0 + t;
+      const bool ok = tok < T && v < nv;
+      if (kFused && i == N) {
+        cp_async16(xs + t * SV + v, ok ? p.x + tok * H + h0 + 8 * v : p.x, ok);
+      } else {
+        cp_async16(data + t * RS + i * SV + v, ok ? p.res + (tok * N + i) * H + h0 + 8 * v : p.res,
+                   ok);
+      }
+    }
+    cp_async_commit();
+  }
+
+  float acc[TT][NT][4];
+  float ss[TT][2];
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt) {
+    ss[tt][0] = ss[tt][1] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[tt][nt][q] = 0.f;
+  }
+  // Units (group q, stream i), u = q * N + i, go to warp u % W; fn one unit ahead.
+  const int units = ng * N;
+  const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
+    const int q = uu / N, i = uu % N;
+    const int h = h0 + q * kGroupCols + 8 * c;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const bool ok = h < H && 8 * nt + g < M;
+      const float4* src = reinterpret_cast<const float4*>(
+          p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
+      fr[nt][0] = ok ? __ldg(src) : make_float4(0.f, 0.f, 0.f, 0.f);
+      fr[nt][1] = ok ? __ldg(src + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  float4 fr[NT][2];
+  int u = warp;
+  if (u < units) load_fn(u, fr);
+  for (int s = 0; s < stages; ++s) {
+    cp_async_wait_upto(stages - 1 - s);
+    __syncthreads();
+    const int q0 = s * gps, q1 = min(ng, q0 + gps);
+    if constexpr (kFused) {
+      // mhc_post of the stage's columns, in place; residual_out stored from here.
+      const int vcount = q1 > q0 ? 4 * (q1 - q0) : 0;
+      for (int idx = tid; idx < BT * vcount; idx += blockDim.x) {
+        const int t = idx / vcount, v = 4 * q0 + idx % vcount;
+        const int64_t tok = t0 + t;
+        if (tok >= T || v >= nv) continue;
+        float pst[N], cmb[N * N];
+#pragma unroll
+        for (int j = 0; j < N; ++j) pst[j] = coef[t * NC + j];
+#pragma unroll
+        for (int q = 0; q < N * N; ++q) cmb[q] = coef[t * NC + N + q];
+        uint4 old[N], nw[N];
+#pragma unroll
+        for (int i = 0; i < N; ++i) old[i] = data[t * RS + i * SV + v];
+        post_vec8<N>(pst, cmb, xs[t * SV + v], old, nw);
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          data[t * RS + i * SV + v] = nw[i];
+          stg16(p.res_out + (tok * N + i) * H + h0 + 8 * v, nw[i]);
+        }
+      }
+      __syncthreads();
+    }
+    for (const int u_end = q1 * N; u < u_end; u += W) {
+      float4 fr_next[NT][2];
+      if (u + W < units) load_fn(u + W, fr_next);
+      FnFrag<kParts> f[NT];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float4 a = fr[nt][0], b = fr[nt][1];
+        const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        f[nt] = make_frag<kParts>(v8);
+      }
+      const int q = u / N, i = u % N;
+      const uint4* col = data + i * SV + 4 * q + c;
+#pragma unroll
+      for (int tt = 0; tt < TT; ++tt) {
+        if (t0 + 16 * tt >= T) continue;
+        const uint4 v0 = col[(16 * tt + g) * RS], v1 = col[(16 * tt + g + 8) * RS];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_chunk(acc[tt][nt], v0, v1, f[nt]);
+        ss[tt][0] = add_sumsq8(v0, ss[tt][0]);
+        ss[tt][1] = add_sumsq8(v1, ss[tt][1]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        fr[nt][0] = fr_next[nt][0];
+        fr[nt][1] = fr_next[nt][1];
+      }
+    }
+  }
+
+  // This CTA's partial: warps' slices (every warp writes every row, zeros where it had no
+  // unit), then their sum in warp order into slice 0.
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float v = ss[tt][hf];
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      v += __shfl_xor_sync(0xffffffffu, v, 2);
+      ss[tt][hf] = v;
+    }
+  float* mine = red + warp * BT * MP;
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int row = 16 * tt + g + 8 * (q >> 1), o = 8 * nt + 2 * c + (q & 1);
+        if (o < M) mine[row * MP + o] = acc[tt][nt][q];
+      }
+    if (c == 0) {
+      mine[(16 * tt + g) * MP + M] = ss[tt][0];
+      mine[(16 * tt + g + 8) * MP + M] = ss[tt][1];
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < BT * (M + 1); idx += blockDim.x) {
+    const int row = idx / (M + 1), m = idx % (M + 1);
+    float a = red[row * MP + m];
+#pragma unroll
+    for (int w = 1; w < W; ++w) a += red[(w * BT + row) * MP + m];
+    red[row * MP + m] = a;
+  }
+  cluster_arrive();  // every CTA's partial is complete and visible to the cluster
+  cluster_wait();
+
+  // Owned tokens j = rank + k * CS: the CS partials in rank order.
+  const int owned = rank < BT ? (BT - rank + CS - 1) / CS : 0;
+  for (int idx = tid; idx < owned * (M + 1); idx += blockDim.x) {
+    const int k = idx / (M + 1), m = idx % (M + 1);
+    const float* src = red + (rank + k * CS) * MP + m;
+    float v[kClusterMax];
+#pragma unroll
+    for (int r = 0; r < kClusterMax; ++r) v[r] = r < CS ? ld_cluster(cluster_addr(src, r)) : 0.f;
+    float a = v[0];
+#pragma unroll
+    for (int r = 1; r < kClusterMax; ++r)
+      if (r < CS) a += v[r];
+    dsum[k * MP + m] = a;
+  }
+  __syncthreads();
+  const float inv_k = 1.0f / static_cast<float>(K);
+  const bool owner = warp == W - 1 && lane < owned;  // one lane per owned token
+  if (owner) {
+    const int j = rank + lane * CS;
+    const float* d = dsum + lane * MP;
+    float pre[N];
+    head_gates<N>(d, d[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
+    for (int r = 0; r < CS; ++r)
+#pragma unroll
+      for (int i = 0; i < N; ++i) st_cluster(cluster_addr(gates + j * N + i, r), pre[i]);
+  }
+  cluster_arrive();  // gates written everywhere; no remote access follows this barrier
+  if constexpr (MODE != Mode::HEAD) {
+    if (owner && t0 + rank + lane * CS < T) {
+      const GateParams gp =
+          gate_params(p.scale, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
+      write_gates<N>(dsum + lane * MP, inv_k, p.base, gp, t0 + rank + lane * CS, p.post_out,
+                     p.comb_out);
+    }
+  }
+  cluster_wait();
+
+  // Weighted stream sum of this CTA's slice (SPEC §2.1 step 8), in stream order.
+  for (int idx = tid; idx < BT * nv; idx += blockDim.x) {
+    const int t = idx / nv, v = idx % nv;
+    const int64_t tok = t0 + t;
+    if (tok >= T) break;  // rows are in token order
+    float y[8], f[8];
+    unpack8(data[t * RS + v], f);
+    const float g0 = gates[t * N];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[e] = g0 * f[e];
+#pragma unroll
+    for (int i = 1; i < N; ++i) {
+      unpack8(data[t * RS + i * SV + v], f);
+      const float gi = gates[t * N + i];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) y[e] += gi * f[e];
+    }
+    stg16(p.out + tok * H + h0 + 8 * v, pack8(y));
+  }
+#endif
+}
+
+inline KernelType kernel_type_of(Mode mode) {
+  return mode == Mode::PRE ? KernelType::MHC_PRE
+                           : mode == Mode::FUSED ? KernelType::MHC_FUSED_POST_PRE
+                                                 : KernelType::HC_HEAD;
+}
+
+template <int N, Mode MODE>
+void run_cluster(const Plan& plan, const HcCall& a, int device, cudaStream_t stream) {
+  const ClusterShape cs = cluster_shape(kernel_type_of(MODE), N, a.H);
+  TORCH_INTERNAL_ASSERT(cs.size > 0 && cs.size == plan.num_splits &&
+                            cs.block_tokens == plan.block_tokens &&
+                            cs.block_tokens == 16 * cluster_tiles<MODE>(),
+                        "cluster plan does not match the kernel");
+  const int G = (a.H + kGroupCols - 1) / kGroupCols;
+  const ClusterParams cp{a.res, a.x, a.post_in, a.comb_in, a.res_out, a.fn, a.scale, a.base,
+                         a.post_out, a.comb_out, a.out, a.T, a.H, G, cs.groups, cs.size,
+                         std::min(kClusterMaxStages, cs.groups), a.rms_eps, a.pre_eps,
+                         a.sinkhorn_eps, a.post_mult, a.repeat};
+  const auto kernel = hc_cluster_kernel<N, MODE>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(cs.smem_bytes)));
+  if (cs.size > 8)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  cudaLaunchConfig_t cfg = {};
+  const int64_t blocks = (a.T + cs.block_tokens - 1) / cs.block_tokens;
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks * cs.size));
+  cfg.blockDim = dim3(kClusterWarps * 32);
+  cfg.dynamicSmemBytes = static_cast<size_t>(cs.smem_bytes);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cs.size);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_supported(device) ? 2 : 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, cp));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace mhc::cuda
