@@ -29,7 +29,7 @@ def summarize(path: str) -> None:
     col = {k: i for i, k in enumerate(rows[0])}
     for r in rows[1:]:
         name = r[col["Kernel Name"]]
-        m = re.search(r"(hc_main_kernel|hc_epilogue_kernel|mhc_post_kernel|prenorm_kernel)<([^>]*)>",
+        m = re.search(r"(hc_main_kernel|hc_epilogue_kernel|hc_cluster_kernel|mhc_post_kernel|prenorm_kernel)<([^>]*)>",
                       name)
         short = f"{m.group(1)}<{m.group(2)}>" if m else name[:60]
         print(f"{short:64s} grid {r[col['Grid Size']]:>14s} block {r[col['Block Size']]:>12s} "
@@ -42,9 +42,13 @@ def main() -> None:
     ap.add_argument("--ops", default=",".join(bench_ops.OPS))
     ap.add_argument("--tokens", default="1,64,4096")
     ap.add_argument("--widths", default="7168")
+    ap.add_argument("--cluster-min-tokens", type=int, default=None,
+                    help="turn the CLUSTER plans on from this T (off by default)")
     args = ap.parse_args()
     if args.summarize:
         return summarize(args.summarize)
+    if args.cluster_min_tokens is not None:
+        mhc_ops._C.set_cluster_min_tokens(args.cluster_min_tokens)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     g = torch.Generator(device="cuda").manual_seed(0)
     for op in args.ops.split(","):
