@@ -9,6 +9,9 @@
 //    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
 //    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
 //    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer.
+//  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant, T >= cluster_min_tokens()):
+//    one kernel, a cluster of CTAs per token block reading the residual once
+//    (csrc/cuda/hc_cluster.cuh). Off by default: measured slower (benchmarks/NOTES.md, v4).
 //  * block_tokens is the token block of one CTA: 16-row mma tiles, 4 of them where registers
 //    allow (fn is re-read from L2 once per block, so larger blocks save L2 traffic), 2 for the
 //    fused op and FULL_K, 1 for n > 4.

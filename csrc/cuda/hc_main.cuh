@@ -23,6 +23,7 @@
 //    token over several CTAs (chunks of H).
 //  * FULL_K (larger T): one kernel; a CTA owns 32 tokens, reduces over all K, then each warp
 //    streams the weighted sum of whole tokens while one warp runs the Sinkhorns (one per lane).
+//  * CLUSTER (off by default, see csrc/cuda/hc_cluster.cuh): one kernel, the residual read once.
 // Bound: at decode, latency and streaming fn (the whole GPU reads it once); at prefill, HBM
 // bytes: the residual is read twice (GEMM, then the stream sum), fn once per token block from
 // L2. Every reduction has a fixed order that depends only on the plan, never on T, so a
