@@ -135,18 +135,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   pdl_wait();
   pdl_trigger();
 
-  if constexpr (kFused) {
-    for (int idx = tid; idx < BT * NC; idx += blockDim.x) {
-      const int r = idx / NC, q = idx % NC;
-      const int64_t t = t0 + r;
-      float v = 0.f;
-      if (t < T) {
-        if (q < N) v = p.post_in[t * N + q];
-        else if (q < N + N * N) v = p.comb_in[t * N * N + (q - N)];
-      }
-      coef[idx] = v;
-    }
-  }
+  if constexpr (kFused) load_block_coefs<N, NC>(coef, p.post_in, p.comb_in, t0, T, BT);
 
   // All copies up front, one commit group per stage of K groups (tokens past T and columns
   // past H are zero-filled, so they add nothing to the dots).
@@ -184,16 +173,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   // Units (group q, stream i), u = q * N + i, go to warp u % W; fn one unit ahead.
   const int units = ng * N;
   const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
-    const int q = uu / N, i = uu % N;
-    const int h = h0 + q * kGroupCols + 8 * c;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const bool ok = h < H && 8 * nt + g < M;
-      const float4* src = reinterpret_cast<const float4*>(
-          p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
-      fr[nt][0] = ok ? __ldg(src) : make_float4(0.f, 0.f, 0.f, 0.f);
-      fr[nt][1] = ok ? __ldg(src + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+    load_fn_unit<NT, M>(p.fn, K, H, h0 + (uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
   };
   float4 fr[NT][2];
   int u = warp;
@@ -209,15 +189,10 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
         const int t = idx / vcount, v = 4 * q0 + idx % vcount;
         const int64_t tok = t0 + t;
         if (tok >= T || v >= nv) continue;
-        float pst[N], cmb[N * N];
-#pragma unroll
-        for (int j = 0; j < N; ++j) pst[j] = coef[t * NC + j];
-#pragma unroll
-        for (int q = 0; q < N * N; ++q) cmb[q] = coef[t * NC + N + q];
         uint4 old[N], nw[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) old[i] = data[t * RS + i * SV + v];
-        post_vec8<N>(pst, cmb, xs[t * SV + v], old, nw);
+        post_vec8_coefs<N>(coef + t * NC, xs[t * SV + v], old, nw);
 #pragma unroll
         for (int i = 0; i < N; ++i) {
           data[t * RS + i * SV + v] = nw[i];
@@ -230,22 +205,12 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
       float4 fr_next[NT][2];
       if (u + W < units) load_fn(u + W, fr_next);
       FnFrag<kParts> f[NT];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const float4 a = fr[nt][0], b = fr[nt][1];
-        const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-        f[nt] = make_frag<kParts>(v8);
-      }
-      const int q = u / N, i = u % N;
-      const uint4* col = data + i * SV + 4 * q + c;
+      fn_frags<NT>(fr, f);
+      const uint4* col = data + (u % N) * SV + 4 * (u / N) + c;
 #pragma unroll
       for (int tt = 0; tt < TT; ++tt) {
         if (t0 + 16 * tt >= T) continue;
-        const uint4 v0 = col[(16 * tt + g) * RS], v1 = col[(16 * tt + g + 8) * RS];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma_chunk(acc[tt][nt], v0, v1, f[nt]);
-        ss[tt][0] = add_sumsq8(v0, ss[tt][0]);
-        ss[tt][1] = add_sumsq8(v1, ss[tt][1]);
+        mma_tile<NT>(acc[tt], ss[tt], col[(16 * tt + g) * RS], col[(16 * tt + g + 8) * RS], f);
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -257,38 +222,9 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 
   // This CTA's partial: warps' slices (every warp writes every row, zeros where it had no
   // unit), then their sum in warp order into slice 0.
-#pragma unroll
-  for (int tt = 0; tt < TT; ++tt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float v = ss[tt][hf];
-      v += __shfl_xor_sync(0xffffffffu, v, 1);
-      v += __shfl_xor_sync(0xffffffffu, v, 2);
-      ss[tt][hf] = v;
-    }
-  float* mine = red + warp * BT * MP;
-#pragma unroll
-  for (int tt = 0; tt < TT; ++tt) {
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int row = 16 * tt + g + 8 * (q >> 1), o = 8 * nt + 2 * c + (q & 1);
-        if (o < M) mine[row * MP + o] = acc[tt][nt][q];
-      }
-    if (c == 0) {
-      mine[(16 * tt + g) * MP + M] = ss[tt][0];
-      mine[(16 * tt + g + 8) * MP + M] = ss[tt][1];
-    }
-  }
+  store_warp_partial<TT, NT, M, MP>(red + warp * BT * MP, acc, ss, BT);
   __syncthreads();
-  for (int idx = tid; idx < BT * (M + 1); idx += blockDim.x) {
-    const int row = idx / (M + 1), m = idx % (M + 1);
-    float a = red[row * MP + m];
-#pragma unroll
-    for (int w = 1; w < W; ++w) a += red[(w * BT + row) * MP + m];
-    red[row * MP + m] = a;
-  }
+  add_warp_partials<M, MP>(red, BT, BT, W);
   cluster_arrive();  // every CTA's partial is complete and visible to the cluster
   cluster_wait();
 
@@ -334,19 +270,14 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
     const int t = idx / nv, v = idx % nv;
     const int64_t tok = t0 + t;
     if (tok >= T) break;  // rows are in token order
-    float y[8], f[8];
-    unpack8(data[t * RS + v], f);
-    const float g0 = gates[t * N];
+    uint4 r[N];
+    float pre[N];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) y[e] = g0 * f[e];
-#pragma unroll
-    for (int i = 1; i < N; ++i) {
-      unpack8(data[t * RS + i * SV + v], f);
-      const float gi = gates[t * N + i];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) y[e] += gi * f[e];
+    for (int i = 0; i < N; ++i) {
+      r[i] = data[t * RS + i * SV + v];
+      pre[i] = gates[t * N + i];
     }
-    stg16(p.out + tok * H + h0 + 8 * v, pack8(y));
+    stg16(p.out + tok * H + h0 + 8 * v, combine8<N>(r, pre));
   }
 #endif
 }

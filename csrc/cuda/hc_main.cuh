@@ -121,6 +121,136 @@ __device__ __forceinline__ void write_gates(const float* d, float inv_k, const f
     for (int k = 0; k < N; ++k) comb_out[(t * N + j) * N + k] = comb[j][k];
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pieces of the K reduction shared by hc_main_kernel and hc_cluster_kernel (hc_cluster.cuh).
+
+// The fused op's post / comb inputs of the BT tokens from t0 into coef [BT][NC] (zeros past T).
+template <int N, int NC>
+__device__ __forceinline__ void load_block_coefs(float* coef, const float* post_in,
+                                                 const float* comb_in, int64_t t0, int64_t T,
+                                                 int BT) {
+  for (int idx = threadIdx.x; idx < BT * NC; idx += blockDim.x) {
+    const int r = idx / NC, q = idx % NC;
+    const int64_t t = t0 + r;
+    float v = 0.f;
+    if (t < T) {
+      if (q < N) v = post_in[t * N + q];
+      else if (q < N + N * N) v = comb_in[t * N * N + (q - N)];
+    }
+    coef[idx] = v;
+  }
+}
+
+// post_vec8 with the token's post [N] and comb [N][N] read from its row of load_block_coefs.
+template <int N>
+__device__ __forceinline__ void post_vec8_coefs(const float* crow, const uint4& xv,
+                                                const uint4 (&old)[N], uint4 (&out)[N]) {
+  float pst[N], cmb[N * N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) pst[j] = crow[j];
+#pragma unroll
+  for (int q = 0; q < N * N; ++q) cmb[q] = crow[N + q];
+  post_vec8<N>(pst, cmb, xv, old, out);
+}
+
+// This lane's raw fp32 fn values of one (8 columns from h, stream i) unit: row 8 nt + g of each
+// 8-row block (zeros past H and past the M rows).
+template <int NT, int M>
+__device__ __forceinline__ void load_fn_unit(const float* fn, int64_t K, int H, int h, int i,
+                                             int g, float4 (&fr)[NT][2]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const bool ok = h < H && 8 * nt + g < M;
+    const float4* src = reinterpret_cast<const float4*>(
+        fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
+    fr[nt][0] = ok ? __ldg(src) : make_float4(0.f, 0.f, 0.f, 0.f);
+    fr[nt][1] = ok ? __ldg(src + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+}
+
+// The B fragments (hi / lo bf16 terms) of raw values loaded by load_fn_unit.
+template <int NT>
+__device__ __forceinline__ void fn_frags(const float4 (&fr)[NT][2], FnFrag<kParts> (&f)[NT]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const float4 a = fr[nt][0], b = fr[nt][1];
+    const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    f[nt] = make_frag<kParts>(v8);
+  }
+}
+
+// One 16-token tile of a unit: acc += x . fn for every 8-row block of fn; ss += x^2 of the
+// lane's rows g (v0) and g + 8 (v1).
+template <int NT>
+__device__ __forceinline__ void mma_tile(float (&acc)[NT][4], float (&ss)[2], const uint4& v0,
+                                         const uint4& v1, const FnFrag<kParts> (&f)[NT]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) mma_chunk(acc[nt], v0, v1, f[nt]);
+  ss[0] = add_sumsq8(v0, ss[0]);
+  ss[1] = add_sumsq8(v1, ss[1]);
+}
+
+// A warp's sums into its slice `mine` [BT][MP] of shared memory, for the tiles holding one of
+// the first `rows` token rows: the M dots, then the sum of squares over the quad at M. Called
+// by whole warps (the quad sum shuffles).
+template <int TT, int NT, int M, int MP>
+__device__ __forceinline__ void store_warp_partial(float* mine, const float (&acc)[TT][NT][4],
+                                                   float (&ss)[TT][2], int rows) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float s = ss[tt][hf];
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      ss[tt][hf] = s;
+    }
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt) {
+    if (16 * tt >= rows) continue;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int row = 16 * tt + g + 8 * (q >> 1), o = 8 * nt + 2 * c + (q & 1);
+        if (o < M) mine[row * MP + o] = acc[tt][nt][q];
+      }
+    if (c == 0) {
+      mine[(16 * tt + g) * MP + M] = ss[tt][0];
+      mine[(16 * tt + g + 8) * MP + M] = ss[tt][1];
+    }
+  }
+}
+
+// Slices 1..nwork-1 of red [W][BT][MP] added to slice 0 in warp order, for the first `rows`
+// rows (M dots and the sum of squares each).
+template <int M, int MP>
+__device__ __forceinline__ void add_warp_partials(float* red, int BT, int rows, int nwork) {
+  for (int idx = threadIdx.x; idx < rows * (M + 1); idx += blockDim.x) {
+    const int row = idx / (M + 1), m = idx % (M + 1);
+    float a = red[row * MP + m];
+    for (int w = 1; w < nwork; ++w) a += red[(w * BT + row) * MP + m];
+    red[row * MP + m] = a;
+  }
+}
+
+// bf16(sum_i pre[i] * r[i]) of 8 columns, in stream order (SPEC §2.1 step 8).
+template <int N>
+__device__ __forceinline__ uint4 combine8(const uint4 (&r)[N], const float (&pre)[N]) {
+  float y[8], f[8];
+  unpack8(r[0], f);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) y[e] = pre[0] * f[e];
+#pragma unroll
+  for (int i = 1; i < N; ++i) {
+    unpack8(r[i], f);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[e] += pre[i] * f[e];
+  }
+  return pack8(y);
+}
+
 // Weighted stream sum of one token over the 8-column vectors v = v0, v0 + STRIDE, ... < v1:
 // out[8v..] = bf16(Σ_i pre[i] · src[i][8v..]) in stream order (SPEC §2.1 step 8). With NORM it
 // returns this thread's Σ z² of z = bf16(y), in its vector order (step 9 needs the whole row).
@@ -138,17 +268,7 @@ __device__ __forceinline__ float stream_pass(const uint16_t* src, const float (&
       const uint16_t* q = src + static_cast<int64_t>(i) * H + 8 * v;
       r[i] = COHERENT ? __ldcg(reinterpret_cast<const uint4*>(q)) : ldg16(q);
     }
-    float y[8], f[8];
-    unpack8(r[0], f);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) y[e] = pre[0] * f[e];
-#pragma unroll
-    for (int i = 1; i < N; ++i) {
-      unpack8(r[i], f);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) y[e] += pre[i] * f[e];
-    }
-    const uint4 o = pack8(y);
+    const uint4 o = combine8<N>(r, pre);
     if constexpr (NORM) {
       float z[8];
       unpack8(o, z);
@@ -243,16 +363,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   pdl_trigger();
 
   if constexpr (MODE == Mode::FUSED) {
-    for (int idx = threadIdx.x; idx < BT * NC; idx += blockDim.x) {
-      const int r = idx / NC, q = idx % NC;
-      const int64_t t = t0 + r;
-      float v = 0.f;
-      if (t < T) {
-        if (q < N) v = p.post_in[t * N + q];
-        else if (q < N + N * N) v = p.comb_in[t * N * N + (q - N)];
-      }
-      coef[idx] = v;
-    }
+    load_block_coefs<N, NC>(coef, p.post_in, p.comb_in, t0, T, BT);
     __syncthreads();
   }
 
@@ -277,15 +388,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       constexpr bool kPreload = N * NT <= 12;
       float4 fr[kPreload ? N : 1][NT][2];
 #pragma unroll
-      for (int i = 0; i < (kPreload ? N : 0); ++i)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const bool ok = hv && 8 * nt + g < M;
-          const float4* q = reinterpret_cast<const float4*>(
-              p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
-          fr[i][nt][0] = ok ? __ldg(q) : make_float4(0.f, 0.f, 0.f, 0.f);
-          fr[i][nt][1] = ok ? __ldg(q + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
+      for (int i = 0; i < (kPreload ? N : 0); ++i) load_fn_unit<NT, M>(p.fn, K, H, h, i, g, fr[i]);
       // New residual of this lane's 8 columns, all streams, both rows of each tile.
       uint4 r[TT][2][N];
 #pragma unroll
@@ -299,12 +402,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
             uint4 old[N];
 #pragma unroll
             for (int i = 0; i < N; ++i) old[i] = ldg16(p.res + (t * N + i) * H + h);
-            float pst[N], cmb[N * N];
-#pragma unroll
-            for (int j = 0; j < N; ++j) pst[j] = coef[row * NC + j];
-#pragma unroll
-            for (int q = 0; q < N * N; ++q) cmb[q] = coef[row * NC + N + q];
-            post_vec8<N>(pst, cmb, xv, old, r[tt][hf]);
+            post_vec8_coefs<N>(coef + row * NC, xv, old, r[tt][hf]);
 #pragma unroll
             for (int i = 0; i < N; ++i) stg16(p.res_out + (t * N + i) * H + h, r[tt][hf][i]);
           } else {
@@ -315,25 +413,19 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
 #pragma unroll
       for (int i = 0; i < N; ++i) {
         FnFrag<kParts> f[NT];
+        if constexpr (kPreload) {
+          fn_frags<NT>(fr[i], f);
+        } else {
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          if constexpr (kPreload) {
-            const float4 a = fr[i][nt][0], b = fr[i][nt][1];
-            const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-            f[nt] = make_frag<kParts>(v8);
-          } else {
+          for (int nt = 0; nt < NT; ++nt)
             f[nt] = hv && 8 * nt + g < M
                         ? load_frag<kParts>(p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h)
                         : zero_frag<kParts>();
-          }
         }
 #pragma unroll
         for (int tt = 0; tt < TT; ++tt) {
           if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma_chunk(acc[tt][nt], r[tt][0][i], r[tt][1][i], f[nt]);
-          ss[tt][0] = add_sumsq8(r[tt][0][i], ss[tt][0]);
-          ss[tt][1] = add_sumsq8(r[tt][1][i], ss[tt][1]);
+          mma_tile<NT>(acc[tt], ss[tt], r[tt][0][i], r[tt][1][i], f);
         }
       }
     }
@@ -361,16 +453,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
     };
     const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
-      const int gi = gb + uu / N, i = uu % N;
-      const int h = gi * kGroupCols + 8 * c;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const bool ok = h < H && 8 * nt + g < M;
-        const float4* q = reinterpret_cast<const float4*>(
-            p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
-        fr[nt][0] = ok ? __ldg(q) : make_float4(0.f, 0.f, 0.f, 0.f);
-        fr[nt][1] = ok ? __ldg(q + 1) : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
+      load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
     };
 #pragma unroll
     for (int k = 0; k < kXStages - 1; ++k) stage_x(k);
@@ -381,22 +464,13 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       float4 fr_next[NT][2];
       if (u + W < units) load_fn(u + W, fr_next);
       FnFrag<kParts> f[NT];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const float4 a = fr[nt][0], b = fr[nt][1];
-        const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-        f[nt] = make_frag<kParts>(v8);
-      }
+      fn_frags<NT>(fr, f);
       cp_async_wait<kXStages - 1>();  // this unit's group has landed (this lane's own slots)
       const uint4* slot = ring + (k % kXStages) * 2 * TT * 32;
 #pragma unroll
       for (int tt = 0; tt < TT; ++tt) {
         if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
-        const uint4 v0 = slot[(2 * tt) * 32], v1 = slot[(2 * tt + 1) * 32];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma_chunk(acc[tt][nt], v0, v1, f[nt]);
-        ss[tt][0] = add_sumsq8(v0, ss[tt][0]);
-        ss[tt][1] = add_sumsq8(v1, ss[tt][1]);
+        mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -407,44 +481,12 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
     cp_async_wait<0>();  // no copy may still target shared memory when the reduction reuses it
   }
 
-  // Sum of squares over the quad (the 4 lanes of a row), then the warps in warp order.
-#pragma unroll
-  for (int tt = 0; tt < TT; ++tt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float s = ss[tt][hf];
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      s += __shfl_xor_sync(0xffffffffu, s, 2);
-      ss[tt][hf] = s;
-    }
+  // Each working warp's sums, then the warps in warp order, for the live rows (slice 0).
   const int nwork = min(W, units);  // warps that own at least one unit
   const int rows = T - t0 < BT ? static_cast<int>(T - t0) : BT;  // live token rows
-  if (warp < nwork) {
-    float* mine = red + warp * BT * MP;
-#pragma unroll
-    for (int tt = 0; tt < TT; ++tt) {
-      if (16 * tt >= rows) continue;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int row = 16 * tt + g + 8 * (q >> 1), o = 8 * nt + 2 * c + (q & 1);
-          if (o < M) mine[row * MP + o] = acc[tt][nt][q];
-        }
-      if (c == 0) {
-        mine[(16 * tt + g) * MP + M] = ss[tt][0];
-        mine[(16 * tt + g + 8) * MP + M] = ss[tt][1];
-      }
-    }
-  }
+  if (warp < nwork) store_warp_partial<TT, NT, M, MP>(red + warp * BT * MP, acc, ss, rows);
   __syncthreads();
-  // Warps in warp order, for the live rows; the sums land in slice 0.
-  for (int idx = threadIdx.x; idx < rows * (M + 1); idx += blockDim.x) {
-    const int row = idx / (M + 1), m = idx % (M + 1);
-    float a = red[row * MP + m];
-    for (int w = 1; w < nwork; ++w) a += red[(w * BT + row) * MP + m];
-    red[row * MP + m] = a;
-  }
+  add_warp_partials<M, MP>(red, BT, rows, nwork);
   __syncthreads();
 
   if constexpr (!FULLK) {
