@@ -67,14 +67,6 @@ def _call(mhc_ops, op: str, a: dict, t: int):
     return mhc_ops.hc_head(r, a["head_fn"], a["head_scale"], a["head_base"])
 
 
-def _timed(fn) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def _timed_both(fn) -> tuple[float, float]:
     """(host seconds around a synchronised call, GPU seconds between events around it)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

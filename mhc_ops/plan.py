@@ -108,23 +108,27 @@ def token_count_representatives(kind: KernelType | str, max_tokens: int, *, hidd
         bool(norm), _batch_invariant(batch_invariant), _fp32_gemm(fp32_gemm), bool(clusters)))
 
 
-def device_supports_clusters(device) -> bool:
-    """Whether the launchers may run CLUSTER plans on `device` (compute capability 9.0+)."""
+def _cuda_index(device) -> int | None:
+    """The CUDA device index of `device` (the current one when it names none); None for the CPU."""
     import torch
 
     device = torch.device(device)
     if device.type == "cpu":
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_capability(index)[0] >= 9
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def device_supports_clusters(device) -> bool:
+    """Whether the launchers may run CLUSTER plans on `device` (compute capability 9.0+)."""
+    import torch
+
+    index = _cuda_index(device)
+    return index is not None and torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def device_num_sms(device) -> int:
     """Multiprocessors of `device` as the launchers see them; 0 for the CPU."""
     import torch
 
-    device = torch.device(device)
-    if device.type == "cpu":
-        return 0
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    index = _cuda_index(device)
+    return 0 if index is None else torch.cuda.get_device_properties(index).multi_processor_count
