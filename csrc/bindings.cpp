@@ -51,8 +51,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("kind"), py::arg("max_tokens"), py::arg("hc_mult"), py::arg("hidden_size"),
       py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"),
       py::arg("clusters"));
-  // Tests and benchmarks only: where CLUSTER plans start (plan.h; off by default). Returns
-  // the previous value.
+  // Tests and benchmarks only: CLUSTER plans from this T on (plan.h; below 0, the default,
+  // the measured windows). Returns the previous value.
   m.def("cluster_min_tokens", &mhc::cluster_min_tokens);
   m.def("set_cluster_min_tokens", &mhc::set_cluster_min_tokens, py::arg("num_tokens"));
   m.def("launched_plans", [] {

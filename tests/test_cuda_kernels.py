@@ -382,7 +382,7 @@ def test_linear_invalid_algo_warns_and_uses_cublas():
 
 @pytest.fixture
 def clusters_on(monkeypatch):
-    """CLUSTER plans from T = 64 (they are off by default, plan.h), sm_90+ only."""
+    """CLUSTER plans for every T from 64 (by default only in measured windows, plan.cpp)."""
     if not plan.device_supports_clusters("cuda"):
         pytest.skip("CLUSTER plans need sm_90+")
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)

@@ -74,18 +74,34 @@ def clusters_from_64():
     _C.set_cluster_min_tokens(old)
 
 
-def test_cluster_plans_off_by_default():
-    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
-    for kind in ("MHC_PRE", "HC_HEAD", "MHC_FUSED_POST_PRE"):
-        assert all(plan.plan_of(kind, t, **kw).variant != "cluster" for t in (64, 4096, 16384))
+def test_cluster_plans_in_their_measured_windows():
+    def variants(kind, hidden, tokens):
+        return [plan.plan_of(kind, t, hidden_size=hidden, num_sms=132,
+                             batch_invariant=False).variant for t in tokens]
+
+    # H = 4096: pre for T in 16..128, fused for T in 16..64
+    assert variants("MHC_PRE", 4096, (15, 16, 128, 129)) == ["split_k", "cluster", "cluster",
+                                                               "split_k"]
+    assert variants("MHC_FUSED_POST_PRE", 4096, (15, 16, 64, 65)) == ["split_k", "cluster",
+                                                                        "cluster", "split_k"]
+    assert "cluster" not in variants("HC_HEAD", 4096, (16, 64, 2048, 16384))
+    # H = 7168: head from T = 2048, pre and fused never
+    assert variants("HC_HEAD", 7168, (2047, 2048, 16384)) == ["split_k", "cluster", "cluster"]
+    for kind in ("MHC_PRE", "MHC_FUSED_POST_PRE"):
+        assert "cluster" not in variants(kind, 7168, (16, 64, 128, 4096, 16384))
+    # the windows need thread-block clusters, and are not for the folded norm
+    assert plan.plan_of("MHC_PRE", 64, hidden_size=4096, num_sms=132, clusters=False,
+                        batch_invariant=False).variant == "split_k"
+    assert plan.plan_of("MHC_PRE", 64, hidden_size=4096, num_sms=132, norm=True,
+                        batch_invariant=False).variant == "split_k"
 
 
 @pytest.mark.usefixtures("clusters_from_64")
 def test_cluster_plans_at_prefill_sizes():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
-    for kind, block in (("MHC_PRE", 32), ("HC_HEAD", 32), ("MHC_FUSED_POST_PRE", 16)):
+    for kind, block in (("MHC_PRE", 16), ("HC_HEAD", 16), ("MHC_FUSED_POST_PRE", 16)):
         p = plan.plan_of(kind, 16384, **kw)
-        # 224 K groups of 32 columns over 16 CTAs of 14 groups
+        # 224 K groups of 32 columns over 16 CTAs of 14 groups, blocks of 16 tokens
         assert (p.variant, p.num_splits, p.block_tokens, p.hidden_spec) == ("cluster", 16, block, 0)
         assert plan.plan_of(kind, 1, **kw).variant == "split_k"  # decode keeps the split plan
         assert plan.plan_of(kind, 16384, clusters=False, **kw).variant == "full_k"

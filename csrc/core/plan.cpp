@@ -9,9 +9,10 @@
 //    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
 //    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
 //    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer.
-//  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant, T >= cluster_min_tokens()):
-//    one kernel, a cluster of CTAs per token block reading the residual once
-//    (csrc/cuda/hc_cluster.cuh). Off by default: measured slower (benchmarks/NOTES.md, v4).
+//  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
+//    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh). It wins only
+//    where its fixed per-CTA latency is small against the other plans' cost, so it runs in the
+//    token ranges where it measured faster on an H100 (cluster_window below; NOTES.md, v5).
 //  * block_tokens is the token block of one CTA: 16-row mma tiles, 4 of them where registers
 //    allow (fn is re-read from L2 once per block, so larger blocks save L2 traffic), 2 for the
 //    fused op and FULL_K, 1 for n > 4.
@@ -40,10 +41,36 @@ constexpr int64_t kGroupColumns = 32;  // hidden columns of one K group
 constexpr int64_t kMaxClusterSize = 16;
 constexpr int64_t kClusterWarps = 8;
 constexpr int64_t kMaxSmemPerCta = 227 * 1024;
-// CLUSTER plans are off by default: on H100 they measured slower than SPLIT_K / FULL_K at
-// every size but one (benchmarks/NOTES.md, v4); set_cluster_min_tokens turns them on.
-constexpr int64_t kClustersOff = std::numeric_limits<int64_t>::max();
-std::atomic<int64_t> g_cluster_min_tokens{kClustersOff};
+// set_cluster_min_tokens: below 0, the measured windows of cluster_window(); else CLUSTER for
+// every T from that value on.
+constexpr int64_t kMeasuredWindows = -1;
+std::atomic<int64_t> g_cluster_min_tokens{kMeasuredWindows};
+
+// Token ranges [lo, hi] where the CLUSTER plan measured faster than SPLIT_K / FULL_K (H100,
+// cold fn, CUDA-graph medians; benchmarks/NOTES.md, v5): mhc_pre and the fused op at hidden
+// sizes up to 4096 and small T (e.g. fused T = 32: 17.7 against 28.6 us), hc_head at larger
+// hidden sizes from T = 2048 (T = 4096, H = 7168: 200 against 231 us). Empty elsewhere.
+struct TokenRange {
+  int64_t lo, hi;  // empty when lo > hi
+};
+TokenRange cluster_window(KernelType kind, int64_t hidden_size) {
+  constexpr TokenRange kNone{1, 0};
+  const bool narrow = hidden_size <= 4096;
+  switch (kind) {
+    case KernelType::MHC_PRE: return narrow ? TokenRange{16, 128} : kNone;
+    case KernelType::MHC_FUSED_POST_PRE: return narrow ? TokenRange{16, 64} : kNone;
+    case KernelType::HC_HEAD:
+      return narrow ? kNone : TokenRange{2048, std::numeric_limits<int64_t>::max()};
+    default: return kNone;
+  }
+}
+
+bool cluster_wanted(KernelType kind, int64_t num_tokens, int64_t hidden_size) {
+  const int64_t from = g_cluster_min_tokens.load();
+  if (from >= 0) return num_tokens >= from;
+  const TokenRange w = cluster_window(kind, hidden_size);
+  return num_tokens >= w.lo && num_tokens <= w.hi;
+}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -74,7 +101,7 @@ ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size
   const int64_t groups = ceil_div(hidden_size, kGroupColumns);
   const int64_t per_cta = ceil_div(groups, std::min(groups, kMaxClusterSize));
   const int64_t size = ceil_div(groups, per_cta);
-  const int64_t bt = fused ? 16 : 32;  // must match hc_cluster.cuh (tiles of 16 tokens)
+  const int64_t bt = 16;  // one mma tile of tokens; must match kClusterTiles (hc_cluster.cuh)
   const int64_t vecs = 4 * per_cta;    // 8-column vectors of one stream per CTA
   const int64_t row = n * vecs + ((n * per_cta) % 2 == 0 ? 4 : 0);  // 16-byte units, padded
   const int64_t m = head ? n : n * (n + 2);
@@ -141,7 +168,8 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
     case KernelType::HC_HEAD: {
       const int64_t k = hc_mult * hidden_size;
       const int64_t groups = ceil_div(hidden_size, kGroupColumns);
-      if (opt.clusters && !opt.batch_invariant && !norm && num_tokens >= cluster_min_tokens()) {
+      if (opt.clusters && !opt.batch_invariant && !norm &&
+          cluster_wanted(kind, num_tokens, hidden_size)) {
         const ClusterShape cs = cluster_shape(kind, hc_mult, hidden_size);
         if (cs.size > 0) {
           p.variant = Variant::CLUSTER;

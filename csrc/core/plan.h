@@ -69,9 +69,9 @@ struct ClusterShape {
 };
 ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size);
 
-// Smallest T that runs a CLUSTER plan where one is possible. Off (INT64_MAX) by default: the
-// kernel is correct but measured slower than the other plans (benchmarks/NOTES.md, v4).
-// Tests and benchmarks move it (set_cluster_min_tokens returns the previous value); the
+// Where CLUSTER plans run: by default (a value below 0) in the token ranges where they measured
+// faster (plan.cpp, cluster_window); set_cluster_min_tokens(t >= 0) makes every T >= t run one,
+// for tests and crossover benchmarks (INT64_MAX: never). Returns the previous value. The
 // planner, the launchers and warmup all read the same value.
 int64_t cluster_min_tokens();
 int64_t set_cluster_min_tokens(int64_t t);

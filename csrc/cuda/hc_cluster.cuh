@@ -3,7 +3,7 @@
 //
 // Why: the other plans read the residual twice at prefill sizes, once for the K reduction and
 // once for the weighted stream sum after the gates are known (18H bytes per token for pre at
-// n = 4 instead of 10H). Here one thread-block cluster owns a block of BT tokens and each of its
+// n = 4 instead of 10H). Here one thread-block cluster owns a block of BT = 16 tokens and each of its
 // CS CTAs a slice of the hidden columns (all n streams), which it copies from HBM into shared
 // memory once (cp.async, in stages, the tensor-core GEMM consuming each stage as it lands):
 //  1. every CTA reduces its slice: per-warp partial dots (bf16 hi/lo mma.sync, common.cuh) and
@@ -46,10 +46,9 @@ struct ClusterParams {
   int64_t repeat;
 };
 
-template <Mode MODE>
-constexpr int cluster_tiles() {  // 16-token mma tiles per cluster; plan.cpp: 16 fused, else 32
-  return MODE == Mode::FUSED ? 1 : 2;
-}
+// 16-token mma tiles per cluster (plan.cpp's block_tokens). One tile: a CTA then needs ~75 KB
+// at H = 7168 and two fit on an SM, whose tails overlap; two tiles measured slower (NOTES v4).
+constexpr int kClusterTiles = 1;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void cluster_arrive() {
@@ -100,7 +99,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP, NC = Sh::NC;
-  constexpr int TT = cluster_tiles<MODE>();
+  constexpr int TT = kClusterTiles;
   constexpr int BT = 16 * TT;
   constexpr int W = kClusterWarps;
   constexpr bool kFused = MODE == Mode::FUSED;
@@ -293,7 +292,7 @@ void run_cluster(const Plan& plan, const HcCall& a, int device, cudaStream_t str
   const ClusterShape cs = cluster_shape(kernel_type_of(MODE), N, a.H);
   TORCH_INTERNAL_ASSERT(cs.size > 0 && cs.size == plan.num_splits &&
                             cs.block_tokens == plan.block_tokens &&
-                            cs.block_tokens == 16 * cluster_tiles<MODE>(),
+                            cs.block_tokens == 16 * kClusterTiles,
                         "cluster plan does not match the kernel");
   const int G = (a.H + kGroupCols - 1) / kGroupCols;
   const ClusterParams cp{a.res, a.x, a.post_in, a.comb_in, a.res_out, a.fn, a.scale, a.base,
