@@ -46,23 +46,19 @@ constexpr int64_t kMaxSmemPerCta = 227 * 1024;
 constexpr int64_t kMeasuredWindows = -1;
 std::atomic<int64_t> g_cluster_min_tokens{kMeasuredWindows};
 
-// Token ranges [lo, hi] where the CLUSTER plan measured faster than SPLIT_K / FULL_K (H100,
-// cold fn, CUDA-graph medians; benchmarks/NOTES.md, v5): mhc_pre and the fused op at hidden
-// sizes up to 4096 and small T (e.g. fused T = 32: 17.7 against 28.6 us), hc_head at larger
-// hidden sizes from T = 2048 (T = 4096, H = 7168: 200 against 231 us). Empty elsewhere.
+// Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
+// T = 2048, where it measured faster than FULL_K / SPLIT_K (H100, cold fn, CUDA-graph medians;
+// T = 4096, H = 7168: 200 against 231 us; benchmarks/NOTES.md, v5). mhc_pre and the fused op
+// also measured faster at H = 4096 and T = 16..128 / 16..64, but the cluster kernel has no
+// folded RMSNorm, and a norm call must reduce in the same order as the plain one (their gates
+// are bit-identical, tests/test_mhc_pre.py), so they keep the other plans until it has one.
 struct TokenRange {
   int64_t lo, hi;  // empty when lo > hi
 };
 TokenRange cluster_window(KernelType kind, int64_t hidden_size) {
-  constexpr TokenRange kNone{1, 0};
-  const bool narrow = hidden_size <= 4096;
-  switch (kind) {
-    case KernelType::MHC_PRE: return narrow ? TokenRange{16, 128} : kNone;
-    case KernelType::MHC_FUSED_POST_PRE: return narrow ? TokenRange{16, 64} : kNone;
-    case KernelType::HC_HEAD:
-      return narrow ? kNone : TokenRange{2048, std::numeric_limits<int64_t>::max()};
-    default: return kNone;
-  }
+  if (kind == KernelType::HC_HEAD && hidden_size > 4096)
+    return {2048, std::numeric_limits<int64_t>::max()};
+  return {1, 0};
 }
 
 bool cluster_wanted(KernelType kind, int64_t num_tokens, int64_t hidden_size) {
