@@ -159,16 +159,8 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
     cp_async_commit();
   }
 
-  float acc[TT][NT][4];
-  float ss[TT][2];
-#pragma unroll
-  for (int tt = 0; tt < TT; ++tt) {
-    ss[tt][0] = ss[tt][1] = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[tt][nt][q] = 0.f;
-  }
+  float acc[TT][NT][4] = {};  // per tile, 8-row block: the mma accumulators
+  float ss[TT][2] = {};       // per tile: sums of squares of rows g and g + 8
   // Units (group q, stream i), u = q * N + i, go to warp u % W; fn one unit ahead.
   const int units = ng * N;
   const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {

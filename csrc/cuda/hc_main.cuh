@@ -367,16 +367,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
     __syncthreads();
   }
 
-  float acc[TT][NT][4];
-  float ss[TT][2];
-#pragma unroll
-  for (int tt = 0; tt < TT; ++tt) {
-    ss[tt][0] = ss[tt][1] = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[tt][nt][q] = 0.f;
-  }
+  float acc[TT][NT][4] = {};  // per tile, 8-row block: the mma accumulators
+  float ss[TT][2] = {};       // per tile: sums of squares of rows g and g + 8
 
   if constexpr (MODE == Mode::FUSED) {
     for (int u = warp; u < units; u += W) {
