@@ -454,3 +454,65 @@ def test_past_2_31_cluster(big_inputs):
     h.check_post_output(r, {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
                             "comb_mix": comb[idx]}, what="fused residual_out")
     h.check_pre_outputs(tuple(o[idx] for o in outs[1:]), r, p, what="fused")
+
+
+# ----------------------------------------------------------------------------------------------
+# CHAINED plans: SPLIT_K per chunk of tokens, the chunks chained with programmatic dependent
+# launch (chunks of one token block here, so that small T runs many chunks and a partial one).
+
+@pytest.fixture
+def block_chunks(monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old = mhc_ops._C.set_chain_chunk_bytes(1)  # one token block per chunk
+    yield
+    mhc_ops._C.set_chain_chunk_bytes(old)
+
+
+@pytest.mark.usefixtures("nan_filled", "block_chunks")
+@pytest.mark.parametrize("H", [8, 520, 4096, 7168])
+@pytest.mark.parametrize("T", [65, 97, 300])
+def test_chained_plan(T, H):
+    for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE, KernelType.HC_HEAD):
+        assert _variant(kind, T, H) == "chained", (kind, T, H)
+    for norm in (False, True):
+        check_pre(T, H, norm=norm, seed=h.seed_of("chp", T, H, norm))
+        check_fused(T, H, norm=norm, seed=h.seed_of("chf", T, H, norm))
+    check_head(T, H, seed=h.seed_of("chh", T, H))
+
+
+@pytest.mark.usefixtures("nan_filled", "block_chunks")
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_chained_plan_other_hc_mult(n):
+    assert _variant(KernelType.MHC_PRE, 200, 1024, n) == "chained"
+    check_pre(200, 1024, norm=True, seed=h.seed_of("chn", n), n=n)
+    check_fused(200, 1024, norm=False, seed=h.seed_of("chfn", n), n=n)
+    check_head(200, 1024, seed=h.seed_of("chhn", n), n=n)
+
+
+@pytest.mark.usefixtures("block_chunks")
+@pytest.mark.parametrize("H", WIDTHS)
+def test_chained_is_its_chunks_to_the_bit(H):
+    """A CHAINED call gives every token the bits of a SPLIT_K call on its chunk alone (same
+    kernels, same split count): chaining changes only when the kernels run."""
+    T, chunk = 200, 64
+    g = _gen(H)
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
+    p = _pre_params(g, N_HC, H, norm=True)
+    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+          "hc_base": p["hc_base"][:N_HC]}
+    runs = [lambda s: mhc_ops.mhc_pre(res[s], **p),
+            lambda s: mhc_ops.mhc_pre(res[s], **_sub(p, norm_weight=None)),
+            lambda s: (mhc_ops.hc_head(res[s], **hp),)]
+    for run in runs:
+        whole = run(slice(0, T))
+        parts = [run(slice(t0, min(T, t0 + chunk))) for t0 in range(0, T, chunk)]
+        for i, w in enumerate(whole):
+            assert torch.equal(w, torch.cat([q[i] for q in parts])), i
+    # the fused op chunks by blocks of 32 tokens
+    whole = mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p)
+    parts = [mhc_ops.mhc_fused_post_pre(x[t0:t0 + 32], res[t0:t0 + 32], post[t0:t0 + 32],
+                                        comb[t0:t0 + 32], **p) for t0 in range(0, T, 32)]
+    for i, w in enumerate(whole):
+        assert torch.equal(w, torch.cat([q[i] for q in parts])), i
