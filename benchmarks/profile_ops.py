@@ -44,15 +44,11 @@ def main() -> None:
     ap.add_argument("--widths", default="7168")
     ap.add_argument("--cluster-min-tokens", type=int, default=None,
                     help="turn the CLUSTER plans on from this T (off by default)")
-    ap.add_argument("--chain-chunk-bytes", type=int, default=None,
-                    help="residual bytes per CHAINED chunk, 0 for none")
     args = ap.parse_args()
     if args.summarize:
         return summarize(args.summarize)
     if args.cluster_min_tokens is not None:
         mhc_ops._C.set_cluster_min_tokens(args.cluster_min_tokens)
-    if args.chain_chunk_bytes is not None:
-        mhc_ops._C.set_chain_chunk_bytes(args.chain_chunk_bytes)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     g = torch.Generator(device="cuda").manual_seed(0)
     for op in args.ops.split(","):

@@ -10,7 +10,7 @@ namespace py = pybind11;
 namespace {
 py::tuple to_py(const mhc::Plan& p) {
   return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
-                        p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.chunk_tokens);
+                        p.block_tokens, p.hc_mult, p.hidden_spec, p.norm);
 }
 mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;
@@ -55,10 +55,6 @@ PYBIND11_MODULE(_C, m) {
   // the measured windows). Returns the previous value.
   m.def("cluster_min_tokens", &mhc::cluster_min_tokens);
   m.def("set_cluster_min_tokens", &mhc::set_cluster_min_tokens, py::arg("num_tokens"));
-  // Tests and benchmarks only: residual bytes per CHAINED chunk (plan.h; below 0, the default,
-  // the planner's; 0: no CHAINED plans). Returns the previous value.
-  m.def("chain_chunk_bytes", &mhc::chain_chunk_bytes);
-  m.def("set_chain_chunk_bytes", &mhc::set_chain_chunk_bytes, py::arg("bytes"));
   m.def("launched_plans", [] {
     py::list out;
     for (const auto& r : mhc::launched_plans())

@@ -36,13 +36,12 @@ class Plan(NamedTuple):
     """What a launcher runs. Equal plans: same kernels, same launch shapes up to grid size."""
 
     kind: KernelType
-    variant: str  # cpu, split_k, full_k, chained, cluster, stream, cublas, fp32_gemm
+    variant: str  # cpu, split_k, full_k, cluster, stream, cublas, fp32_gemm
     num_splits: int
     block_tokens: int
     hc_mult: int  # 0 for PRENORM_GEMM, which only sees K
     hidden_spec: int  # hidden size of a specialised kernel, 0 for the generic one
     norm: bool
-    chunk_tokens: int = 0  # chained: tokens per chunk
 
     @classmethod
     def _from_c(cls, t: tuple) -> "Plan":

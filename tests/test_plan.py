@@ -55,17 +55,6 @@ def test_representatives_empty_for_no_budget():
                                                 num_sms=132) == ()
 
 
-@pytest.fixture
-def no_chains():
-    """No CHAINED plans: the SPLIT_K / FULL_K plans they replace above one chunk."""
-    from mhc_ops._lib import _C
-
-    old = _C.set_chain_chunk_bytes(0)
-    yield
-    _C.set_chain_chunk_bytes(old)
-
-
-@pytest.mark.usefixtures("no_chains")
 def test_small_t_splits_large_t_does_not():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     small = plan.plan_of("MHC_PRE", 8, **kw)
@@ -74,52 +63,6 @@ def test_small_t_splits_large_t_does_not():
     assert large.num_splits == 1 and large.variant == "full_k"
     assert small.hidden_spec == 7168
     assert plan.plan_of("MHC_PRE", 8, hidden_size=520, num_sms=132).hidden_spec == 0
-
-
-def test_chained_plans_above_one_chunk():
-    from mhc_ops._lib import _C
-
-    assert _C.chain_chunk_bytes() < 0  # the planner's chunk unless a test sets one
-    kw = dict(num_sms=132, batch_invariant=False, clusters=False)
-    # 16 MB of residual per chunk: 256 tokens at H = 7168, 512 at H = 4096 (blocks of 64)
-    for hidden, chunk in ((7168, 256), (4096, 512)):
-        below = plan.plan_of("MHC_PRE", chunk, hidden_size=hidden, **kw)
-        above = [plan.plan_of("MHC_PRE", t, hidden_size=hidden, **kw)
-                 for t in (chunk + 1, 4096, 16384, 74900)]
-        assert below.variant == "split_k" and below.chunk_tokens == 0
-        assert all(p == above[0] for p in above)  # one plan, whatever T is above one chunk
-        p = above[0]
-        assert (p.variant, p.chunk_tokens, p.block_tokens) == ("chained", chunk, 64)
-        # the split count of a SPLIT_K call of one chunk
-        assert p.num_splits == below.num_splits
-        # the folded norm chains too (a norm call reduces in the plain call's order)
-        pn = plan.plan_of("MHC_PRE", 16384, hidden_size=hidden, norm=True, **kw)
-        assert pn._replace(norm=False) == p
-    # fused (blocks of 32), head, other n; never with batch invariance
-    assert plan.plan_of("MHC_FUSED_POST_PRE", 4096, hidden_size=7168, **kw).chunk_tokens == 288
-    assert plan.plan_of("HC_HEAD", 4096, hidden_size=4096, **kw).variant == "chained"
-    assert plan.plan_of("MHC_PRE", 4096, hidden_size=7168, hc_mult=8, **kw).chunk_tokens == 144
-    assert plan.plan_of("MHC_PRE", 16384, hidden_size=7168, num_sms=132,
-                        batch_invariant=True).variant == "split_k"
-    reps = plan.token_count_representatives("MHC_PRE", 16384, hidden_size=7168, **kw)
-    assert reps[-1] == 16384 and 256 in reps and not any(256 < t < 16384 for t in reps)
-
-
-def test_chain_chunk_bytes_sets_the_chunk():
-    from mhc_ops._lib import _C
-
-    kw = dict(hidden_size=4096, num_sms=132, batch_invariant=False, clusters=False)
-    old = _C.set_chain_chunk_bytes(1)  # below one block: one block per chunk
-    try:
-        assert plan.plan_of("MHC_PRE", 65, **kw).chunk_tokens == 64
-        assert plan.plan_of("MHC_PRE", 64, **kw).variant == "split_k"
-        _C.set_chain_chunk_bytes(3 * 64 * 4 * 4096 * 2 + 5)
-        assert plan.plan_of("MHC_PRE", 1000, **kw).chunk_tokens == 192
-        _C.set_chain_chunk_bytes(0)
-        assert plan.plan_of("MHC_PRE", 16384, **kw).variant == "full_k"
-    finally:
-        _C.set_chain_chunk_bytes(old)
-    assert _C.chain_chunk_bytes() == old
 
 
 @pytest.fixture
@@ -131,7 +74,6 @@ def clusters_from_64():
     _C.set_cluster_min_tokens(old)
 
 
-@pytest.mark.usefixtures("no_chains")
 def test_cluster_plans_in_their_measured_windows():
     def variants(kind, hidden, tokens):
         return [plan.plan_of(kind, t, hidden_size=hidden, num_sms=132,
@@ -148,7 +90,7 @@ def test_cluster_plans_in_their_measured_windows():
                         batch_invariant=False).variant != "cluster"
 
 
-@pytest.mark.usefixtures("clusters_from_64", "no_chains")
+@pytest.mark.usefixtures("clusters_from_64")
 def test_cluster_plans_at_prefill_sizes():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
     for kind, block in (("MHC_PRE", 16), ("HC_HEAD", 16), ("MHC_FUSED_POST_PRE", 16)):
@@ -212,7 +154,7 @@ def test_plan_follows_flags_unless_given(monkeypatch):
     kw = dict(hidden_size=4096, num_sms=132)
     monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
     assert plan.plan_of("MHC_PRE", 5000, **kw) == plan.plan_of("MHC_PRE", 1, **kw)
-    assert plan.plan_of("MHC_PRE", 5000, batch_invariant=False, **kw).variant == "chained"
+    assert plan.plan_of("MHC_PRE", 5000, batch_invariant=False, **kw).num_splits == 1
     monkeypatch.setenv("MHC_BF16_FP32_GEMM_ALGO", "fp32")
     assert plan.plan_of("LINEAR_BF16_FP32", 8, **kw).variant == "fp32_gemm"
     monkeypatch.delenv("MHC_BF16_FP32_GEMM_ALGO")

@@ -9,12 +9,6 @@
 //    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
 //    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
 //    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer.
-//  * CHAINED (T above one chunk of ~16 MB of residual, not batch-invariant): the SPLIT_K
-//    kernels run once per chunk, chained with programmatic dependent launch so that a chunk's
-//    epilogue starts as soon as its main kernel ends and the next chunk's main kernel fills the
-//    SMs beside it. The epilogue's re-read of the residual then hits L2, and the op moves about
-//    the bytes of one read (csrc/cuda/hc_main.cuh, run_hc_spec). Every chunk uses the split count
-//    of a SPLIT_K call of chunk_tokens, so the plan is the same for every T above one chunk.
 //  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
 //    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh). It wins only
 //    where its fixed per-CTA latency is small against the other plans' cost, so it runs in the
@@ -51,12 +45,6 @@ constexpr int64_t kMaxSmemPerCta = 227 * 1024;
 // every T from that value on.
 constexpr int64_t kMeasuredWindows = -1;
 std::atomic<int64_t> g_cluster_min_tokens{kMeasuredWindows};
-// CHAINED plans: residual bytes per chunk. A chunk is read by its main kernel and re-read by its
-// epilogue while the next chunk's main kernel streams, so about two chunks must stay in L2
-// (50 MB on H100 / H200).
-constexpr int64_t kChainChunkBytes = 16ll << 20;
-constexpr int64_t kPlannerChunk = -1;
-std::atomic<int64_t> g_chain_chunk_bytes{kPlannerChunk};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
 // T = 2048, where it measured faster than FULL_K / SPLIT_K (H100, cold fn, CUDA-graph medians;
@@ -125,19 +113,6 @@ ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size
           bytes};
 }
 
-// Tokens per CHAINED chunk for this op and width, a multiple of the token block; 0 when the op
-// runs no CHAINED plans.
-static int64_t chain_chunk_tokens(int64_t hc_mult, int64_t hidden_size, int64_t block) {
-  const int64_t want = g_chain_chunk_bytes.load();
-  const int64_t bytes = want < 0 ? kChainChunkBytes : want;
-  if (bytes == 0) return 0;
-  const int64_t per_token = 2 * hc_mult * hidden_size;
-  return std::max<int64_t>(1, bytes / per_token / block) * block;
-}
-
-int64_t chain_chunk_bytes() { return g_chain_chunk_bytes.load(); }
-int64_t set_chain_chunk_bytes(int64_t bytes) { return g_chain_chunk_bytes.exchange(bytes); }
-
 int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
 int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }
 
@@ -150,7 +125,6 @@ const char* variant_name(Variant v) {
     case Variant::CUBLAS: return "cublas";
     case Variant::FP32_GEMM: return "fp32_gemm";
     case Variant::CLUSTER: return "cluster";
-    case Variant::CHAINED: return "chained";
   }
   return "?";
 }
@@ -198,19 +172,6 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
           p.num_splits = cs.size;
           p.block_tokens = cs.block_tokens;
           p.hidden_spec = 0;  // one kernel for every hidden size
-          return p;
-        }
-      }
-      if (!opt.batch_invariant) {
-        // Two chunks or more: CHAINED, each chunk split as a SPLIT_K call of chunk_tokens.
-        const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, false);
-        const int64_t chunk = chain_chunk_tokens(hc_mult, hidden_size, block);
-        if (chunk > 0 && num_tokens > chunk) {
-          p.variant = Variant::CHAINED;
-          p.num_splits = static_cast<int32_t>(
-              even_splits(groups, std::max<int64_t>(2, num_sms / ceil_div(chunk, block))));
-          p.block_tokens = block;
-          p.chunk_tokens = static_cast<int32_t>(chunk);
           return p;
         }
       }

@@ -29,9 +29,6 @@ enum class Variant : int32_t {
   FP32_GEMM = 5,    // linear_bf16_fp32 upcast + fp32 GEMM
   CLUSTER = 6,      // one kernel; a thread-block cluster owns a token block, each CTA a K slice
                     // held in shared memory: the residual is read from HBM once (sm_90+)
-  CHAINED = 7,      // SPLIT_K's two kernels per chunk of chunk_tokens tokens, the chunks chained
-                    // with programmatic dependent launch so that the epilogue of a chunk re-reads
-                    // it from L2 while the next chunk's main kernel streams from HBM
 };
 const char* variant_name(Variant v);
 
@@ -43,11 +40,10 @@ struct Plan {
   int32_t hc_mult;
   int32_t hidden_spec;   // hidden size the kernel is specialised for, 0 for the generic kernel
   bool norm;             // folded RMSNorm of SPEC §2.1 step 9
-  int32_t chunk_tokens = 0;  // CHAINED: tokens per chunk (a multiple of block_tokens), else 0
 
   auto key() const {
     return std::make_tuple(static_cast<int32_t>(kind), static_cast<int32_t>(variant), num_splits,
-                           block_tokens, hc_mult, hidden_spec, norm, chunk_tokens);
+                           block_tokens, hc_mult, hidden_spec, norm);
   }
   bool operator==(const Plan& o) const { return key() == o.key(); }
   bool operator<(const Plan& o) const { return key() < o.key(); }
@@ -79,13 +75,6 @@ ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size
 // planner, the launchers and warmup all read the same value.
 int64_t cluster_min_tokens();
 int64_t set_cluster_min_tokens(int64_t t);
-
-// CHAINED plans: the residual bytes (T * n * H * 2) one chunk should hold, so that a chunk stays
-// in L2 between its two reads. Below 0 (the default) the planner's value (plan.cpp,
-// kChainChunkBytes); 0 turns CHAINED plans off; a positive value is used as given (tests and
-// benchmarks). Returns the previous value.
-int64_t chain_chunk_bytes();
-int64_t set_chain_chunk_bytes(int64_t bytes);
 
 // Upstream's split rule, kept for callers that size DeepGEMM-style partial buffers:
 // max(1, min(sms / ceil(T / 64), ceil(K / 64) / 4)).

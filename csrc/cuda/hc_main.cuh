@@ -75,9 +75,6 @@ struct MainParams {
   int H, G, S, gpc;        // hidden size, K groups, splits, groups per split
   float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;  // pre_eps is hc_eps for head
   int64_t repeat;
-  // CHAINED chunks after the first: let the next kernel launch at once and wait for the
-  // predecessor only before exiting (see run_hc_spec); 0: wait first, as every other plan.
-  int chain;
 };
 
 struct EpiParams {
@@ -94,7 +91,6 @@ struct EpiParams {
   float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;
   int64_t repeat;
   int prefetch;            // src is an input (not written by the main kernel): prefetch it
-  int chain;               // CHAINED: let the next chunk's main kernel launch at once
 };
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -363,7 +359,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
           if (8 * nt + g < M) prefetch_l2(p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
     }
   }
-  if (!p.chain) pdl_wait();
+  pdl_wait();
   pdl_trigger();
 
   if constexpr (MODE == Mode::FUSED) {
@@ -486,9 +482,6 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   __syncthreads();
 
   if constexpr (!FULLK) {
-    // A CHAINED chunk reuses the partial buffer of the previous one: write it once that
-    // chunk's epilogue has completed (which also makes this kernel complete after it).
-    if (p.chain) pdl_wait();
     for (int idx = threadIdx.x; idx < rows * MP; idx += blockDim.x) {
       const int row = idx / MP, m = idx % MP;
       p.ws[((t0 + row) * p.S + split) * MP + m] = m <= M ? red[idx] : 0.f;
@@ -554,13 +547,12 @@ __global__ void __launch_bounds__(kEpiThreads + 32) hc_epilogue_kernel(const Epi
   const int v0 = chunk * p.CW, v1 = min(H / 8, v0 + p.CW);
   const uint16_t* src = p.src + t * K;
 
-  if (p.chain) pdl_trigger();
   if (p.prefetch && tid < kEpiThreads)
     for (int v = v0 + tid; v < v1; v += kEpiThreads)
 #pragma unroll
       for (int i = 0; i < N; ++i) prefetch_l2(src + static_cast<int64_t>(i) * H + 8 * v);
   pdl_wait();
-  if (!p.chain) pdl_trigger();
+  pdl_trigger();
 
   // Partials of this token, then their sum in split order (kRuns contiguous runs, in order).
   const float4* w4 = reinterpret_cast<const float4*>(p.ws + t * p.S * MP);
@@ -658,18 +650,18 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 
   MainParams mp{a.res, a.x, a.post_in, a.comb_in, a.res_out, a.fn, a.scale, a.base, a.norm_w,
                 nullptr, a.post_out, a.comb_out, a.out, a.T, a.H, G, S, gpc,
-                a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat, 0};
+                a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat};
 
-  const auto main_launch = [&](auto kernel, int tt, int warps, float* ws) {
+  const auto main_launch = [&](auto kernel, int tt, int warps, at::Tensor* ws) {
     TORCH_INTERNAL_ASSERT(plan.block_tokens == 16 * tt, "plan block_tokens ",
                           plan.block_tokens, " does not match the kernel's ", 16 * tt);
     const int bt = 16 * tt;
-    const dim3 grid(static_cast<unsigned>((mp.T + bt - 1) / bt), static_cast<unsigned>(S));
+    const dim3 grid(static_cast<unsigned>((a.T + bt - 1) / bt), static_cast<unsigned>(S));
     const size_t smem =
         sizeof(float) * bt * warps * Sh::MP +
         (MODE == Mode::FUSED ? sizeof(float) * bt * Sh::NC
                              : sizeof(uint4) * warps * kXStages * 2 * tt * 32);
-    mp.ws = ws;
+    if (ws) mp.ws = ws->data_ptr<float>();
     launch(kernel, device, grid, dim3(32 * warps), smem, stream, mp);
   };
 
@@ -681,58 +673,30 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     return main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
   }
 
-  // SPLIT_K: the main kernel, then the epilogue, for the tokens [t0, t0 + tc) of the call.
   constexpr int TT = tiles_per_block<N, MODE, false>();
-  constexpr Mode EM = MODE == Mode::HEAD ? Mode::HEAD : Mode::PRE;
+  at::Tensor ws = at::empty({a.T, S, Sh::MP}, fopts);
   const int units = gpc * (MODE == Mode::FUSED ? 1 : N);  // per split, see hc_main_kernel
+  main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
+
+  // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
+  // tokens otherwise; the folded norm needs the whole row in one CTA.
+  constexpr Mode EM = MODE == Mode::HEAD ? Mode::HEAD : Mode::PRE;
   const int H8 = a.H / 8;
-  const int64_t K = static_cast<int64_t>(a.n) * a.H;
-  const bool chained = plan.variant == Variant::CHAINED;
-  const int64_t chunk = chained ? plan.chunk_tokens : a.T;
-  TORCH_INTERNAL_ASSERT(chunk > 0 && (!chained || chunk % plan.block_tokens == 0),
-                        "bad CHAINED chunk ", chunk);
-  at::Tensor ws = at::empty({std::min(chunk, a.T), S, Sh::MP}, fopts);
-  const auto run_split = [&](int64_t t0, int64_t tc, bool chain) {
-    const auto at_token = [t0](auto* ptr, int64_t row) { return ptr ? ptr + t0 * row : ptr; };
-    mp.res = at_token(a.res, K);
-    mp.x = at_token(a.x, a.H);
-    mp.post_in = at_token(a.post_in, a.n);
-    mp.comb_in = at_token(a.comb_in, a.n * a.n);
-    mp.res_out = at_token(a.res_out, K);
-    mp.T = tc;
-    mp.chain = chain && t0 > 0;
-    float* wsp = ws.data_ptr<float>();
-    main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), wsp);
-
-    // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
-    // tokens otherwise; the folded norm needs the whole row in one CTA.
-    const int max_chunks = std::max(1, H8 / kEpiThreads);
-    const int64_t want = (2 * static_cast<int64_t>(num_sms(device)) + tc - 1) / tc;
-    const int HC =
-        norm ? 1 : static_cast<int>(std::min<int64_t>(max_chunks, std::max<int64_t>(1, want)));
-    const int CW = (H8 + HC - 1) / HC;
-    EpiParams ep{MODE == Mode::FUSED ? mp.res_out : mp.res, wsp, a.scale, a.base, a.norm_w,
-                 at_token(a.post_out, a.n), at_token(a.comb_out, a.n * a.n),
-                 at_token(a.out, a.H), tc, a.H, S, HC, CW,
-                 a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat,
-                 MODE == Mode::FUSED ? 0 : 1, chain ? 1 : 0};
-    const dim3 grid(static_cast<unsigned>(tc * HC));
-    const dim3 block(kEpiThreads + (EM == Mode::HEAD ? 0 : 32));
-    const size_t smem = sizeof(float) * (static_cast<size_t>(S) + 4) * Sh::MP;
-    if constexpr (EM != Mode::HEAD) {
-      if (norm)
-        return launch(hc_epilogue_kernel<N, EM, true, HS>, device, grid, block, smem, stream, ep);
-    }
-    launch(hc_epilogue_kernel<N, EM, false, HS>, device, grid, block, smem, stream, ep);
-  };
-  if (!chained) return run_split(0, a.T, false);
-
-  // CHAINED: one SPLIT_K pass per chunk. Each epilogue lets the next chunk's main kernel launch
-  // at once: that kernel reads only inputs of the call (which the first main kernel waited
-  // for), so it streams its chunk from HBM while the epilogue re-reads the previous chunk from
-  // L2. It waits for that epilogue only before it writes the partial buffer the two share, so
-  // each kernel still completes after every earlier one.
-  for (int64_t t0 = 0; t0 < a.T; t0 += chunk) run_split(t0, std::min(chunk, a.T - t0), true);
+  const int max_chunks = std::max(1, H8 / kEpiThreads);
+  const int64_t want = (2 * static_cast<int64_t>(num_sms(device)) + a.T - 1) / a.T;
+  const int HC = norm ? 1 : static_cast<int>(std::min<int64_t>(max_chunks, std::max<int64_t>(1, want)));
+  const int CW = (H8 + HC - 1) / HC;
+  EpiParams ep{MODE == Mode::FUSED ? a.res_out : a.res, ws.data_ptr<float>(), a.scale, a.base,
+               a.norm_w, a.post_out, a.comb_out, a.out, a.T, a.H, S, HC, CW,
+               a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat,
+               MODE == Mode::FUSED ? 0 : 1};
+  const dim3 grid(static_cast<unsigned>(a.T * HC));
+  const dim3 block(kEpiThreads + (EM == Mode::HEAD ? 0 : 32));
+  const size_t smem = sizeof(float) * (static_cast<size_t>(S) + 4) * Sh::MP;
+  if constexpr (EM != Mode::HEAD) {
+    if (norm) return launch(hc_epilogue_kernel<N, EM, true, HS>, device, grid, block, smem, stream, ep);
+  }
+  launch(hc_epilogue_kernel<N, EM, false, HS>, device, grid, block, smem, stream, ep);
 }
 
 // Runs the plan's kernels for hc_mult a.n (compile-time N) and the plan's hidden_spec.
