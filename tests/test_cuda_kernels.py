@@ -454,3 +454,51 @@ def test_past_2_31_cluster(big_inputs):
     h.check_post_output(r, {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
                             "comb_mix": comb[idx]}, what="fused residual_out")
     h.check_pre_outputs(tuple(o[idx] for o in outs[1:]), r, p, what="fused")
+
+
+# ----------------------------------------------------------------------------------------------
+# WARP_TILES plans (pre, head): fn slices in shared memory, warps owning 32-token tiles. Forced
+# from small T so that warps own zero, one or several tiles and tiles end past T.
+
+@pytest.fixture
+def tiles_from_1(monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old = mhc_ops._C.set_tiles_min_tokens(1)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)  # hc_head's window comes first
+    yield
+    mhc_ops._C.set_tiles_min_tokens(old)
+    mhc_ops._C.set_cluster_min_tokens(old_cluster)
+
+
+@pytest.mark.usefixtures("nan_filled", "tiles_from_1")
+@pytest.mark.parametrize("H", [8, 264, 520, 4096, 7168, 7176])  # one split, partial groups
+@pytest.mark.parametrize("T", [1, 31, 33, 700, 3000])
+def test_warp_tiles_plan(T, H):
+    for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD):
+        assert _variant(kind, T, H) == "warp_tiles", (kind, T, H)
+    check_pre(T, H, norm=False, seed=h.seed_of("tp", T, H))
+    check_pre(T, H, norm=True, seed=h.seed_of("tpn", T, H))
+    check_head(T, H, seed=h.seed_of("th", T, H))
+
+
+@pytest.mark.usefixtures("nan_filled", "tiles_from_1")
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_warp_tiles_plan_small_hc_mult(n):
+    assert _variant(KernelType.MHC_PRE, 333, 7168, n) == "warp_tiles"
+    check_pre(333, 7168, norm=True, seed=h.seed_of("tpm", n), n=n)
+    check_head(333, 7168, seed=h.seed_of("thm", n), n=n)
+
+
+@pytest.mark.usefixtures("tiles_from_1")
+def test_warp_tiles_token_isolated_and_repeatable():
+    """A token's outputs depend on its own row only, to the bit, wherever it sits in a tile."""
+    T, H = 200, 4096
+    g = _gen(12)
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    p = _pre_params(g, N_HC, H, norm=True)
+    whole = mhc_ops.mhc_pre(res, **p)
+    again = mhc_ops.mhc_pre(res, **p)
+    shifted = mhc_ops.mhc_pre(res[7:], **p)  # every token in another tile row
+    for w, a, s in zip(whole, again, shifted):
+        assert torch.equal(w, a)
+        assert torch.equal(w[7:], s)
