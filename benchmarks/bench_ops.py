@@ -296,8 +296,6 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
     ap.add_argument("--cluster-min-tokens", type=int, default=None,
                     help="move the planner's CLUSTER threshold (crossover studies only)")
-    ap.add_argument("--tiles-min-tokens", type=int, default=None,
-                    help="move the planner's WARP_TILES threshold (crossover studies only)")
     args = ap.parse_args()
     if not (mhc_ops.cuda_available() and torch.cuda.is_available()):
         print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
@@ -307,11 +305,6 @@ def main() -> int:
 
         _C.set_cluster_min_tokens(args.cluster_min_tokens)
         print(f"CLUSTER plans from T = {args.cluster_min_tokens}")
-    if args.tiles_min_tokens is not None:
-        from mhc_ops._lib import _C
-
-        _C.set_tiles_min_tokens(args.tiles_min_tokens)
-        print(f"WARP_TILES plans from T = {args.tiles_min_tokens}")
     ops = args.ops.split(",")
     tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
     widths = [7168] if args.quick else [int(h) for h in args.widths.split(",")]

@@ -55,10 +55,6 @@ PYBIND11_MODULE(_C, m) {
   // the measured windows). Returns the previous value.
   m.def("cluster_min_tokens", &mhc::cluster_min_tokens);
   m.def("set_cluster_min_tokens", &mhc::set_cluster_min_tokens, py::arg("num_tokens"));
-  // Tests and benchmarks only: WARP_TILES plans from this T on (plan.h; below 0, the default,
-  // from the T where every warp has a tile). Returns the previous value.
-  m.def("tiles_min_tokens", &mhc::tiles_min_tokens);
-  m.def("set_tiles_min_tokens", &mhc::set_tiles_min_tokens, py::arg("num_tokens"));
   m.def("launched_plans", [] {
     py::list out;
     for (const auto& r : mhc::launched_plans())

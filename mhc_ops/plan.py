@@ -36,7 +36,7 @@ class Plan(NamedTuple):
     """What a launcher runs. Equal plans: same kernels, same launch shapes up to grid size."""
 
     kind: KernelType
-    variant: str  # cpu, split_k, full_k, warp_tiles, cluster, stream, cublas, fp32_gemm
+    variant: str  # cpu, split_k, full_k, cluster, stream, cublas, fp32_gemm
     num_splits: int
     block_tokens: int
     hc_mult: int  # 0 for PRENORM_GEMM, which only sees K

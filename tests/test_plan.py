@@ -55,17 +55,7 @@ def test_representatives_empty_for_no_budget():
                                                 num_sms=132) == ()
 
 
-@pytest.fixture
-def no_tiles():
-    """No WARP_TILES plans: the SPLIT_K / FULL_K plans they replace at prefill sizes."""
-    from mhc_ops._lib import _C
-
-    old = _C.set_tiles_min_tokens(2**63 - 1)
-    yield
-    _C.set_tiles_min_tokens(old)
-
-
-def test_small_t_splits_large_t_does_not(no_tiles):
+def test_small_t_splits_large_t_does_not():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     small = plan.plan_of("MHC_PRE", 8, **kw)
     large = plan.plan_of("MHC_PRE", 16384, **kw)
@@ -73,53 +63,6 @@ def test_small_t_splits_large_t_does_not(no_tiles):
     assert large.num_splits == 1 and large.variant == "full_k"
     assert small.hidden_spec == 7168
     assert plan.plan_of("MHC_PRE", 8, hidden_size=520, num_sms=132).hidden_spec == 0
-    # the fused op and n > 4 have no WARP_TILES kernel
-    assert plan.plan_of("MHC_FUSED_POST_PRE", 16384, **kw).variant == "full_k"
-
-
-def test_warp_tiles_plans_from_one_tile_per_warp():
-    from mhc_ops._lib import _C
-
-    assert _C.tiles_min_tokens() < 0  # the planner's threshold unless a test sets one
-    kw = dict(num_sms=132, batch_invariant=False, clusters=False)
-    # (kind, H): splits whose fn slice fits 96 KB and fill the most SMs; 16 warps x 32 tokens
-    # x CTAs per split is where every warp has a tile
-    # (and about 4 CTAs per split, so that the plan starts at T = 2048 on 132 SMs)
-    for kind, hidden, splits, ctas in (("MHC_PRE", 7168, 32, 4), ("MHC_PRE", 4096, 32, 4),
-                                       ("HC_HEAD", 7168, 32, 4), ("HC_HEAD", 4096, 32, 4),
-                                       ("MHC_PRE", 520, 17, 7)):
-        start = 16 * 32 * ctas
-        below = plan.plan_of(kind, start - 1, hidden_size=hidden, **kw)
-        assert below.variant != "warp_tiles", (kind, hidden)
-        for t in (start, 16384, 74900):
-            p = plan.plan_of(kind, t, hidden_size=hidden, **kw)
-            assert (p.variant, p.num_splits, p.block_tokens) == ("warp_tiles", splits, 32), \
-                (kind, hidden, t)
-    # the folded norm takes the same plan (a norm call reduces in the plain call's order)
-    p = plan.plan_of("MHC_PRE", 4096, hidden_size=7168, **kw)
-    assert plan.plan_of("MHC_PRE", 4096, hidden_size=7168, norm=True, **kw) == p._replace(norm=True)
-    # never for the fused op, n > 4 or batch invariance; 78 SMs: fewer CTAs, an earlier start
-    assert plan.plan_of("MHC_FUSED_POST_PRE", 16384, hidden_size=7168, **kw).variant == "full_k"
-    assert plan.plan_of("MHC_PRE", 16384, hidden_size=7168, hc_mult=5, **kw).variant == "full_k"
-    assert plan.plan_of("MHC_PRE", 16384, hidden_size=7168, num_sms=132,
-                        batch_invariant=True).variant == "split_k"
-    assert plan.plan_of("MHC_PRE", 1024, hidden_size=7168, num_sms=78,
-                        batch_invariant=False).variant == "warp_tiles"
-    reps = plan.token_count_representatives("MHC_PRE", 16384, hidden_size=7168, **kw)
-    assert reps[-1] == 16384 and 2047 in reps and not any(2048 <= t < 16384 for t in reps)
-
-
-def test_tiles_threshold_moves_the_plans():
-    from mhc_ops._lib import _C
-
-    kw = dict(hidden_size=4096, num_sms=132, batch_invariant=False, clusters=False)
-    old = _C.set_tiles_min_tokens(5)
-    try:
-        assert plan.plan_of("HC_HEAD", 5, **kw).variant == "warp_tiles"
-        assert plan.plan_of("HC_HEAD", 4, **kw).variant == "split_k"
-    finally:
-        _C.set_tiles_min_tokens(old)
-    assert _C.tiles_min_tokens() == old
 
 
 @pytest.fixture
@@ -147,7 +90,7 @@ def test_cluster_plans_in_their_measured_windows():
                         batch_invariant=False).variant != "cluster"
 
 
-@pytest.mark.usefixtures("clusters_from_64", "no_tiles")
+@pytest.mark.usefixtures("clusters_from_64")
 def test_cluster_plans_at_prefill_sizes():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
     for kind, block in (("MHC_PRE", 16), ("HC_HEAD", 16), ("MHC_FUSED_POST_PRE", 16)):
@@ -211,7 +154,7 @@ def test_plan_follows_flags_unless_given(monkeypatch):
     kw = dict(hidden_size=4096, num_sms=132)
     monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
     assert plan.plan_of("MHC_PRE", 5000, **kw) == plan.plan_of("MHC_PRE", 1, **kw)
-    assert plan.plan_of("MHC_PRE", 5000, batch_invariant=False, **kw).variant == "warp_tiles"
+    assert plan.plan_of("MHC_PRE", 5000, batch_invariant=False, **kw).num_splits == 1
     monkeypatch.setenv("MHC_BF16_FP32_GEMM_ALGO", "fp32")
     assert plan.plan_of("LINEAR_BF16_FP32", 8, **kw).variant == "fp32_gemm"
     monkeypatch.delenv("MHC_BF16_FP32_GEMM_ALGO")

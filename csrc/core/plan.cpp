@@ -9,13 +9,6 @@
 //    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
 //    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
 //    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer.
-//  * WARP_TILES (pre and head, n <= 4, not batch-invariant; from the T where each of its warps
-//    has a tile: 2048 at H = 7168, 4096 at H = 4096 on 132 SMs): SPLIT_K's main kernel is
-//    bound by L2, not HBM, at prefill (ncu at T = 4096, H = 7168: L2 72% busy, DRAM 58%),
-//    because every 64-token block re-reads its CTA's whole K range of fn from L2 (0.8 bytes of
-//    fn per byte of residual). Here a CTA holds a narrow K slice of fn in shared memory, as
-//    ready mma fragments, for all of its tokens, and each warp streams its own tiles of 32
-//    tokens through it (csrc/cuda/hc_tiles.cuh); SPLIT_K's epilogue follows.
 //  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
 //    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh). It wins only
 //    where its fixed per-CTA latency is small against the other plans' cost, so it runs in the
@@ -52,14 +45,6 @@ constexpr int64_t kMaxSmemPerCta = 227 * 1024;
 // every T from that value on.
 constexpr int64_t kMeasuredWindows = -1;
 std::atomic<int64_t> g_cluster_min_tokens{kMeasuredWindows};
-// WARP_TILES plans (must match csrc/cuda/hc_tiles.cuh): 16 warps per CTA, warp tiles of two
-// 16-token mma tiles, 3 activation stages per warp, at most 96 KB of fn fragments per CTA.
-constexpr int64_t kTilesWarps = 16;
-constexpr int64_t kTilesTiles = 2;
-constexpr int64_t kTilesStages = 3;
-constexpr int64_t kTilesFnBytes = 96 * 1024;
-constexpr int64_t kTilesCtas = 4;  // CTAs per split the split count aims at
-std::atomic<int64_t> g_tiles_min_tokens{kMeasuredWindows};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
 // T = 2048, where it measured faster than FULL_K / SPLIT_K (H100, cold fn, CUDA-graph medians;
@@ -128,40 +113,6 @@ ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size
           bytes};
 }
 
-TilesShape tiles_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size, int64_t num_sms) {
-  if (!(kind == KernelType::MHC_PRE || kind == KernelType::HC_HEAD) || hc_mult < 1 ||
-      hc_mult > 4 || hidden_size <= 0 || num_sms <= 0)
-    return {};
-  const int64_t n = hc_mult;
-  const int64_t m = kind == KernelType::HC_HEAD ? n : n * (n + 2);
-  const int64_t unit_fn = n * ((m + 7) / 8) * 1024;  // fragments of one K group, all streams
-  const int64_t groups = ceil_div(hidden_size, kGroupColumns);
-  // Enough splits for the fn slice to fit and for about kTilesCtas CTAs per split to fill the
-  // SMs (so that the plan starts at a moderate T); among the split counts up to twice that, the
-  // fewest whose CTAs (CTAs per split x splits <= num_sms) come within 1/32 of the most SMs
-  // (224 groups on 132 SMs: 32 splits x 4 CTAs, not 28 x 4).
-  const int64_t least = even_splits(
-      groups, std::max(ceil_div(groups, kTilesFnBytes / unit_fn), ceil_div(num_sms, kTilesCtas)));
-  const auto busy = [&](int64_t s) { return s <= num_sms ? num_sms / s * s : 0; };
-  int64_t most = 0;
-  for (int64_t want = least; want <= 2 * least; ++want)
-    most = std::max(most, busy(even_splits(groups, want)));
-  int64_t splits = least;
-  for (int64_t want = least; want <= 2 * least; ++want) {
-    splits = even_splits(groups, want);
-    if (busy(splits) >= most - num_sms / 32) break;
-  }
-  const int64_t per = ceil_div(groups, splits);
-  const int64_t ctas = std::max<int64_t>(1, num_sms / splits);
-  const int64_t bt = 16 * kTilesTiles;
-  const int64_t ring = kTilesWarps * kTilesStages * kTilesTiles * 2 * 32 * 16;
-  return {static_cast<int32_t>(splits), static_cast<int32_t>(per), static_cast<int32_t>(ctas),
-          static_cast<int32_t>(bt), bt * kTilesWarps * ctas, per * unit_fn + ring};
-}
-
-int64_t tiles_min_tokens() { return g_tiles_min_tokens.load(); }
-int64_t set_tiles_min_tokens(int64_t t) { return g_tiles_min_tokens.exchange(t); }
-
 int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
 int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }
 
@@ -174,7 +125,6 @@ const char* variant_name(Variant v) {
     case Variant::CUBLAS: return "cublas";
     case Variant::FP32_GEMM: return "fp32_gemm";
     case Variant::CLUSTER: return "cluster";
-    case Variant::WARP_TILES: return "warp_tiles";
   }
   return "?";
 }
@@ -222,16 +172,6 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
           p.num_splits = cs.size;
           p.block_tokens = cs.block_tokens;
           p.hidden_spec = 0;  // one kernel for every hidden size
-          return p;
-        }
-      }
-      if (!opt.batch_invariant) {
-        const TilesShape ts = tiles_shape(kind, hc_mult, hidden_size, num_sms);
-        const int64_t from = g_tiles_min_tokens.load();
-        if (ts.splits > 0 && num_tokens >= (from >= 0 ? from : ts.min_tokens)) {
-          p.variant = Variant::WARP_TILES;
-          p.num_splits = ts.splits;
-          p.block_tokens = ts.block_tokens;
           return p;
         }
       }

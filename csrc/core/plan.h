@@ -29,8 +29,6 @@ enum class Variant : int32_t {
   FP32_GEMM = 5,    // linear_bf16_fp32 upcast + fp32 GEMM
   CLUSTER = 6,      // one kernel; a thread-block cluster owns a token block, each CTA a K slice
                     // held in shared memory: the residual is read from HBM once (sm_90+)
-  WARP_TILES = 7,   // SPLIT_K's epilogue after a main kernel whose CTAs hold a narrow K slice of
-                    // fn in shared memory and whose warps each own tiles of 32 tokens
 };
 const char* variant_name(Variant v);
 
@@ -70,27 +68,6 @@ struct ClusterShape {
   int64_t smem_bytes = 0;    // dynamic shared memory per CTA
 };
 ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size);
-
-// Geometry of a WARP_TILES plan (csrc/cuda/hc_tiles.cuh): `splits` K splits of `groups` K
-// groups each, `ctas` CTAs along the tokens per split, each CTA's slice of fn (as bf16 hi / lo
-// mma fragments) plus its warps' activation rings in `smem_bytes` of shared memory; the plan
-// pays off from `min_tokens`, where every warp has a tile. One function, used by the planner
-// and the launcher.
-struct TilesShape {
-  int32_t splits = 0;      // 0: the op cannot run as a WARP_TILES plan
-  int32_t groups = 0;
-  int32_t ctas = 0;
-  int32_t block_tokens = 0;  // tokens of one warp tile
-  int64_t min_tokens = 0;
-  int64_t smem_bytes = 0;
-};
-TilesShape tiles_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size, int64_t num_sms);
-
-// Where WARP_TILES plans run: by default (below 0) from tiles_shape().min_tokens;
-// set_tiles_min_tokens(t >= 0) makes every T >= t run one, for tests and crossover benchmarks
-// (INT64_MAX: never). Returns the previous value.
-int64_t tiles_min_tokens();
-int64_t set_tiles_min_tokens(int64_t t);
 
 // Where CLUSTER plans run: by default (a value below 0) in the token ranges where they measured
 // faster (plan.cpp, cluster_window); set_cluster_min_tokens(t >= 0) makes every T >= t run one,

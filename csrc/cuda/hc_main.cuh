@@ -629,7 +629,6 @@ struct HcCall {
 }  // namespace mhc::cuda
 
 #include "cuda/hc_cluster.cuh"  // the CLUSTER plan: kernel and launcher (uses HcCall)
-#include "cuda/hc_tiles.cuh"    // the WARP_TILES main kernel
 
 namespace mhc::cuda {
 
@@ -674,25 +673,10 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     return main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
   }
 
+  constexpr int TT = tiles_per_block<N, MODE, false>();
   at::Tensor ws = at::empty({a.T, S, Sh::MP}, fopts);
-  if (plan.variant == Variant::WARP_TILES) {
-    if constexpr (MODE == Mode::FUSED || N > 4) {
-      TORCH_INTERNAL_ASSERT(false, "no WARP_TILES kernel for this op or hc_mult ", N);
-    } else {
-      const TilesShape ts = tiles_shape(kernel_type_of(MODE), N, a.H, num_sms(device));
-      TORCH_INTERNAL_ASSERT(ts.splits == S && ts.groups == gpc &&
-                                ts.block_tokens == plan.block_tokens &&
-                                ts.block_tokens == 16 * kTilesTiles,
-                            "WARP_TILES plan does not match the kernel");
-      mp.ws = ws.data_ptr<float>();
-      launch(hc_tiles_kernel<N, MODE>, device, dim3(ts.ctas, S), dim3(kTilesWarps * 32),
-             static_cast<size_t>(ts.smem_bytes), stream, mp);
-    }
-  } else {
-    constexpr int TT = tiles_per_block<N, MODE, false>();
-    const int units = gpc * (MODE == Mode::FUSED ? 1 : N);  // per split, see hc_main_kernel
-    main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
-  }
+  const int units = gpc * (MODE == Mode::FUSED ? 1 : N);  // per split, see hc_main_kernel
+  main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
 
   // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
   // tokens otherwise; the folded norm needs the whole row in one CTA.
