@@ -1,5 +1,6 @@
 """The calls scripts/sanitize.sh runs under compute-sanitizer: every CUDA op through each of
-its kernel variants at small sizes (the sanitizer slows kernels down 10-100x)."""
+its kernel variants (SPLIT_K, FULL_K, CLUSTER, batch-invariant, scalar fallbacks) at small
+sizes (the sanitizer slows kernels down 10-100x)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,13 @@ cases = [(1, 4, 2048, False), (1, 4, 2048, True), (70, 4, 520, False), (40, 4, 6
          (5, 3, 200, True), (9, 8, 128, False), (3, 4, 4104, False)]
 for case in cases:
     run_stream_ops(*case)
+
+# CLUSTER plans (sm_90+): a cluster of 16 CTAs with a partial K group, and n = 2
+if torch.cuda.get_device_capability()[0] >= 9:
+    old = mhc_ops._C.set_cluster_min_tokens(1)
+    run_stream_ops(20, 4, 520, False)
+    run_stream_ops(17, 2, 264, False)
+    mhc_ops._C.set_cluster_min_tokens(old)
 
 os.environ["MHC_BATCH_INVARIANT"] = "1"
 run_stream_ops(40, 4, 64, True)
