@@ -76,7 +76,10 @@ out, sq = torch.empty(70, 24, device="cuda"), torch.empty(70, device="cuda")
 mhc_ops.tf32_hc_prenorm_gemm(x, fn, out, sq)
 
 # linear_bf16_fp32, both backends
-for algo in ("cublas", "fp32"):
+# (SANITIZE_NO_CUBLAS=1, set by sanitize.sh for racecheck: cuBLAS's own Hopper GEMM kernels
+# make racecheck fail with "Internal Sanitizer Error: failed to handle a hardware exception"
+# even when they are filtered out, while every kernel of this pack reports 0 hazards)
+for algo in ("fp32",) if os.environ.get("SANITIZE_NO_CUBLAS") else ("cublas", "fp32"):
     os.environ["MHC_BF16_FP32_GEMM_ALGO"] = algo
     mhc_ops.linear_bf16_fp32(rn(9, 256, dtype=torch.bfloat16), rn(64, 256, dtype=torch.bfloat16))
 torch.cuda.synchronize()
