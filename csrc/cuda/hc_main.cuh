@@ -528,8 +528,11 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
 // ---------------------------------------------------------------------------------------------
 // Epilogue kernel of SPLIT_K. grid T * HC (token, chunk of H); block 128 stream threads, plus
 // one gate warp for pre / fused. Dynamic shared memory: partials [S][MP], part sums [4][MP].
+// Launch bounds with one block per SM leave the register count to the code: without it ptxas
+// held the H = 4096 instance to 32 registers (48 now), and pre at T = 1..64 ran 2.5-4.5 us
+// slower there than at H = 7168 (benchmarks/NOTES.md, v6).
 template <int N, Mode MODE, bool NORM, int HS>
-__global__ void __launch_bounds__(kEpiThreads + 32) hc_epilogue_kernel(const EpiParams p) {
+__global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const EpiParams p) {
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, MP = Sh::MP;
   constexpr int kRuns = kEpiThreads / MP < 1 ? 1 : (kEpiThreads / MP > 4 ? 4 : kEpiThreads / MP);
