@@ -296,6 +296,8 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
     ap.add_argument("--cluster-min-tokens", type=int, default=None,
                     help="move the planner's CLUSTER threshold (crossover studies only)")
+    ap.add_argument("--split-target-ctas", type=int, default=None,
+                    help="CTAs the SPLIT_K split count aims at (split-count studies only)")
     args = ap.parse_args()
     if not (mhc_ops.cuda_available() and torch.cuda.is_available()):
         print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
@@ -305,6 +307,11 @@ def main() -> int:
 
         _C.set_cluster_min_tokens(args.cluster_min_tokens)
         print(f"CLUSTER plans from T = {args.cluster_min_tokens}")
+    if args.split_target_ctas is not None:
+        from mhc_ops._lib import _C
+
+        _C.set_split_target_ctas(args.split_target_ctas)
+        print(f"SPLIT_K plans aim at {args.split_target_ctas} CTAs")
     ops = args.ops.split(",")
     tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
     widths = [7168] if args.quick else [int(h) for h in args.widths.split(",")]

@@ -55,6 +55,9 @@ PYBIND11_MODULE(_C, m) {
   // the measured windows). Returns the previous value.
   m.def("cluster_min_tokens", &mhc::cluster_min_tokens);
   m.def("set_cluster_min_tokens", &mhc::set_cluster_min_tokens, py::arg("num_tokens"));
+  // Benchmarks only: the CTAs SPLIT_K plans aim at (plan.h; below 0, the default, the SMs).
+  m.def("split_target_ctas", &mhc::split_target_ctas);
+  m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
   m.def("launched_plans", [] {
     py::list out;
     for (const auto& r : mhc::launched_plans())

@@ -59,7 +59,12 @@ def test_small_t_splits_large_t_does_not():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     small = plan.plan_of("MHC_PRE", 8, **kw)
     large = plan.plan_of("MHC_PRE", 16384, **kw)
-    assert small.num_splits == 112 and small.variant == "split_k"
+    # decode: about half the SMs (224 K groups in 56 splits); from T = 65, all of them (two
+    # token blocks of 64 x 56 splits)
+    assert small.num_splits == 56 and small.variant == "split_k"
+    assert plan.plan_of("MHC_PRE", 64, **kw).num_splits == 56
+    assert plan.plan_of("MHC_PRE", 65, **kw).num_splits == 56
+    assert plan.plan_of("MHC_PRE", 129, **kw).num_splits == 38  # 3 blocks x 38
     assert large.num_splits == 1 and large.variant == "full_k"
     assert small.hidden_spec == 7168
     assert plan.plan_of("MHC_PRE", 8, hidden_size=520, num_sms=132).hidden_spec == 0
@@ -109,6 +114,20 @@ def test_cluster_plans_at_prefill_sizes():
     assert plan.plan_of("MHC_PRE", 4096, hidden_size=64, num_sms=132).num_splits == 2
     # too much shared memory per CTA for a cluster of 16: the other plans
     assert plan.plan_of("MHC_PRE", 16384, hidden_size=32768, num_sms=132).variant == "full_k"
+
+
+def test_split_target_ctas_moves_split_counts():
+    from mhc_ops._lib import _C
+
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
+    assert _C.split_target_ctas() < 0  # the planner's choice unless a study sets one
+    old = _C.set_split_target_ctas(264)
+    try:
+        assert plan.plan_of("MHC_PRE", 8, **kw).num_splits == 224  # one group per split
+        assert plan.plan_of("MHC_PRE", 8, **{**kw, "batch_invariant": True}).num_splits == 16
+    finally:
+        _C.set_split_target_ctas(old)
+    assert _C.split_target_ctas() == old
 
 
 def test_cluster_threshold_moves_every_plan_together():

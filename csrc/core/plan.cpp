@@ -3,9 +3,10 @@
 // CUDA decisions, and why (kernels: csrc/cuda/hc_main.cuh):
 //  * mhc_pre, mhc_fused_post_pre, hc_head. The K reduction is split over groups of 32 hidden
 //    columns (all n streams of them). At decode sizes the op is bound by streaming fn (1.5-2.75
-//    MB) and by latency, so SPLIT_K gives about one CTA per SM (num_splits ~ num_sms, groups
-//    divided evenly); as T grows, token blocks take over the SMs and fewer splits are needed
-//    (num_splits ~ num_sms / blocks, at least 2). Partials are reduced in fixed order by an
+//    MB) and by latency, so SPLIT_K gives about one CTA per two SMs up to T = 64 (num_splits ~
+//    num_sms / 2, groups divided evenly: the epilogue reads every split's partials, and more
+//    splits measured slower) and one per SM above; as T grows, token blocks take over the SMs
+//    and fewer splits are needed (num_splits ~ num_sms / blocks, at least 2). Partials are reduced in fixed order by an
 //    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
 //    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
 //    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer.
@@ -45,6 +46,8 @@ constexpr int64_t kMaxSmemPerCta = 227 * 1024;
 // every T from that value on.
 constexpr int64_t kMeasuredWindows = -1;
 std::atomic<int64_t> g_cluster_min_tokens{kMeasuredWindows};
+std::atomic<int64_t> g_split_target_ctas{-1};  // below 0: the planner's (num_sms or half)
+constexpr int64_t kDecodeTokens = 64;  // SPLIT_K aims at num_sms / 2 CTAs up to this T
 
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
 // T = 2048, where it measured faster than FULL_K / SPLIT_K (H100, cold fn, CUDA-graph medians;
@@ -112,6 +115,9 @@ ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size
   return {static_cast<int32_t>(size), static_cast<int32_t>(per_cta), static_cast<int32_t>(bt),
           bytes};
 }
+
+int64_t split_target_ctas() { return g_split_target_ctas.load(); }
+int64_t set_split_target_ctas(int64_t ctas) { return g_split_target_ctas.exchange(ctas); }
 
 int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
 int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }
@@ -183,7 +189,13 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
         splits = even_splits(groups, kInvariantSplits);
       } else if (!full_k) {
         const int64_t blocks = ceil_div(num_tokens, block);
-        splits = even_splits(groups, std::max<int64_t>(2, num_sms / blocks));
+        // Up to 64 tokens, half as many splits as SMs: the epilogue reads every split's
+        // partials, and at these sizes that costs more than the main kernel's extra groups
+        // per CTA (NOTES.md, v6: fused T = 1 10.6 -> 9.2 us at H = 4096).
+        const int64_t target = g_split_target_ctas.load();
+        const int64_t ctas =
+            target >= 0 ? target : num_tokens <= kDecodeTokens ? num_sms / 2 : num_sms;
+        splits = even_splits(groups, std::max<int64_t>(2, ctas / blocks));
       }
       p.variant = full_k ? Variant::FULL_K : Variant::SPLIT_K;
       p.num_splits = static_cast<int32_t>(splits);

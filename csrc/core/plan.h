@@ -69,6 +69,11 @@ struct ClusterShape {
 };
 ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size);
 
+// SPLIT_K plans aim at this many CTAs (token blocks x splits); below 0 (the default) the
+// planner's choice: half the SMs up to T = 64, all of them above. For split-count studies (benchmarks); returns the previous value.
+int64_t split_target_ctas();
+int64_t set_split_target_ctas(int64_t ctas);
+
 // Where CLUSTER plans run: by default (a value below 0) in the token ranges where they measured
 // faster (plan.cpp, cluster_window); set_cluster_min_tokens(t >= 0) makes every T >= t run one,
 // for tests and crossover benchmarks (INT64_MAX: never). Returns the previous value. The
