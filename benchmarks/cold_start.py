@@ -7,6 +7,9 @@ For each hidden size, in a fresh process:
      and compare with the steady-state median at the same T (5 calls); count plans launched
      that warmup did not cover (``unwarmed_plans``); as a control, the same ratio for each of
      the 5 steady calls, which shows how far one call's timing strays with nothing cold;
+     then a second pass over as many token counts not met before, each first call split into
+     the host's enqueue time and the GPU's time (a spin kernel ahead of the call hides the
+     enqueue from the GPU events), each against its own steady median;
 and, in another fresh process that never warms up, capture a CUDA graph of each op at a few
 decode sizes and check its replay against eager.
 
@@ -80,6 +83,49 @@ def _timed_both(fn) -> tuple[float, float]:
     return time.perf_counter() - t0, start.elapsed_time(end) * 1e-3
 
 
+SPIN_CYCLES = 2_000_000  # ~1 ms of GPU spin, longer than the host's enqueue of one op call
+
+
+def _timed_split(fn) -> tuple[float, float]:
+    """(host seconds to enqueue the call, GPU seconds its kernels ran). A spin kernel queued
+    first keeps the GPU busy while the host enqueues the call, so the events around it time
+    the GPU work alone (valid while the enqueue takes less than the spin, about 1 ms)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(SPIN_CYCLES)
+    start.record()
+    t0 = time.perf_counter()
+    fn()
+    enqueue = time.perf_counter() - t0
+    end.record()
+    torch.cuda.synchronize()
+    return enqueue, start.elapsed_time(end) * 1e-3
+
+
+def _split_pass(mhc_ops, a: dict, token_counts: list[int]) -> dict:
+    """First calls at token counts not met before, split into host enqueue and GPU time, each
+    against the median of 5 steady calls at the same T: which side a slow first call is on."""
+    worst = {"enqueue": (0.0, None), "gpu": (0.0, None)}
+    over = {"enqueue": 0, "gpu": 0}
+    for t in token_counts:
+        for op in OPS:
+            first = _timed_split(lambda: _call(mhc_ops, op, a, t))
+            steady = [_timed_split(lambda: _call(mhc_ops, op, a, t)) for _ in range(5)]
+            for k, side in enumerate(("enqueue", "gpu")):
+                med = statistics.median(x[k] for x in steady)
+                ratio = first[k] / med
+                over[side] += ratio > 2
+                if ratio > worst[side][0]:
+                    worst[side] = (ratio, f"{op} T={t}: first {first[k] * 1e6:.1f} us, steady "
+                                          f"{med * 1e6:.1f} us")
+    return {"split_first_calls": len(token_counts) * len(OPS),
+            "worst_enqueue_ratio": round(worst["enqueue"][0], 3),
+            "worst_enqueue_call": worst["enqueue"][1],
+            "enqueue_calls_over_2x": over["enqueue"],
+            "worst_gpu_ratio": round(worst["gpu"][0], 3), "worst_gpu_call": worst["gpu"][1],
+            "gpu_calls_over_2x": over["gpu"]}
+
+
 def _device_allocs(device) -> int:
     """cudaMalloc calls the caching allocator has made so far on device."""
     return int(torch.cuda.memory_stats(device).get("num_device_alloc", 0))
@@ -133,6 +179,16 @@ def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: boo
                 worst = (ratio, f"{op} T={t}: first {first * 1e6:.1f} us, "
                                 f"steady {steady * 1e6:.1f} us (GPU {first_gpu * 1e6:.1f} vs "
                                 f"{steady_gpu * 1e6:.1f} us), cudaMalloc calls {new_allocs}")
+    # Second pass, over token counts not met in the first: host enqueue and GPU time apart.
+    seen, fresh = set(token_counts), []
+    for _ in range(50 * calls):
+        if len(fresh) == calls:
+            break
+        t = rng.randint(1, max_tokens)
+        if t not in seen:
+            seen.add(t)
+            fresh.append(t)
+    split = _split_pass(mhc_ops, a, fresh)
     gc.enable()
     unwarmed = warmup.unwarmed_plans(device)
     return {"hidden_size": H, "warmup_seconds": round(warmup_seconds, 4),
@@ -144,7 +200,7 @@ def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: boo
             "steady_calls_over_2x": steady_over_2x, "steady_calls": 5 * len(ratios),
             "cudamalloc_in_first_calls": first_call_allocs,
             "cudamalloc_in_all_calls": _device_allocs(device) - allocs_before,
-            "unwarmed": [str(p.plan) for p in unwarmed]}
+            "unwarmed": [str(p.plan) for p in unwarmed], **split}
 
 
 def child_capture(H: int) -> dict:
@@ -235,6 +291,10 @@ def main() -> None:
               f"{r['steady_calls']}")
         print(f"{'':>6} cudaMalloc calls during first calls: {r['cudamalloc_in_first_calls']}, "
               f"in all calls: {r['cudamalloc_in_all_calls']}")
+        print(f"{'':>6} second pass, {r['split_first_calls']} first calls at new T, host enqueue: "
+              f"worst {r['worst_enqueue_ratio']:.2f}x ({r['worst_enqueue_call']}), over 2x "
+              f"{r['enqueue_calls_over_2x']}; GPU time: worst {r['worst_gpu_ratio']:.2f}x "
+              f"({r['worst_gpu_call']}), over 2x {r['gpu_calls_over_2x']}")
     print(f"wrote {out}")
 
 
