@@ -8,6 +8,10 @@
 #   slow      the suite's slow tests on CUDA (pytest -m slow -k cuda)
 #   trace     benchmarks/trace_ops.py: kernel by kernel inside the benchmark's CUDA graphs
 #   sanitize  scripts/sanitize.sh (memcheck, racecheck, initcheck, synccheck)
+#   ncu       ncu's speed-of-light, occupancy and memory workload sections for the kernels of
+#             mhc_pre at T = 4096, H = 7168 (where the SPLIT_K main kernel runs at ~58% of DRAM
+#             bandwidth; benchmarks/NOTES.md, v6), into $OUT/ncu.log
+#   cold      benchmarks/cold_start.py (both hidden sizes), results copied to $OUT
 #   bench     benchmarks/bench_ops.py, mhc_ops and eager, merged into
 #             benchmarks/results/<gpu>.json (+ .png), copied to $OUT
 #   compile   the same for torch.compile of the reference (slow: one compile per point)
@@ -59,6 +63,12 @@ print('mhc_ops', mhc_ops.__version__, 'torch', torch.__version__, torch.cuda.get
     slow) run slow "$PY" -m pytest -q -p no:cacheprovider -rfE "${xdist[@]}" -m slow -k cuda tests ;;
     trace) run trace "$PY" benchmarks/trace_ops.py --tokens 1,64,4096,16384 --widths 7168 ;;
     sanitize) run sanitize bash scripts/sanitize.sh ;;
+    ncu)
+      run ncu ncu --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis_Tables -k regex:hc_main_kernel -c 1 \
+        "$PY" benchmarks/profile_ops.py --ops mhc_pre --tokens 4096 --widths 7168
+      ;;
+    cold) run cold "$PY" benchmarks/cold_start.py --out "$OUT/cold_start_$tag.json" ;;
     bench | compile | quick)
       impls="mhc_ops,eager"
       args=(--out "$results")
