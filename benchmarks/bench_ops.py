@@ -303,14 +303,10 @@ def main() -> int:
         print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
         return 2
     if args.cluster_min_tokens is not None:
-        from mhc_ops._lib import _C
-
-        _C.set_cluster_min_tokens(args.cluster_min_tokens)
+        mhc_ops._C.set_cluster_min_tokens(args.cluster_min_tokens)
         print(f"CLUSTER plans from T = {args.cluster_min_tokens}")
     if args.split_target_ctas is not None:
-        from mhc_ops._lib import _C
-
-        _C.set_split_target_ctas(args.split_target_ctas)
+        mhc_ops._C.set_split_target_ctas(args.split_target_ctas)
         print(f"SPLIT_K plans aim at {args.split_target_ctas} CTAs")
     ops = args.ops.split(",")
     tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]

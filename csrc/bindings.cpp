@@ -55,7 +55,8 @@ PYBIND11_MODULE(_C, m) {
   // the measured windows). Returns the previous value.
   m.def("cluster_min_tokens", &mhc::cluster_min_tokens);
   m.def("set_cluster_min_tokens", &mhc::set_cluster_min_tokens, py::arg("num_tokens"));
-  // Benchmarks only: the CTAs SPLIT_K plans aim at (plan.h; below 0, the default, the SMs).
+  // Benchmarks only: the CTAs SPLIT_K plans aim at (plan.h; below 0, the default, the
+  // planner's choice). Returns the previous value.
   m.def("split_target_ctas", &mhc::split_target_ctas);
   m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
   m.def("launched_plans", [] {

@@ -6,10 +6,11 @@
 //    MB) and by latency, so SPLIT_K gives about one CTA per two SMs up to T = 64 (num_splits ~
 //    num_sms / 2, groups divided evenly: the epilogue reads every split's partials, and more
 //    splits measured slower) and one per SM above; as T grows, token blocks take over the SMs
-//    and fewer splits are needed (num_splits ~ num_sms / blocks, at least 2). Partials are reduced in fixed order by an
-//    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
-//    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
-//    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer.
+//    and fewer splits are needed (num_splits ~ num_sms / blocks, at least 2). Partials are
+//    reduced in fixed order by an epilogue kernel chained with programmatic dependent launch.
+//    Once upstream's rule needs no split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs
+//    own 32 tokens each and do the whole pipeline (GEMM over all K, gates, stream sum) with no
+//    partial buffer.
 //  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
 //    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh). It wins only
 //    where its fixed per-CTA latency is small against the other plans' cost, so it runs in the
@@ -193,8 +194,9 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
         // partials, and at these sizes that costs more than the main kernel's extra groups
         // per CTA (NOTES.md, v6: fused T = 1 10.6 -> 9.2 us at H = 4096).
         const int64_t target = g_split_target_ctas.load();
-        const int64_t ctas =
-            target >= 0 ? target : num_tokens <= kDecodeTokens ? num_sms / 2 : num_sms;
+        const int64_t ctas = target >= 0                    ? target
+                             : num_tokens <= kDecodeTokens ? num_sms / 2
+                                                           : num_sms;
         splits = even_splits(groups, std::max<int64_t>(2, ctas / blocks));
       }
       p.variant = full_k ? Variant::FULL_K : Variant::SPLIT_K;

@@ -70,7 +70,8 @@ struct ClusterShape {
 ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size);
 
 // SPLIT_K plans aim at this many CTAs (token blocks x splits); below 0 (the default) the
-// planner's choice: half the SMs up to T = 64, all of them above. For split-count studies (benchmarks); returns the previous value.
+// planner's choice: half the SMs up to T = 64, all of them above. For split-count studies
+// (benchmarks); returns the previous value.
 int64_t split_target_ctas();
 int64_t set_split_target_ctas(int64_t ctas);
 

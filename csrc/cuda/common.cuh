@@ -95,6 +95,15 @@ __device__ __forceinline__ void stg16(uint16_t* p, const uint4& v) {
   *reinterpret_cast<uint4*>(p) = v;
 }
 
+// Sum over the 4 lanes of an mma quad (lanes 4g .. 4g + 3, which hold one row's columns):
+// v + lane^1, then + lane^2, the same order on every lane.
+template <typename V>
+__device__ __forceinline__ V quad_sum(V v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+
 // sum of squares of 8 bf16 values added to s, in element order.
 __device__ __forceinline__ float add_sumsq8(const uint4& v, float s) {
   float f[8];

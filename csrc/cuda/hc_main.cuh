@@ -23,7 +23,8 @@
 //    token over several CTAs (chunks of H).
 //  * FULL_K (larger T): one kernel; a CTA owns 32 tokens, reduces over all K, then each warp
 //    streams the weighted sum of whole tokens while one warp runs the Sinkhorns (one per lane).
-//  * CLUSTER (off by default, see csrc/cuda/hc_cluster.cuh): one kernel, the residual read once.
+//  * CLUSTER (csrc/cuda/hc_cluster.cuh; the planner runs it only where it measured faster):
+//    one kernel, the residual read once.
 // Bound: at decode, latency and streaming fn (the whole GPU reads it once); at prefill, HBM
 // bytes: the residual is read twice (GEMM, then the stream sum), fn once per token block from
 // L2. Every reduction has a fixed order that depends only on the plan, never on T, so a
@@ -200,12 +201,7 @@ __device__ __forceinline__ void store_warp_partial(float* mine, const float (&ac
 #pragma unroll
   for (int tt = 0; tt < TT; ++tt)
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float s = ss[tt][hf];
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      s += __shfl_xor_sync(0xffffffffu, s, 2);
-      ss[tt][hf] = s;
-    }
+    for (int hf = 0; hf < 2; ++hf) ss[tt][hf] = quad_sum(ss[tt][hf]);
 #pragma unroll
   for (int tt = 0; tt < TT; ++tt) {
     if (16 * tt >= rows) continue;

@@ -144,12 +144,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) prenorm_kernel(const PrenormPa
 #pragma unroll
   for (int tt = 0; tt < kTiles; ++tt)
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      double a = ss[tt][hf];
-      a += __shfl_xor_sync(0xffffffffu, a, 1);
-      a += __shfl_xor_sync(0xffffffffu, a, 2);
-      ss[tt][hf] = a;
-    }
+    for (int hf = 0; hf < 2; ++hf) ss[tt][hf] = quad_sum(ss[tt][hf]);
   // Per-warp slices, then the warps added in warp order for the live rows.
   const int nwork = min(kWarps, nch);
   const int rows = p.M - m0 < kRows ? static_cast<int>(p.M - m0) : kRows;
