@@ -298,6 +298,8 @@ def main() -> int:
                     help="move the planner's CLUSTER threshold (crossover studies only)")
     ap.add_argument("--split-target-ctas", type=int, default=None,
                     help="CTAs the SPLIT_K split count aims at (split-count studies only)")
+    ap.add_argument("--staged-fn-min-tokens", type=int, default=None,
+                    help="T from which pre / fused / head stage fn (studies only; 2**63-1: never)")
     args = ap.parse_args()
     if not (mhc_ops.cuda_available() and torch.cuda.is_available()):
         print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
@@ -308,6 +310,9 @@ def main() -> int:
     if args.split_target_ctas is not None:
         mhc_ops._C.set_split_target_ctas(args.split_target_ctas)
         print(f"SPLIT_K plans aim at {args.split_target_ctas} CTAs")
+    if args.staged_fn_min_tokens is not None:
+        mhc_ops._C.set_staged_fn_min_tokens(args.staged_fn_min_tokens)
+        print(f"fn staged from T = {args.staged_fn_min_tokens}")
     ops = args.ops.split(",")
     tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
     widths = [7168] if args.quick else [int(h) for h in args.widths.split(",")]

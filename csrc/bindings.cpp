@@ -10,7 +10,7 @@ namespace py = pybind11;
 namespace {
 py::tuple to_py(const mhc::Plan& p) {
   return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
-                        p.block_tokens, p.hc_mult, p.hidden_spec, p.norm);
+                        p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.staged_fn);
 }
 mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;
@@ -58,6 +58,10 @@ PYBIND11_MODULE(_C, m) {
   // Benchmarks only: the CTAs SPLIT_K plans aim at (plan.h; below 0, the default, the
   // planner's choice). Returns the previous value.
   m.def("split_target_ctas", &mhc::split_target_ctas);
+  // Benchmarks and tests only: from which T pre / fused / head stage fn (plan.h; INT64_MAX:
+  // never). Returns the previous value.
+  m.def("staged_fn_min_tokens", &mhc::staged_fn_min_tokens);
+  m.def("set_staged_fn_min_tokens", &mhc::set_staged_fn_min_tokens, py::arg("num_tokens"));
   m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
   m.def("launched_plans", [] {
     py::list out;

@@ -42,6 +42,7 @@ class Plan(NamedTuple):
     hc_mult: int  # 0 for PRENORM_GEMM, which only sees K
     hidden_spec: int  # hidden size of a specialised kernel, 0 for the generic one
     norm: bool
+    staged_fn: bool = False  # fn split into mma fragments by a first kernel (large T)
 
     @classmethod
     def _from_c(cls, t: tuple) -> "Plan":

@@ -378,6 +378,51 @@ def test_linear_invalid_algo_warns_and_uses_cublas():
 
 
 # ----------------------------------------------------------------------------------------------
+# Staged fn (Plan.staged_fn): the same products in the same order, so the same bits.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 4096, 7168])
+@pytest.mark.parametrize("T", [300, 5000])  # SPLIT_K, FULL_K
+def test_staged_fn_is_bit_identical(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    old_staged = mhc_ops._C.staged_fn_min_tokens()
+    g = _gen(h.seed_of("staged", T, H))
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
+    p = _pre_params(g, N_HC, H, norm=True)
+    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+          "hc_base": p["hc_base"][:N_HC].contiguous()}
+    plain = _sub(p, norm_weight=None)
+    calls = {
+        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **plain),
+        "norm": lambda: mhc_ops.mhc_pre(res, **p),
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb,
+                                                                          **plain),
+        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+    try:
+        got = {}
+        for start in (2**63 - 1, 1):
+            mhc_ops._C.set_staged_fn_min_tokens(start)
+            for kind, call in calls.items():
+                if kind != "norm":
+                    assert plan.plan_of(kind, T, **kw).staged_fn == (start == 1)
+                got.setdefault(kind, []).append(call())
+    finally:
+        mhc_ops._C.set_staged_fn_min_tokens(old_staged)
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    for kind, (unstaged, staged) in got.items():
+        for a, b in zip(unstaged, staged):
+            assert torch.isfinite(b).all(), kind
+            assert torch.equal(a, b), kind
+    h.check_head_output(got[KernelType.HC_HEAD][1][0][_rows(T)],
+                        _sub(hp, residual=res[_rows(T)]))
+
+
+# ----------------------------------------------------------------------------------------------
 # CLUSTER plans (sm_90+): token blocks split over a cluster, partial groups, tails, isolation.
 
 @pytest.fixture

@@ -154,8 +154,13 @@ def test_norm_is_part_of_the_plan_only_where_it_applies():
 def test_batch_invariant_plan_does_not_depend_on_t():
     kw = dict(hidden_size=4096, num_sms=132, batch_invariant=True)
     for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE, KernelType.HC_HEAD):
-        assert len({plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 4096, 16384)}) == 1
-        assert len(plan.token_count_representatives(kind, 16384, **kw)) == 1
+        # The reduction (split count, order) is one for every T; only whether fn is staged
+        # first changes with T, and staged and unstaged runs are bit-identical
+        # (tests/test_cuda_kernels.py, test_staged_fn_is_bit_identical).
+        plans = {plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 4096, 16384)}
+        assert len({p._replace(staged_fn=False) for p in plans}) == 1
+        assert {p.staged_fn for p in plans} == {False, True}
+        assert len(plan.token_count_representatives(kind, 16384, **kw)) == 2
 
 
 def test_cpu_has_one_plan_per_op():
@@ -172,9 +177,30 @@ def test_kind_by_name_and_bad_kind():
 def test_plan_follows_flags_unless_given(monkeypatch):
     kw = dict(hidden_size=4096, num_sms=132)
     monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
-    assert plan.plan_of("MHC_PRE", 5000, **kw) == plan.plan_of("MHC_PRE", 1, **kw)
+    assert (plan.plan_of("MHC_PRE", 5000, **kw)._replace(staged_fn=False)
+            == plan.plan_of("MHC_PRE", 1, **kw))
     assert plan.plan_of("MHC_PRE", 5000, batch_invariant=False, **kw).num_splits == 1
     monkeypatch.setenv("MHC_BF16_FP32_GEMM_ALGO", "fp32")
     assert plan.plan_of("LINEAR_BF16_FP32", 8, **kw).variant == "fp32_gemm"
     monkeypatch.delenv("MHC_BF16_FP32_GEMM_ALGO")
     assert plan.plan_of("LINEAR_BF16_FP32", 8, **kw).variant == "cublas"
+
+
+def test_staged_fn_from_its_token_count():
+    from mhc_ops._lib import _C
+
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
+    start = _C.staged_fn_min_tokens()
+    assert 1 < start <= 4096
+    for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE, KernelType.HC_HEAD):
+        assert not plan.plan_of(kind, start - 1, **kw).staged_fn
+        assert plan.plan_of(kind, start, **kw).staged_fn
+        assert plan.plan_of(kind, 16384, **kw).staged_fn  # FULL_K as well
+        assert not plan.plan_of(kind, 16384, **{**kw, "num_sms": 0}).staged_fn  # CPU
+    assert not plan.plan_of(KernelType.MHC_POST, 16384, **kw).staged_fn
+    old = _C.set_staged_fn_min_tokens(2**63 - 1)
+    try:
+        assert not plan.plan_of(KernelType.MHC_PRE, 16384, **kw).staged_fn
+    finally:
+        _C.set_staged_fn_min_tokens(old)
+    assert _C.staged_fn_min_tokens() == start

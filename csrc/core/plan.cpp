@@ -49,6 +49,11 @@ constexpr int64_t kMeasuredWindows = -1;
 std::atomic<int64_t> g_cluster_min_tokens{kMeasuredWindows};
 std::atomic<int64_t> g_split_target_ctas{-1};  // below 0: the planner's (num_sms or half)
 constexpr int64_t kDecodeTokens = 64;  // SPLIT_K aims at num_sms / 2 CTAs up to this T
+// From this T the main kernels read fn as ready mma fragments that a small kernel writes first
+// (the main loop's fn loads are then whole-sector and its hi / lo split is done once per call,
+// not once per token block); below it the extra kernel costs more than it saves.
+constexpr int64_t kStagedFnTokens = 256;
+std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
 // T = 2048, where it measured faster than FULL_K / SPLIT_K (H100, cold fn, CUDA-graph medians;
@@ -120,6 +125,9 @@ ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size
 int64_t split_target_ctas() { return g_split_target_ctas.load(); }
 int64_t set_split_target_ctas(int64_t ctas) { return g_split_target_ctas.exchange(ctas); }
 
+int64_t staged_fn_min_tokens() { return g_staged_fn_min_tokens.load(); }
+int64_t set_staged_fn_min_tokens(int64_t t) { return g_staged_fn_min_tokens.exchange(t); }
+
 int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
 int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }
 
@@ -148,7 +156,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
   // The GEMMs see only K (prenorm) or nothing of the streams (linear): their plans carry no n.
   const bool gemm = kind == KernelType::PRENORM_GEMM || kind == KernelType::LINEAR_BF16_FP32;
   const int32_t n = gemm ? 0 : static_cast<int32_t>(hc_mult);
-  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm};
+  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm, false};
   if (num_sms <= 0) return p;  // one CPU kernel per op, whatever T is
   p.hidden_spec = kind == KernelType::PRENORM_GEMM ? 0 : hidden_spec(hc_mult, hidden_size);
   switch (kind) {
@@ -202,6 +210,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.variant = full_k ? Variant::FULL_K : Variant::SPLIT_K;
       p.num_splits = static_cast<int32_t>(splits);
       p.block_tokens = block;
+      p.staged_fn = num_tokens >= g_staged_fn_min_tokens.load();
       return p;
     }
   }

@@ -22,6 +22,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "core/math.h"
 
@@ -243,12 +246,25 @@ inline bool supports_clusters(int device) {
   return at::cuda::getDeviceProperties(device)->major >= 9;
 }
 
+// Whether kernel's dynamic shared memory limit on device is still below smem; if so it is
+// recorded as raised, and the caller raises it (cudaFuncSetAttribute once per kernel, device and
+// size, instead of a driver call on every launch).
+inline bool smem_limit_below(const void* kernel, int device, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> raised;
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& limit = raised[{kernel, device}];
+  if (limit >= smem) return false;
+  limit = smem;
+  return true;
+}
+
 // Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
 // serialisation where the device supports it, and raises dynamic shared memory past 48 KB.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), int device, dim3 grid, dim3 block, size_t smem,
             cudaStream_t stream, Args&&... args) {
-  if (smem > 48 * 1024)
+  if (smem > 48 * 1024 && smem_limit_below(reinterpret_cast<const void*>(kernel), device, smem))
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
   cudaLaunchConfig_t cfg = {};

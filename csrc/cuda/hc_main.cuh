@@ -65,6 +65,7 @@ struct MainParams {
   const float* comb_in;    // fused: [T, N, N]
   uint16_t* res_out;       // fused: [T, N, H] bf16 new residual
   const float* fn;         // [M, N * H]
+  const uint4* fnf;        // staged fn (hc_stage_fn_kernel), null to read fn itself
   const float* scale;      // hc_scale [3] (pre, fused) or [1] (head)
   const float* base;       // hc_base [M]
   const uint16_t* norm_w;  // [H] bf16, null without the folded norm
@@ -178,6 +179,68 @@ __device__ __forceinline__ void fn_frags(const float4 (&fr)[NT][2], FnFrag<kPart
     const float v8[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
     f[nt] = make_frag<kParts>(v8);
   }
+}
+
+// Staged fn (Plan::staged_fn): the B fragments of every (group, stream) unit, written once per
+// call by hc_stage_fn_kernel as uint4 [G][N][NT][kParts][32 lanes], so that one 8-row block of
+// a unit is kParts coalesced 512-byte warp loads (the raw fp32 loads of load_fn_unit use half
+// of each 32-byte sector per instruction) and the main loop does no hi / lo split.
+template <int NT>
+__device__ __forceinline__ void load_staged_unit(const uint4* fnf, int64_t unit, int lane,
+                                                 float4 (&fr)[NT][2]) {
+  static_assert(kParts == 2, "a staged 8-row block is two uint4 per lane");
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int k = 0; k < kParts; ++k) {
+      const uint4 v = __ldg(fnf + ((unit * NT + nt) * kParts + k) * 32 + lane);
+      fr[nt][k] = make_float4(__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
+                              __uint_as_float(v.w));
+    }
+}
+
+// The B fragments of one unit from what load_staged_unit (staged) or load_fn_unit loaded.
+template <int NT>
+__device__ __forceinline__ void unit_frags(bool staged, const float4 (&fr)[NT][2],
+                                           FnFrag<kParts> (&f)[NT]) {
+  if (staged) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int k = 0; k < kParts; ++k) {
+        f[nt].part[k][0] = __float_as_uint(fr[nt][k].x);
+        f[nt].part[k][1] = __float_as_uint(fr[nt][k].y);
+        f[nt].part[k][2] = __float_as_uint(fr[nt][k].z);
+        f[nt].part[k][3] = __float_as_uint(fr[nt][k].w);
+      }
+  } else {
+    fn_frags<NT>(fr, f);
+  }
+}
+
+// Writes the staged fn: one warp per (group, stream, 8-row block), lane (g, c) splitting the
+// same 8 values that load_fn_unit gives it (zeros past H and past the M rows).
+template <int N, Mode MODE>
+__global__ void __launch_bounds__(256) hc_stage_fn_kernel(const float* fn, uint4* fnf, int H,
+                                                         int G) {
+  using Sh = Shape<N, MODE>;
+  constexpr int NT = Sh::NT, M = Sh::M;
+  pdl_wait();
+  pdl_trigger();
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (item >= static_cast<int64_t>(G) * N * NT) return;
+  const int nt = static_cast<int>(item % NT);
+  const int64_t unit = item / NT;  // gi * N + i
+  const int i = static_cast<int>(unit % N), gi = static_cast<int>(unit / N);
+  const int h = gi * kGroupCols + 8 * c, row = 8 * nt + g;
+  FnFrag<kParts> f = zero_frag<kParts>();
+  if (h < H && row < M)
+    f = load_frag<kParts>(fn + row * (static_cast<int64_t>(N) * H) + static_cast<int64_t>(i) * H + h);
+#pragma unroll
+  for (int k = 0; k < kParts; ++k)
+    fnf[(item * kParts + k) * 32 + lane] =
+        make_uint4(f.part[k][0], f.part[k][1], f.part[k][2], f.part[k][3]);
 }
 
 // One 16-token tile of a unit: acc += x . fn for every 8-row block of fn; ss += x^2 of the
@@ -342,7 +405,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   constexpr int kUnitStreams = MODE == Mode::FUSED ? N : 1;
   const int units = (ge - gb) * (N / kUnitStreams);
 
-  if constexpr (!FULLK) {
+  const bool staged = p.fnf != nullptr;
+  if (!FULLK && !staged) {
     // Start pulling this CTA's slice of fn into L2 while the previous kernel finishes.
     for (int u = warp; u < units; u += W) {
       const int gi = gb + u / (N / kUnitStreams), i0 = (u % (N / kUnitStreams)) * kUnitStreams;
@@ -376,7 +440,10 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       constexpr bool kPreload = N * NT <= 12;
       float4 fr[kPreload ? N : 1][NT][2];
 #pragma unroll
-      for (int i = 0; i < (kPreload ? N : 0); ++i) load_fn_unit<NT, M>(p.fn, K, H, h, i, g, fr[i]);
+      for (int i = 0; i < (kPreload ? N : 0); ++i) {
+        if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gi) * N + i, lane, fr[i]);
+        else load_fn_unit<NT, M>(p.fn, K, H, h, i, g, fr[i]);
+      }
       // New residual of this lane's 8 columns, all streams, both rows of each tile.
       uint4 r[TT][2][N];
 #pragma unroll
@@ -402,7 +469,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       for (int i = 0; i < N; ++i) {
         FnFrag<kParts> f[NT];
         if constexpr (kPreload) {
-          fn_frags<NT>(fr[i], f);
+          unit_frags<NT>(staged, fr[i], f);
         } else {
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt)
@@ -441,7 +508,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
     };
     const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
-      load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
+      if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gb) * N + uu, lane, fr);
+      else load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
     };
 #pragma unroll
     for (int k = 0; k < kXStages - 1; ++k) stage_x(k);
@@ -452,7 +520,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       float4 fr_next[NT][2];
       if (u + W < units) load_fn(u + W, fr_next);
       FnFrag<kParts> f[NT];
-      fn_frags<NT>(fr, f);
+      unit_frags<NT>(staged, fr, f);
       cp_async_wait<kXStages - 1>();  // this unit's group has landed (this lane's own slots)
       const uint4* slot = ring + (k % kXStages) * 2 * TT * 32;
 #pragma unroll
@@ -647,9 +715,19 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   TORCH_INTERNAL_ASSERT(S >= 1 && (S - 1) * gpc < G, "plan splits ", S, " leave a split of ", G,
                         " K groups empty");
 
-  MainParams mp{a.res, a.x, a.post_in, a.comb_in, a.res_out, a.fn, a.scale, a.base, a.norm_w,
-                nullptr, a.post_out, a.comb_out, a.out, a.T, a.H, G, S, gpc,
+  MainParams mp{a.res, a.x, a.post_in, a.comb_in, a.res_out, a.fn, nullptr, a.scale, a.base,
+                a.norm_w, nullptr, a.post_out, a.comb_out, a.out, a.T, a.H, G, S, gpc,
                 a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat};
+
+  at::Tensor staged;  // kept alive until the main kernel is enqueued (stream-ordered reuse)
+  if (plan.staged_fn) {
+    const int64_t items = static_cast<int64_t>(G) * a.n * Sh::NT;  // one warp each
+    staged = at::empty({items * kParts * 32 * 4}, fopts);           // uint4 per lane and part
+    auto* fnf = reinterpret_cast<uint4*>(staged.data_ptr<float>());
+    launch(hc_stage_fn_kernel<N, MODE>, device, dim3(static_cast<unsigned>((items + 7) / 8)),
+           dim3(256), 0, stream, a.fn, fnf, a.H, G);
+    mp.fnf = fnf;
+  }
 
   const auto main_launch = [&](auto kernel, int tt, int warps, at::Tensor* ws) {
     TORCH_INTERNAL_ASSERT(plan.block_tokens == 16 * tt, "plan block_tokens ",
