@@ -159,8 +159,9 @@ def test_batch_invariant_plan_does_not_depend_on_t():
         # (tests/test_cuda_kernels.py, test_staged_fn_is_bit_identical).
         plans = {plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 4096, 16384)}
         assert len({p._replace(staged_fn=False) for p in plans}) == 1
-        assert {p.staged_fn for p in plans} == {False, True}
-        assert len(plan.token_count_representatives(kind, 16384, **kw)) == 2
+        staged = kind != KernelType.HC_HEAD
+        assert {p.staged_fn for p in plans} == {False, staged}
+        assert len(plan.token_count_representatives(kind, 16384, **kw)) == 1 + staged
 
 
 def test_cpu_has_one_plan_per_op():
@@ -192,12 +193,13 @@ def test_staged_fn_from_its_token_count():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     start = _C.staged_fn_min_tokens()
     assert 1 < start <= 4096
-    for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE, KernelType.HC_HEAD):
+    for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE):
         assert not plan.plan_of(kind, start - 1, **kw).staged_fn
         assert plan.plan_of(kind, start, **kw).staged_fn
         assert plan.plan_of(kind, 16384, **kw).staged_fn  # FULL_K as well
         assert not plan.plan_of(kind, 16384, **{**kw, "num_sms": 0}).staged_fn  # CPU
-    assert not plan.plan_of(KernelType.MHC_POST, 16384, **kw).staged_fn
+    for kind in (KernelType.HC_HEAD, KernelType.MHC_POST):  # n rows of fn / no fn
+        assert not any(plan.plan_of(kind, t, **kw).staged_fn for t in (start, 4096, 16384))
     old = _C.set_staged_fn_min_tokens(2**63 - 1)
     try:
         assert not plan.plan_of(KernelType.MHC_PRE, 16384, **kw).staged_fn

@@ -25,6 +25,21 @@ constexpr int kMaxHcMult = 8;
 
 MHC_HD float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+// 1 / v for the Sinkhorn normalisers. On the GPU one MUFU.RCP (rcp.approx.ftz, within 1 ulp);
+// the plain division there (rcp.approx without ftz under -prec-div=false) adds a denormal check
+// and a branch around a slow path, which split the 20 rounds into basic blocks and put ~2.2 us
+// on the critical path of the decode epilogue (benchmarks/NOTES.md, v7). The normalisers are
+// sums of positive terms plus eps, never denormal in practice.
+MHC_HD float sinkhorn_rcp(float v) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+#else
+  return 1.0f / v;
+#endif
+}
+
 // Round-to-nearest-even fp32 -> bf16 bits; NaN stays a quiet NaN of the same sign.
 MHC_HD uint16_t f32_to_bf16_bits(float v) {
   uint32_t u;
@@ -87,20 +102,20 @@ MHC_UNROLL
     if (r > 0) {
 MHC_UNROLL
       for (int j = 0; j < N; ++j) {
-        float s = 0.f;
+        float s = c[j][0];
 MHC_UNROLL
-        for (int k = 0; k < N; ++k) s += c[j][k];
-        const float inv = 1.0f / (s + eps);
+        for (int k = 1; k < N; ++k) s += c[j][k];
+        const float inv = sinkhorn_rcp(s + eps);
 MHC_UNROLL
         for (int k = 0; k < N; ++k) c[j][k] *= inv;
       }
     }
 MHC_UNROLL
     for (int k = 0; k < N; ++k) {
-      float s = 0.f;
+      float s = c[0][k];
 MHC_UNROLL
-      for (int j = 0; j < N; ++j) s += c[j][k];
-      const float inv = 1.0f / (s + eps);
+      for (int j = 1; j < N; ++j) s += c[j][k];
+      const float inv = sinkhorn_rcp(s + eps);
 MHC_UNROLL
       for (int j = 0; j < N; ++j) c[j][k] *= inv;
     }

@@ -49,10 +49,14 @@ constexpr int64_t kMeasuredWindows = -1;
 std::atomic<int64_t> g_cluster_min_tokens{kMeasuredWindows};
 std::atomic<int64_t> g_split_target_ctas{-1};  // below 0: the planner's (num_sms or half)
 constexpr int64_t kDecodeTokens = 64;  // SPLIT_K aims at num_sms / 2 CTAs up to this T
-// From this T the main kernels read fn as ready mma fragments that a small kernel writes first
-// (the main loop's fn loads are then whole-sector and its hi / lo split is done once per call,
-// not once per token block); below it the extra kernel costs more than it saves.
-constexpr int64_t kStagedFnTokens = 256;
+// From this T the main kernels of pre / fused read fn as ready mma fragments that a small
+// kernel writes first (the main loop's fn loads are then whole-sector, and its hi / lo split is
+// done once per call instead of once per token block). H100, cold fn (NOTES.md, v7): fused
+// T = 4096, H = 7168 400.5 -> 371.8 us, pre 253.1 -> 243.2 us; even at T = 1024; 0.4-2 us
+// slower at T <= 512, where the extra kernel costs more than it saves. hc_head never stages:
+// with n rows of fn, half of each staged 8-row block is padding (T = 16384, H = 4096: 473
+// against 457 us).
+constexpr int64_t kStagedFnTokens = 1024;
 std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
@@ -210,7 +214,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.variant = full_k ? Variant::FULL_K : Variant::SPLIT_K;
       p.num_splits = static_cast<int32_t>(splits);
       p.block_tokens = block;
-      p.staged_fn = num_tokens >= g_staged_fn_min_tokens.load();
+      p.staged_fn = kind != KernelType::HC_HEAD && num_tokens >= g_staged_fn_min_tokens.load();
       return p;
     }
   }

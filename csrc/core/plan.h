@@ -40,8 +40,8 @@ struct Plan {
   int32_t hc_mult;
   int32_t hidden_spec;   // hidden size the kernel is specialised for, 0 for the generic kernel
   bool norm;             // folded RMSNorm of SPEC §2.1 step 9
-  bool staged_fn;        // SPLIT_K / FULL_K: fn is split into its mma fragments by a small
-                         // kernel first (csrc/cuda/hc_main.cuh, hc_stage_fn_kernel)
+  bool staged_fn;        // pre / fused SPLIT_K / FULL_K: fn is split into its mma fragments by
+                         // a small kernel first (csrc/cuda/hc_main.cuh, hc_stage_fn_kernel)
 
   auto key() const {
     return std::make_tuple(static_cast<int32_t>(kind), static_cast<int32_t>(variant), num_splits,
@@ -84,7 +84,7 @@ int64_t set_split_target_ctas(int64_t ctas);
 int64_t cluster_min_tokens();
 int64_t set_cluster_min_tokens(int64_t t);
 
-// From which T the SPLIT_K / FULL_K plans of pre / fused / head stage fn (Plan::staged_fn).
+// From which T the SPLIT_K / FULL_K plans of pre / fused stage fn (Plan::staged_fn).
 // For studies (benchmarks) and tests; INT64_MAX: never. Returns the previous value.
 int64_t staged_fn_min_tokens();
 int64_t set_staged_fn_min_tokens(int64_t t);

@@ -720,13 +720,16 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
                 a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat};
 
   at::Tensor staged;  // kept alive until the main kernel is enqueued (stream-ordered reuse)
-  if (plan.staged_fn) {
-    const int64_t items = static_cast<int64_t>(G) * a.n * Sh::NT;  // one warp each
-    staged = at::empty({items * kParts * 32 * 4}, fopts);           // uint4 per lane and part
-    auto* fnf = reinterpret_cast<uint4*>(staged.data_ptr<float>());
-    launch(hc_stage_fn_kernel<N, MODE>, device, dim3(static_cast<unsigned>((items + 7) / 8)),
-           dim3(256), 0, stream, a.fn, fnf, a.H, G);
-    mp.fnf = fnf;
+  TORCH_INTERNAL_ASSERT(!(plan.staged_fn && MODE == Mode::HEAD), "hc_head never stages fn");
+  if constexpr (MODE != Mode::HEAD) {
+    if (plan.staged_fn) {
+      const int64_t items = static_cast<int64_t>(G) * a.n * Sh::NT;  // one warp each
+      staged = at::empty({items * kParts * 32 * 4}, fopts);           // uint4 per lane, part
+      auto* fnf = reinterpret_cast<uint4*>(staged.data_ptr<float>());
+      launch(hc_stage_fn_kernel<N, MODE>, device, dim3(static_cast<unsigned>((items + 7) / 8)),
+             dim3(256), 0, stream, a.fn, fnf, a.H, G);
+      mp.fnf = fnf;
+    }
   }
 
   const auto main_launch = [&](auto kernel, int tt, int warps, at::Tensor* ws) {
