@@ -10,8 +10,8 @@
 // streams (so the fused op has every stream of a column in registers for the post mix). The
 // main kernel's grid is (token blocks of block_tokens, splits); a split owns a run of groups,
 // and its CTA's warps take work units in turn, a (group, stream) chunk for pre / head and a
-// whole group for the fused op, each unit one round of loads for all 16-row tiles of the token
-// block on mma.sync (common.cuh). Pre / head stream the activations through a per-warp
+// group with half of its output streams for the fused op (whole groups for odd n), each unit
+// one round of loads for all 16-row tiles of the token block on mma.sync (common.cuh). Pre / head stream the activations through a per-warp
 // cp.async ring (kXStages units in flight) and prefetch fn one unit ahead in registers. Each
 // warp leaves its sums in its own shared-memory slice; one barrier, then the slices are added
 // in warp order.
@@ -155,6 +155,34 @@ __device__ __forceinline__ void post_vec8_coefs(const float* crow, const uint4& 
   post_vec8<N>(pst, cmb, xv, old, out);
 }
 
+// Output streams j0 .. j0 + NS - 1 of post_vec8_coefs: the same post_mix_element on the same
+// values, so residual_out stays bit-identical to mhc_post.
+template <int N, int NS>
+__device__ __forceinline__ void post_vec8_part(const float* crow, int j0, const uint4& xv,
+                                               const uint4 (&old)[N], uint4 (&out)[NS]) {
+  float xf[8], rf[N][8];
+  unpack8(xv, xf);
+#pragma unroll
+  for (int i = 0; i < N; ++i) unpack8(old[i], rf[i]);
+#pragma unroll
+  for (int q = 0; q < NS; ++q) {
+    const int j = j0 + q;
+    const float pj = crow[j];
+    float cj[N];  // comb[i][j], i = 0 .. N - 1
+#pragma unroll
+    for (int i = 0; i < N; ++i) cj[i] = crow[N + i * N + j];
+    float o[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float col[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) col[i] = rf[i][e];
+      o[e] = post_mix_element<N>(pj, xf[e], cj, 1, col);
+    }
+    out[q] = pack8(o);
+  }
+}
+
 // This lane's raw fp32 fn values of one (8 columns from h, stream i) unit: row 8 nt + g of each
 // 8-row block (zeros past H and past the M rows).
 template <int NT, int M>
@@ -197,6 +225,21 @@ __device__ __forceinline__ void load_staged_unit(const uint4* fnf, int64_t unit,
       fr[nt][k] = make_float4(__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
                               __uint_as_float(v.w));
     }
+}
+
+// One 8-row block (index (unit * NT + nt)) of the staged fn as a fragment.
+__device__ __forceinline__ FnFrag<kParts> load_staged_frag(const uint4* fnf, int64_t block,
+                                                           int lane) {
+  FnFrag<kParts> f;
+#pragma unroll
+  for (int k = 0; k < kParts; ++k) {
+    const uint4 v = __ldg(fnf + (block * kParts + k) * 32 + lane);
+    f.part[k][0] = v.x;
+    f.part[k][1] = v.y;
+    f.part[k][2] = v.z;
+    f.part[k][3] = v.w;
+  }
+  return f;
 }
 
 // The B fragments of one unit from what load_staged_unit (staged) or load_fn_unit loaded.
@@ -400,9 +443,11 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   const int64_t K = static_cast<int64_t>(N) * H;
   const int64_t T = p.T;
 
-  // Work units of this CTA's warps: a (group, stream) chunk of K for pre / head, a whole
-  // group (all streams, for the post mix) for the fused op; unit u goes to warp u % W.
-  constexpr int kUnitStreams = MODE == Mode::FUSED ? N : 1;
+  // Work units of this CTA's warps: a (group, stream) chunk of K for pre / head; for the fused
+  // op a group and half of its output streams (whole groups for odd n), for which the warp
+  // reads x and every input stream (the post mix needs them all) and writes and reduces only
+  // its own. Unit u goes to warp u % W.
+  constexpr int kUnitStreams = MODE == Mode::FUSED ? (N % 2 == 0 ? N / 2 : N) : 1;
   const int units = (ge - gb) * (N / kUnitStreams);
 
   const bool staged = p.fnf != nullptr;
@@ -431,21 +476,22 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   float ss[TT][2] = {};       // per tile: sums of squares of rows g and g + 8
 
   if constexpr (MODE == Mode::FUSED) {
+    constexpr int NS = kUnitStreams;  // output streams per unit
     for (int u = warp; u < units; u += W) {
-      const int gi = gb + u;
+      const int gi = gb + u / (N / NS), j0 = (u % (N / NS)) * NS;
       const int h = gi * kGroupCols + 8 * c;
       const bool hv = h < H;
-      // fn of every stream first, so that all of the group's loads are in flight together
-      // (where registers allow: n <= 4; larger n load it stream by stream below).
-      constexpr bool kPreload = N * NT <= 12;
-      float4 fr[kPreload ? N : 1][NT][2];
+      // fn of the unit's streams first, so that all of its loads are in flight together
+      // (where registers allow; otherwise stream by stream below).
+      constexpr bool kPreload = NS * NT <= 12;
+      float4 fr[kPreload ? NS : 1][NT][2];
 #pragma unroll
-      for (int i = 0; i < (kPreload ? N : 0); ++i) {
-        if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gi) * N + i, lane, fr[i]);
-        else load_fn_unit<NT, M>(p.fn, K, H, h, i, g, fr[i]);
+      for (int q = 0; q < (kPreload ? NS : 0); ++q) {
+        if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gi) * N + j0 + q, lane, fr[q]);
+        else load_fn_unit<NT, M>(p.fn, K, H, h, j0 + q, g, fr[q]);
       }
-      // New residual of this lane's 8 columns, all streams, both rows of each tile.
-      uint4 r[TT][2][N];
+      // New residual of this lane's 8 columns, the unit's streams, both rows of each tile.
+      uint4 r[TT][2][NS];
 #pragma unroll
       for (int tt = 0; tt < TT; ++tt)
 #pragma unroll
@@ -457,30 +503,33 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
             uint4 old[N];
 #pragma unroll
             for (int i = 0; i < N; ++i) old[i] = ldg16(p.res + (t * N + i) * H + h);
-            post_vec8_coefs<N>(coef + row * NC, xv, old, r[tt][hf]);
+            post_vec8_part<N, NS>(coef + row * NC, j0, xv, old, r[tt][hf]);
 #pragma unroll
-            for (int i = 0; i < N; ++i) stg16(p.res_out + (t * N + i) * H + h, r[tt][hf][i]);
+            for (int q = 0; q < NS; ++q)
+              stg16(p.res_out + (t * N + j0 + q) * H + h, r[tt][hf][q]);
           } else {
 #pragma unroll
-            for (int i = 0; i < N; ++i) r[tt][hf][i] = make_uint4(0u, 0u, 0u, 0u);
+            for (int q = 0; q < NS; ++q) r[tt][hf][q] = make_uint4(0u, 0u, 0u, 0u);
           }
         }
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
+      for (int q = 0; q < NS; ++q) {
+        const int i = j0 + q;
         FnFrag<kParts> f[NT];
         if constexpr (kPreload) {
-          unit_frags<NT>(staged, fr[i], f);
+          unit_frags<NT>(staged, fr[q], f);
         } else {
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt)
-            f[nt] = hv && 8 * nt + g < M
-                        ? load_frag<kParts>(p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h)
-                        : zero_frag<kParts>();
+            f[nt] = !hv || 8 * nt + g >= M ? zero_frag<kParts>()
+                    : staged
+                        ? load_staged_frag(p.fnf, (static_cast<int64_t>(gi) * N + i) * NT + nt, lane)
+                        : load_frag<kParts>(p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + h);
         }
 #pragma unroll
         for (int tt = 0; tt < TT; ++tt) {
           if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
-          mma_tile<NT>(acc[tt], ss[tt], r[tt][0][i], r[tt][1][i], f);
+          mma_tile<NT>(acc[tt], ss[tt], r[tt][0][q], r[tt][1][q], f);
         }
       }
     }
@@ -755,7 +804,9 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 
   constexpr int TT = tiles_per_block<N, MODE, false>();
   at::Tensor ws = at::empty({a.T, S, Sh::MP}, fopts);
-  const int units = gpc * (MODE == Mode::FUSED ? 1 : N);  // per split, see hc_main_kernel
+  // Units per split (hc_main_kernel): (group, stream) for pre / head, (group, half of the
+  // streams) for the fused op (whole groups for odd n).
+  const int units = gpc * (MODE == Mode::FUSED ? (N % 2 == 0 ? 2 : 1) : N);
   main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
 
   // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
