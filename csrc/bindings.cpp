@@ -10,7 +10,8 @@ namespace py = pybind11;
 namespace {
 py::tuple to_py(const mhc::Plan& p) {
   return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
-                        p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.staged_fn);
+                        p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.staged_fn,
+                        p.split_streams);
 }
 mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;

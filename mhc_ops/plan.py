@@ -43,6 +43,7 @@ class Plan(NamedTuple):
     hidden_spec: int  # hidden size of a specialised kernel, 0 for the generic one
     norm: bool
     staged_fn: bool = False  # fn split into mma fragments by a first kernel (large T)
+    split_streams: bool = False  # fused, decode: work units of half a group's output streams
 
     @classmethod
     def _from_c(cls, t: tuple) -> "Plan":

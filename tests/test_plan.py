@@ -206,3 +206,16 @@ def test_staged_fn_from_its_token_count():
     finally:
         _C.set_staged_fn_min_tokens(old)
     assert _C.staged_fn_min_tokens() == start
+
+
+def test_split_streams_only_for_fused_decode():
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
+    fused = KernelType.MHC_FUSED_POST_PRE
+    assert all(plan.plan_of(fused, t, **kw).split_streams for t in (1, 8, 32))
+    assert not any(plan.plan_of(fused, t, **kw).split_streams for t in (33, 64, 4096, 16384))
+    assert not plan.plan_of(fused, 8, **{**kw, "batch_invariant": True}).split_streams
+    assert not plan.plan_of(fused, 8, hc_mult=3, **kw).split_streams  # halves need even n
+    assert plan.plan_of(fused, 8, hc_mult=2, **kw).split_streams
+    assert not plan.plan_of(fused, 8, **{**kw, "num_sms": 0}).split_streams  # CPU
+    for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD, KernelType.MHC_POST):
+        assert not plan.plan_of(kind, 8, **kw).split_streams

@@ -57,6 +57,12 @@ constexpr int64_t kDecodeTokens = 64;  // SPLIT_K aims at num_sms / 2 CTAs up to
 // with n rows of fn, half of each staged 8-row block is padding (T = 16384, H = 4096: 473
 // against 457 us).
 constexpr int64_t kStagedFnTokens = 1024;
+// Up to this T the fused op's main kernel takes a K group with half of its output streams as
+// one work unit (twice the warps, half the serial post mix and mma each). H100, cold fn
+// (NOTES.md, v7), whole / half units, us: H = 4096, T = 1 / 8 / 32 8.73 / 10.63 / 18.11 ->
+// 7.44 / 8.80 / 13.87; H = 7168 9.06 / 10.12 / 16.28 -> 8.64 / 9.00 / 14.10. Above it the
+// duplicated reads of x and the input streams cost more (T = 4096, H = 7168: 453 against 372).
+constexpr int64_t kSplitStreamTokens = 32;
 std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
@@ -160,7 +166,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
   // The GEMMs see only K (prenorm) or nothing of the streams (linear): their plans carry no n.
   const bool gemm = kind == KernelType::PRENORM_GEMM || kind == KernelType::LINEAR_BF16_FP32;
   const int32_t n = gemm ? 0 : static_cast<int32_t>(hc_mult);
-  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm, false};
+  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm, false, false};
   if (num_sms <= 0) return p;  // one CPU kernel per op, whatever T is
   p.hidden_spec = kind == KernelType::PRENORM_GEMM ? 0 : hidden_spec(hc_mult, hidden_size);
   switch (kind) {
@@ -215,6 +221,10 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.num_splits = static_cast<int32_t>(splits);
       p.block_tokens = block;
       p.staged_fn = kind != KernelType::HC_HEAD && num_tokens >= g_staged_fn_min_tokens.load();
+      // Not under batch invariance: the units set the order in which a token's sums are added.
+      p.split_streams = kind == KernelType::MHC_FUSED_POST_PRE && !full_k &&
+                        !opt.batch_invariant && hc_mult % 2 == 0 &&
+                        num_tokens <= kSplitStreamTokens;
       return p;
     }
   }

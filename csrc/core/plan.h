@@ -42,10 +42,12 @@ struct Plan {
   bool norm;             // folded RMSNorm of SPEC §2.1 step 9
   bool staged_fn;        // pre / fused SPLIT_K / FULL_K: fn is split into its mma fragments by
                          // a small kernel first (csrc/cuda/hc_main.cuh, hc_stage_fn_kernel)
+  bool split_streams;    // fused SPLIT_K, even n: a main-kernel work unit is a K group with
+                         // half of its output streams instead of all (decode sizes)
 
   auto key() const {
     return std::make_tuple(static_cast<int32_t>(kind), static_cast<int32_t>(variant), num_splits,
-                           block_tokens, hc_mult, hidden_spec, norm, staged_fn);
+                           block_tokens, hc_mult, hidden_spec, norm, staged_fn, split_streams);
   }
   bool operator==(const Plan& o) const { return key() == o.key(); }
   bool operator<(const Plan& o) const { return key() < o.key(); }

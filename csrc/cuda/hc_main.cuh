@@ -10,8 +10,9 @@
 // streams (so the fused op has every stream of a column in registers for the post mix). The
 // main kernel's grid is (token blocks of block_tokens, splits); a split owns a run of groups,
 // and its CTA's warps take work units in turn, a (group, stream) chunk for pre / head and a
-// group with half of its output streams for the fused op (whole groups for odd n), each unit
-// one round of loads for all 16-row tiles of the token block on mma.sync (common.cuh). Pre / head stream the activations through a per-warp
+// whole group for the fused op (at decode sizes a group with half of its output streams, so
+// twice the warps share the post mix), each unit one round of loads for all 16-row tiles of
+// the token block on mma.sync (common.cuh). Pre / head stream the activations through a per-warp
 // cp.async ring (kXStages units in flight) and prefetch fn one unit ahead in registers. Each
 // warp leaves its sums in its own shared-memory slice; one barrier, then the slices are added
 // in warp order.
@@ -425,7 +426,7 @@ __device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
 // Main kernel. grid (token blocks, splits); block = warps * 32. Dynamic shared memory:
 // red [W][BT][MP] floats (one slice per warp), then the gates of the tokens [BT][NC] (fused)
 // or the activation ring xs [W][kXStages][2 TT][32] uint4 (pre / head).
-template <int N, Mode MODE, bool FULLK, bool NORM, int HS>
+template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool HALF = false>
 __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainParams p) {
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP, NC = Sh::NC;
@@ -444,10 +445,10 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   const int64_t T = p.T;
 
   // Work units of this CTA's warps: a (group, stream) chunk of K for pre / head; for the fused
-  // op a group and half of its output streams (whole groups for odd n), for which the warp
-  // reads x and every input stream (the post mix needs them all) and writes and reduces only
-  // its own. Unit u goes to warp u % W.
-  constexpr int kUnitStreams = MODE == Mode::FUSED ? (N % 2 == 0 ? N / 2 : N) : 1;
+  // op a whole group or, with HALF (Plan::split_streams, even n), a group and half of its
+  // output streams, for which the warp reads x and every input stream (the post mix needs
+  // them all) and writes and reduces only its own. Unit u goes to warp u % W.
+  constexpr int kUnitStreams = MODE == Mode::FUSED ? (HALF && N % 2 == 0 ? N / 2 : N) : 1;
   const int units = (ge - gb) * (N / kUnitStreams);
 
   const bool staged = p.fnf != nullptr;
@@ -804,10 +805,19 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 
   constexpr int TT = tiles_per_block<N, MODE, false>();
   at::Tensor ws = at::empty({a.T, S, Sh::MP}, fopts);
-  // Units per split (hc_main_kernel): (group, stream) for pre / head, (group, half of the
-  // streams) for the fused op (whole groups for odd n).
-  const int units = gpc * (MODE == Mode::FUSED ? (N % 2 == 0 ? 2 : 1) : N);
-  main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
+  // Units per split (hc_main_kernel): (group, stream) for pre / head; for the fused op whole
+  // groups, or (group, half of the streams) under Plan::split_streams.
+  const bool half = MODE == Mode::FUSED && plan.split_streams && N % 2 == 0;
+  const int units = gpc * (MODE == Mode::FUSED ? (half ? 2 : 1) : N);
+  TORCH_INTERNAL_ASSERT(!plan.split_streams || MODE == Mode::FUSED, "split_streams: fused only");
+  if constexpr (MODE == Mode::FUSED && N % 2 == 0) {
+    if (half)
+      main_launch(hc_main_kernel<N, MODE, false, false, 0, true>, TT, std::min(8, units), &ws);
+    else
+      main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
+  } else {
+    main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
+  }
 
   // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
   // tokens otherwise; the folded norm needs the whole row in one CTA.
