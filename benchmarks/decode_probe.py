@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 
 import torch
 
-import bench_ops
 import mhc_ops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_ops  # noqa: E402
 
 
 def main() -> None:
