@@ -190,9 +190,26 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[4], const uint4& v0, cons
 }
 
 // ---------------------------------------------------------------------------------------------
-// mhc_post of 8 consecutive h of one token (SPEC §2.2). mhc_post and the fused op both call
-// this, so residual_out of the fused op is bit-identical to mhc_post.
-// post [N], comb [N][N] row-major (comb[i][j] at i * N + j), x and res[i] 8 bf16 each.
+// mhc_post of 8 consecutive h of one token (SPEC §2.2). mhc_post and the fused op both build
+// on post_stream8, so residual_out of the fused op is bit-identical to mhc_post.
+// Output stream j of 8 columns: x and the input streams unpacked to fp32 (xf, rf), comb[i][j]
+// at comb_col[i * stride].
+template <int N>
+__device__ __forceinline__ uint4 post_stream8(float post_j, const float* comb_col, int stride,
+                                              const float (&xf)[8], const float (&rf)[N][8]) {
+  float o[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    float col[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) col[i] = rf[i][e];
+    o[e] = post_mix_element<N>(post_j, xf[e], comb_col, stride, col);
+  }
+  return pack8(o);
+}
+
+// Every output stream: post [N], comb [N][N] row-major (comb[i][j] at i * N + j), x and res[i]
+// 8 bf16 each.
 template <int N>
 __device__ __forceinline__ void post_vec8(const float (&post)[N], const float (&comb)[N * N],
                                           const uint4& xv, const uint4 (&res)[N],
@@ -202,17 +219,7 @@ __device__ __forceinline__ void post_vec8(const float (&post)[N], const float (&
 #pragma unroll
   for (int i = 0; i < N; ++i) unpack8(res[i], rf[i]);
 #pragma unroll
-  for (int j = 0; j < N; ++j) {
-    float o[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      float col[N];
-#pragma unroll
-      for (int i = 0; i < N; ++i) col[i] = rf[i][e];
-      o[e] = post_mix_element<N>(post[j], xf[e], comb + j, N, col);
-    }
-    out[j] = pack8(o);
-  }
+  for (int j = 0; j < N; ++j) out[j] = post_stream8<N>(post[j], comb + j, N, xf, rf);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -156,8 +156,8 @@ __device__ __forceinline__ void post_vec8_coefs(const float* crow, const uint4& 
   post_vec8<N>(pst, cmb, xv, old, out);
 }
 
-// Output streams j0 .. j0 + NS - 1 of post_vec8_coefs: the same post_mix_element on the same
-// values, so residual_out stays bit-identical to mhc_post.
+// Output streams j0 .. j0 + NS - 1 of post_vec8_coefs (post_stream8 on the same values, so
+// residual_out stays bit-identical to mhc_post).
 template <int N, int NS>
 __device__ __forceinline__ void post_vec8_part(const float* crow, int j0, const uint4& xv,
                                                const uint4 (&old)[N], uint4 (&out)[NS]) {
@@ -168,19 +168,10 @@ __device__ __forceinline__ void post_vec8_part(const float* crow, int j0, const 
 #pragma unroll
   for (int q = 0; q < NS; ++q) {
     const int j = j0 + q;
-    const float pj = crow[j];
     float cj[N];  // comb[i][j], i = 0 .. N - 1
 #pragma unroll
     for (int i = 0; i < N; ++i) cj[i] = crow[N + i * N + j];
-    float o[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      float col[N];
-#pragma unroll
-      for (int i = 0; i < N; ++i) col[i] = rf[i][e];
-      o[e] = post_mix_element<N>(pj, xf[e], cj, 1, col);
-    }
-    out[q] = pack8(o);
+    out[q] = post_stream8<N>(crow[j], cj, 1, xf, rf);
   }
 }
 
@@ -448,7 +439,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   // op a whole group or, with HALF (Plan::split_streams, even n), a group and half of its
   // output streams, for which the warp reads x and every input stream (the post mix needs
   // them all) and writes and reduces only its own. Unit u goes to warp u % W.
-  constexpr int kUnitStreams = MODE == Mode::FUSED ? (HALF && N % 2 == 0 ? N / 2 : N) : 1;
+  static_assert(!HALF || (MODE == Mode::FUSED && N % 2 == 0), "half units: fused op, even n");
+  constexpr int kUnitStreams = MODE == Mode::FUSED ? (HALF ? N / 2 : N) : 1;
   const int units = (ge - gb) * (N / kUnitStreams);
 
   const bool staged = p.fnf != nullptr;
@@ -807,16 +799,17 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   at::Tensor ws = at::empty({a.T, S, Sh::MP}, fopts);
   // Units per split (hc_main_kernel): (group, stream) for pre / head; for the fused op whole
   // groups, or (group, half of the streams) under Plan::split_streams.
-  const bool half = MODE == Mode::FUSED && plan.split_streams && N % 2 == 0;
-  const int units = gpc * (MODE == Mode::FUSED ? (half ? 2 : 1) : N);
-  TORCH_INTERNAL_ASSERT(!plan.split_streams || MODE == Mode::FUSED, "split_streams: fused only");
+  TORCH_INTERNAL_ASSERT(!plan.split_streams || (MODE == Mode::FUSED && N % 2 == 0),
+                        "split_streams: fused op, even n");
+  const int units = gpc * (MODE == Mode::FUSED ? (plan.split_streams ? 2 : 1) : N);
+  const int warps = std::min(8, units);
   if constexpr (MODE == Mode::FUSED && N % 2 == 0) {
-    if (half)
-      main_launch(hc_main_kernel<N, MODE, false, false, 0, true>, TT, std::min(8, units), &ws);
+    if (plan.split_streams)
+      main_launch(hc_main_kernel<N, MODE, false, false, 0, true>, TT, warps, &ws);
     else
-      main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
+      main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
   } else {
-    main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, std::min(8, units), &ws);
+    main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
   }
 
   // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
