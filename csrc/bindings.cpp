@@ -11,7 +11,7 @@ namespace {
 py::tuple to_py(const mhc::Plan& p) {
   return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
                         p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.staged_fn,
-                        p.split_streams);
+                        p.split_streams, p.fn_ring);
 }
 mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;
@@ -64,6 +64,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("staged_fn_min_tokens", &mhc::staged_fn_min_tokens);
   m.def("set_staged_fn_min_tokens", &mhc::set_staged_fn_min_tokens, py::arg("num_tokens"));
   m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
+  // Benchmarks and tests only: from which T pre / head stream fn through the main kernel's
+  // ring (plan.h; INT64_MAX: never). Returns the previous value.
+  m.def("fn_ring_min_tokens", &mhc::fn_ring_min_tokens);
+  m.def("set_fn_ring_min_tokens", &mhc::set_fn_ring_min_tokens, py::arg("num_tokens"));
   m.def("launched_plans", [] {
     py::list out;
     for (const auto& r : mhc::launched_plans())

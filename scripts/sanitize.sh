@@ -4,7 +4,8 @@
 # tool: memcheck, racecheck, initcheck, synccheck. The caching allocator is off so that every
 # tensor is its own allocation and an out-of-bounds access cannot land in a neighbour.
 # Prints one summary line per tool; exits 1 unless every tool reports 0 errors.
-# SANITIZE_TIMEOUT (seconds, default 300) bounds each tool.
+# SANITIZE_TIMEOUT (seconds, default 300) bounds each tool; SANITIZE_TOOLS (default all four)
+# picks some, e.g. SANITIZE_TOOLS="memcheck racecheck".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,7 +16,7 @@ export PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PY
 status=0
 summary=()
 log="$(mktemp)"
-for tool in memcheck racecheck initcheck synccheck; do
+for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
   args=(--tool "$tool" --print-limit 20)
   # racecheck / initcheck look at this pack's kernels only (mangled names contain "mhc"):
   # torch's and cuBLAS's own kernels are not ours to certify and are slow under these tools.

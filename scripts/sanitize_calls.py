@@ -67,6 +67,19 @@ run_stream_ops(40, 4, 64, True)
 run_stream_ops(9, 8, 128, False)
 mhc_ops._C.set_staged_fn_min_tokens(old)
 
+# fn through the main kernel's ring (Plan.fn_ring; by default pre / head from T = 512), raw
+# fn (cross-lane copies) and staged: SPLIT_K with a partial K group, FULL_K with the norm,
+# n = 8 (a ring of two slots), n = 3
+old_ring = mhc_ops._C.set_fn_ring_min_tokens(1)
+for start in (2**63 - 1, 1):
+    old = mhc_ops._C.set_staged_fn_min_tokens(start)
+    run_stream_ops(70, 4, 520, False)
+    run_stream_ops(40, 4, 64, True)
+    run_stream_ops(9, 8, 128, False)
+    mhc_ops._C.set_staged_fn_min_tokens(old)
+run_stream_ops(5, 3, 200, True)
+mhc_ops._C.set_fn_ring_min_tokens(old_ring)
+
 os.environ["MHC_BATCH_INVARIANT"] = "1"
 run_stream_ops(40, 4, 64, True)
 del os.environ["MHC_BATCH_INVARIANT"]

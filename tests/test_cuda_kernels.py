@@ -420,6 +420,51 @@ def test_staged_fn_is_bit_identical(T, H, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
+# fn through the main kernel's ring (Plan.fn_ring): the same fragments, units and order as fn
+# one unit ahead in registers, so the same bits; raw and staged fn, SPLIT_K and FULL_K.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("staged", [False, True], ids=["raw", "staged"])
+@pytest.mark.parametrize("H", [520, 4096, 7168])
+@pytest.mark.parametrize("T", [300, 5000])  # SPLIT_K, FULL_K
+def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    old_staged = mhc_ops._C.set_staged_fn_min_tokens(1 if staged else 2**63 - 1)
+    old_ring = mhc_ops._C.fn_ring_min_tokens()
+    g = _gen(h.seed_of("fn_ring", T, H, staged))
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    p = _pre_params(g, N_HC, H, norm=True)
+    plain = _sub(p, norm_weight=None)
+    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+          "hc_base": p["hc_base"][:N_HC]}
+    calls = {
+        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **plain),
+        "norm": lambda: mhc_ops.mhc_pre(res, **p),
+        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+    try:
+        got = {}
+        for start in (2**63 - 1, 1):
+            mhc_ops._C.set_fn_ring_min_tokens(start)
+            for kind, call in calls.items():
+                if kind != "norm":
+                    assert plan.plan_of(kind, T, **kw).fn_ring == (start == 1)
+                got.setdefault(kind, []).append(call())
+    finally:
+        mhc_ops._C.set_fn_ring_min_tokens(old_ring)
+        mhc_ops._C.set_staged_fn_min_tokens(old_staged)
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    for kind, (regs, ring) in got.items():
+        for a, b in zip(regs, ring):
+            assert torch.isfinite(b).all(), kind
+            assert torch.equal(a, b), kind
+    idx = _rows(T)
+    h.check_pre_outputs(tuple(o[idx] for o in got["norm"][1]), res[idx], p)
+
+
+# ----------------------------------------------------------------------------------------------
 # CLUSTER plans (sm_90+): token blocks split over a cluster, partial groups, tails, isolation.
 
 @pytest.fixture

@@ -84,9 +84,10 @@ def test_cluster_plans_in_their_measured_windows():
         return [plan.plan_of(kind, t, hidden_size=hidden, num_sms=132,
                              batch_invariant=False).variant for t in tokens]
 
-    # hc_head above H = 4096 from T = 2048; nothing else (pre / fused must reduce in the same
-    # order with and without the folded norm, which the cluster kernel lacks)
-    assert variants("HC_HEAD", 7168, (2047, 2048, 16384)) == ["split_k", "cluster", "cluster"]
+    # hc_head above H = 4096 for T = 2048 .. 8191; nothing else (pre / fused must reduce in the
+    # same order with and without the folded norm, which the cluster kernel lacks)
+    assert variants("HC_HEAD", 7168, (2047, 2048, 8191, 8192, 16384)) == [
+        "split_k", "cluster", "cluster", "full_k", "full_k"]
     assert "cluster" not in variants("HC_HEAD", 4096, (16, 64, 2048, 16384))
     for kind in ("MHC_PRE", "MHC_FUSED_POST_PRE"):
         for hidden in (200, 4096, 7168):
@@ -154,14 +155,18 @@ def test_norm_is_part_of_the_plan_only_where_it_applies():
 def test_batch_invariant_plan_does_not_depend_on_t():
     kw = dict(hidden_size=4096, num_sms=132, batch_invariant=True)
     for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE, KernelType.HC_HEAD):
-        # The reduction (split count, order) is one for every T; only whether fn is staged
-        # first changes with T, and staged and unstaged runs are bit-identical
-        # (tests/test_cuda_kernels.py, test_staged_fn_is_bit_identical).
+        # The reduction (split count, order) is one for every T; only how fn reaches the mma
+        # changes with T (staged first, through the main kernel's ring), and those runs are
+        # bit-identical (tests/test_cuda_kernels.py, test_staged_fn_is_bit_identical,
+        # test_fn_ring_is_bit_identical).
         plans = {plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 4096, 16384)}
-        assert len({p._replace(staged_fn=False) for p in plans}) == 1
+        assert len({p._replace(staged_fn=False, fn_ring=False) for p in plans}) == 1
         staged = kind != KernelType.HC_HEAD
+        ring = kind != KernelType.MHC_FUSED_POST_PRE
         assert {p.staged_fn for p in plans} == {False, staged}
-        assert len(plan.token_count_representatives(kind, 16384, **kw)) == 1 + staged
+        assert {p.fn_ring for p in plans} == {False, ring}
+        # pre stages fn and rings it from the same T: one plan below it, one from it
+        assert len(plan.token_count_representatives(kind, 16384, **kw)) == 2
 
 
 def test_cpu_has_one_plan_per_op():
@@ -178,7 +183,7 @@ def test_kind_by_name_and_bad_kind():
 def test_plan_follows_flags_unless_given(monkeypatch):
     kw = dict(hidden_size=4096, num_sms=132)
     monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
-    assert (plan.plan_of("MHC_PRE", 5000, **kw)._replace(staged_fn=False)
+    assert (plan.plan_of("MHC_PRE", 5000, **kw)._replace(staged_fn=False, fn_ring=False)
             == plan.plan_of("MHC_PRE", 1, **kw))
     assert plan.plan_of("MHC_PRE", 5000, batch_invariant=False, **kw).num_splits == 1
     monkeypatch.setenv("MHC_BF16_FP32_GEMM_ALGO", "fp32")
@@ -206,6 +211,32 @@ def test_staged_fn_from_its_token_count():
     finally:
         _C.set_staged_fn_min_tokens(old)
     assert _C.staged_fn_min_tokens() == start
+
+
+def test_fn_ring_from_its_token_count():
+    from mhc_ops._lib import _C
+
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
+    start = _C.fn_ring_min_tokens()
+    assert 1 < start <= 4096
+    for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD):
+        assert not plan.plan_of(kind, start - 1, **kw).fn_ring
+        assert plan.plan_of(kind, start, **kw).fn_ring
+        assert plan.plan_of(kind, 16384, **kw).fn_ring  # FULL_K as well
+        assert plan.plan_of(kind, 16384, **{**kw, "norm": True}).fn_ring
+        assert not plan.plan_of(kind, 16384, **{**kw, "num_sms": 0}).fn_ring  # CPU
+    # the fused op keeps its own loop; CLUSTER plans and mhc_post have no such ring
+    assert not plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 4096, **kw).fn_ring
+    assert not plan.plan_of(KernelType.MHC_POST, 4096, **kw).fn_ring
+    cluster = plan.plan_of(KernelType.HC_HEAD, 4096, hidden_size=7168, num_sms=132,
+                           batch_invariant=False)
+    assert cluster.variant == "cluster" and not cluster.fn_ring
+    old = _C.set_fn_ring_min_tokens(2**63 - 1)
+    try:
+        assert not plan.plan_of(KernelType.MHC_PRE, 16384, **kw).fn_ring
+    finally:
+        _C.set_fn_ring_min_tokens(old)
+    assert _C.fn_ring_min_tokens() == start
 
 
 def test_split_streams_only_for_fused_decode():

@@ -52,11 +52,19 @@ constexpr int64_t kDecodeTokens = 64;  // SPLIT_K aims at num_sms / 2 CTAs up to
 // From this T the main kernels of pre / fused read fn as ready mma fragments that a small
 // kernel writes first (the main loop's fn loads are then whole-sector, and its hi / lo split is
 // done once per call instead of once per token block). H100, cold fn (NOTES.md, v7): fused
-// T = 4096, H = 7168 400.5 -> 371.8 us, pre 253.1 -> 243.2 us; even at T = 1024; 0.4-2 us
-// slower at T <= 512, where the extra kernel costs more than it saves. hc_head never stages:
-// with n rows of fn, half of each staged 8-row block is padding (T = 16384, H = 4096: 473
-// against 457 us).
-constexpr int64_t kStagedFnTokens = 1024;
+// T = 4096, H = 7168 400.5 -> 371.8 us, pre 253.1 -> 243.2 us; even at T = 1024. With fn in
+// the main kernel's ring (below) pre also gains at T = 512 (H = 4096 / 7168: 25.1 / 39.8 us
+// unstaged, 21.8 / 34.8 staged; NOTES.md, v8) but not at T = 256 (17.4 / 24.0 against
+// 17.6 / 22.1). hc_head never stages: with n rows of fn, half of each staged 8-row block is
+// padding (T = 16384, H = 4096: 473 against 457 us).
+constexpr int64_t kStagedFnTokens = 512;
+// From this T the pre / head main kernel streams each unit's fn through its cp.async ring
+// with the activations, up to 3 units ahead, instead of one unit ahead in registers: ncu
+// had put 28% of the kernel's stall samples on waiting for that fn (pre T = 4096, H = 7168).
+// H100, cold fn (NOTES.md, v8), us: pre T = 4096 134.6 -> 125.9 (H = 4096), 242.6 -> 229.4
+// (H = 7168); head T = 1024 59.8 -> 53.3 (H = 7168). Below T = 512 it was slower (pre T = 1,
+// H = 4096: 6.7 -> 7.5; T = 256: 15.7 -> 17.4).
+constexpr int64_t kFnRingTokens = 512;
 // Up to this T the fused op's main kernel takes a K group with half of its output streams as
 // one work unit (twice the warps, half the serial post mix and mma each). H100, cold fn
 // (NOTES.md, v7), whole / half units, us: H = 4096, T = 1 / 8 / 32 8.73 / 10.63 / 18.11 ->
@@ -64,10 +72,12 @@ constexpr int64_t kStagedFnTokens = 1024;
 // duplicated reads of x and the input streams cost more (T = 4096, H = 7168: 453 against 372).
 constexpr int64_t kSplitStreamTokens = 32;
 std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
+std::atomic<int64_t> g_fn_ring_min_tokens{kFnRingTokens};
 
-// Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 from
-// T = 2048, where it measured faster than FULL_K / SPLIT_K (H100, cold fn, CUDA-graph medians;
-// T = 4096, H = 7168: 200 against 231 us; benchmarks/NOTES.md, v5). mhc_pre and the fused op
+// Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 for
+// T = 2048 .. 8191, where it measured faster than FULL_K / SPLIT_K with fn in the ring (H100,
+// cold fn, CUDA-graph medians, NOTES.md, v8; cluster / other, us: T = 2048 106.2 / 109.0,
+// 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192 389.4 / 387.3, 16384 767.7 / 755.4). mhc_pre and the fused op
 // also measured faster at H = 4096 and T = 16..128 / 16..64, but the cluster kernel has no
 // folded RMSNorm, and a norm call must reduce in the same order as the plain one (their gates
 // are bit-identical, tests/test_mhc_pre.py), so they keep the other plans until it has one.
@@ -76,7 +86,7 @@ struct TokenRange {
 };
 TokenRange cluster_window(KernelType kind, int64_t hidden_size) {
   if (kind == KernelType::HC_HEAD && hidden_size > 4096)
-    return {2048, std::numeric_limits<int64_t>::max()};
+    return {2048, 8191};
   return {1, 0};
 }
 
@@ -138,6 +148,9 @@ int64_t set_split_target_ctas(int64_t ctas) { return g_split_target_ctas.exchang
 int64_t staged_fn_min_tokens() { return g_staged_fn_min_tokens.load(); }
 int64_t set_staged_fn_min_tokens(int64_t t) { return g_staged_fn_min_tokens.exchange(t); }
 
+int64_t fn_ring_min_tokens() { return g_fn_ring_min_tokens.load(); }
+int64_t set_fn_ring_min_tokens(int64_t t) { return g_fn_ring_min_tokens.exchange(t); }
+
 int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
 int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }
 
@@ -166,7 +179,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
   // The GEMMs see only K (prenorm) or nothing of the streams (linear): their plans carry no n.
   const bool gemm = kind == KernelType::PRENORM_GEMM || kind == KernelType::LINEAR_BF16_FP32;
   const int32_t n = gemm ? 0 : static_cast<int32_t>(hc_mult);
-  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm, false, false};
+  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm, false, false, false};
   if (num_sms <= 0) return p;  // one CPU kernel per op, whatever T is
   p.hidden_spec = kind == KernelType::PRENORM_GEMM ? 0 : hidden_spec(hc_mult, hidden_size);
   switch (kind) {
@@ -222,6 +235,8 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.block_tokens = block;
       p.staged_fn = kind != KernelType::HC_HEAD && num_tokens >= g_staged_fn_min_tokens.load();
       // Not under batch invariance: the units set the order in which a token's sums are added.
+      p.fn_ring = kind != KernelType::MHC_FUSED_POST_PRE &&
+                  num_tokens >= g_fn_ring_min_tokens.load();
       p.split_streams = kind == KernelType::MHC_FUSED_POST_PRE && !full_k &&
                         !opt.batch_invariant && hc_mult % 2 == 0 &&
                         num_tokens <= kSplitStreamTokens;

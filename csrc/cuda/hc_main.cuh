@@ -54,10 +54,29 @@ constexpr int tiles_per_block() {
 }
 
 constexpr int kGroupCols = 32;     // hidden columns per K group
-constexpr int kXStages = 4;        // pre / head: activation stages in flight per warp (cp.async)
 constexpr int kParts = 2;          // bf16 terms of fn (common.cuh): hi + lo
 constexpr int kMainThreads = 256;  // largest main-kernel CTA (8 warps)
+constexpr int kRingBytes = 224 * 1024;  // pre / head: the largest fn ring of a main-kernel CTA
+constexpr int kRegStages = 4;  // pre / head without the fn ring: activation units in flight
 constexpr int kEpiThreads = 128;   // epilogue threads that stream the weighted sum
+
+// The per-warp cp.async ring of the pre / head main kernel: each slot holds one (group,
+// stream) unit, its activations [2 TT][32 lanes] and its fn [NT][kParts][32 lanes] (uint4
+// each); up to 4 slots per warp within kRingBytes for 8 warps. The warps' partial sums
+// overlay the ring once the loop is done.
+template <int N, Mode MODE, bool FULLK>
+struct MainRing {
+  static constexpr int TT = tiles_per_block<N, MODE, FULLK>();
+  static constexpr int kSlot = (2 * TT + Shape<N, MODE>::NT * kParts) * 32;  // uint4
+  static constexpr int kFit = kRingBytes / (8 * kSlot * 16);
+  static constexpr int kStages = kFit >= 4 ? 4 : kFit;
+  static_assert(kStages >= 2, "a main-kernel ring needs two slots per warp");
+  static constexpr size_t bytes(int warps) {
+    const size_t ring = sizeof(uint4) * warps * kStages * kSlot;
+    const size_t red = sizeof(float) * warps * 16 * TT * Shape<N, MODE>::MP;
+    return ring > red ? ring : red;
+  }
+};
 
 struct MainParams {
   const uint16_t* res;     // [T, N, H] bf16: residual (pre, head) or the fused op's input
@@ -417,7 +436,7 @@ __device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
 // Main kernel. grid (token blocks, splits); block = warps * 32. Dynamic shared memory:
 // red [W][BT][MP] floats (one slice per warp), then the gates of the tokens [BT][NC] (fused)
 // or the activation ring xs [W][kXStages][2 TT][32] uint4 (pre / head).
-template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool HALF = false>
+template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool HALF = false, bool RING = false>
 __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainParams p) {
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP, NC = Sh::NC;
@@ -440,6 +459,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   // output streams, for which the warp reads x and every input stream (the post mix needs
   // them all) and writes and reduces only its own. Unit u goes to warp u % W.
   static_assert(!HALF || (MODE == Mode::FUSED && N % 2 == 0), "half units: fused op, even n");
+  static_assert(!RING || MODE != Mode::FUSED, "fn ring: pre / head (Plan::fn_ring)");
   constexpr int kUnitStreams = MODE == Mode::FUSED ? (HALF ? N / 2 : N) : 1;
   const int units = (ge - gb) * (N / kUnitStreams);
 
@@ -492,10 +512,10 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
           const int row = 16 * tt + g + 8 * hf;
           const int64_t t = t0 + row;
           if (hv && t < T) {
-            const uint4 xv = ldg16(p.x + t * H + h);
+            const uint4 xv = ldg16_pf256(p.x + t * H + h);
             uint4 old[N];
 #pragma unroll
-            for (int i = 0; i < N; ++i) old[i] = ldg16(p.res + (t * N + i) * H + h);
+            for (int i = 0; i < N; ++i) old[i] = ldg16_pf256(p.res + (t * N + i) * H + h);
             post_vec8_part<N, NS>(coef + row * NC, j0, xv, old, r[tt][hf]);
 #pragma unroll
             for (int q = 0; q < NS; ++q)
@@ -527,53 +547,132 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
       }
     }
   } else {
-    // One (group, stream) unit: this lane's 8 fn values of each 8-row block (raw fp32, in
-    // registers, prefetched one unit ahead: L2 hits) and its 8 activations of rows g, g + 8
-    // of every tile (HBM), which stream through a per-warp ring of kXStages units in shared
-    // memory with cp.async, so each warp keeps several units of loads in flight.
-    uint4* ring = reinterpret_cast<uint4*>(coef) + warp * kXStages * 2 * TT * 32 + lane;
-    const auto stage_x = [&](int k) {  // the warp's k-th unit into slot k % kXStages
-      const int uu = warp + k * W;
-      if (uu < units) {
-        const int gi = gb + uu / N, i = uu % N;
-        const int h = gi * kGroupCols + 8 * c;
-        uint4* slot = ring + (k % kXStages) * 2 * TT * 32;
-#pragma unroll
-        for (int tt = 0; tt < TT; ++tt)
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const int64_t t = t0 + 16 * tt + g + 8 * hf;
-            const bool ok = h < H && t < T;
-            cp_async16(slot + (2 * tt + hf) * 32, ok ? p.res + (t * N + i) * H + h : p.res, ok);
+    if constexpr (!RING) {
+      // One (group, stream) unit: this lane's 8 fn values of each 8-row block (raw fp32, in
+      // registers, prefetched one unit ahead: L2 hits) and its 8 activations of rows g, g + 8
+      // of every tile (HBM), which stream through a per-warp ring of kRegStages units in shared
+      // memory with cp.async, so each warp keeps several units of loads in flight.
+      uint4* ring = reinterpret_cast<uint4*>(coef) + warp * kRegStages * 2 * TT * 32 + lane;
+      const auto stage_x = [&](int k) {  // the warp's k-th unit into slot k % kRegStages
+        const int uu = warp + k * W;
+        if (uu < units) {
+          const int gi = gb + uu / N, i = uu % N;
+          const int h = gi * kGroupCols + 8 * c;
+          uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
+  #pragma unroll
+          for (int tt = 0; tt < TT; ++tt)
+  #pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const int64_t t = t0 + 16 * tt + g + 8 * hf;
+              const bool ok = h < H && t < T;
+              cp_async16_pf256(slot + (2 * tt + hf) * 32, ok ? p.res + (t * N + i) * H + h : p.res,
+                               ok);
+            }
+        }
+        cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
+      };
+      const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
+        if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gb) * N + uu, lane, fr);
+        else load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
+      };
+  #pragma unroll
+      for (int k = 0; k < kRegStages - 1; ++k) stage_x(k);
+      float4 fr[NT][2];
+      if (warp < units) load_fn(warp, fr);
+      for (int k = 0, u = warp; u < units; ++k, u += W) {
+        stage_x(k + kRegStages - 1);
+        float4 fr_next[NT][2];
+        if (u + W < units) load_fn(u + W, fr_next);
+        FnFrag<kParts> f[NT];
+        unit_frags<NT>(staged, fr, f);
+        cp_async_wait<kRegStages - 1>();  // this unit's group has landed (this lane's own slots)
+        const uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
+  #pragma unroll
+        for (int tt = 0; tt < TT; ++tt) {
+          if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
+          mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
+        }
+  #pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          fr[nt][0] = fr_next[nt][0];
+          fr[nt][1] = fr_next[nt][1];
+        }
+      }
+    } else {
+      // One (group, stream) unit: this lane's 8 activations of rows g, g + 8 of every tile (HBM)
+      // and its 8 fn values of each 8-row block (L2; raw fp32, or the staged hi / lo terms),
+      // both streamed through a per-warp ring of Ring::kStages units in shared memory with
+      // cp.async, so each warp keeps several units of loads in flight. (fn used to come one unit
+      // ahead in registers: ncu put 28% of the kernel's stall samples on waiting for it.)
+      using Ring = MainRing<N, MODE, FULLK>;
+      constexpr int kStages = Ring::kStages;
+      uint4* ring = reinterpret_cast<uint4*>(smem_raw) + warp * kStages * Ring::kSlot + lane;
+      const auto stage_x = [&](int k) {  // the warp's k-th unit into slot k % kStages
+        const int uu = warp + k * W;
+        if (uu < units) {
+          const int gi = gb + uu / N, i = uu % N;
+          const int h = gi * kGroupCols + 8 * c;
+          uint4* slot = ring + (k % kStages) * Ring::kSlot;
+  #pragma unroll
+          for (int tt = 0; tt < TT; ++tt)
+  #pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const int64_t t = t0 + 16 * tt + g + 8 * hf;
+              const bool ok = h < H && t < T;
+              cp_async16_pf256(slot + (2 * tt + hf) * 32, ok ? p.res + (t * N + i) * H + h : p.res,
+                               ok);
+            }
+          // fn slot [NT][kParts][32 lanes]: lane (g, c)'s 8 values of row 8 nt + g, columns
+          // h .. h + 7, as two 16-byte halves. Staged fn is stored in that order. Raw fn is
+          // copied so that each instruction covers whole sectors: copy k2 of lane (g, c) takes
+          // the row's 16-byte chunk q = 4 k2 + c (columns 4q .. 4q + 3 of the group), which is
+          // half q % 2 of lane (g, q / 2) (so the lanes read each other's copies: __syncwarp).
+          uint4* fslot = slot - lane + 2 * TT * 32;
+  #pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+  #pragma unroll
+            for (int k2 = 0; k2 < kParts; ++k2) {
+              if (staged) {
+                const int64_t unit = static_cast<int64_t>(gi) * N + i;
+                cp_async16(fslot + (nt * kParts + k2) * 32 + lane,
+                           p.fnf + ((unit * NT + nt) * kParts + k2) * 32 + lane, true);
+              } else {
+                static_assert(kParts == 2, "raw fn halves: two 16-byte chunks per lane");
+                const int q = 4 * k2 + c, hq = gi * kGroupCols + 8 * (q >> 1);
+                const bool ok = hq < H && 8 * nt + g < M;
+                const float* src =
+                    p.fn + (8 * nt + g) * K + static_cast<int64_t>(i) * H + gi * kGroupCols + 4 * q;
+                cp_async16(fslot + (nt * kParts + (q & 1)) * 32 + 4 * g + (q >> 1), ok ? src : p.fn,
+                           ok);
+              }
+            }
+        }
+        cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
+      };
+  #pragma unroll
+      for (int k = 0; k < kStages - 1; ++k) stage_x(k);
+      for (int k = 0, u = warp; u < units; ++k, u += W) {
+        if (!staged) __syncwarp();  // raw fn: the slot refilled next was read by other lanes
+        stage_x(k + kStages - 1);
+        cp_async_wait<kStages - 1>();  // this unit's group has landed (this lane's copies)
+        if (!staged) __syncwarp();      // raw fn: every lane's copies, for the other lanes
+        const uint4* slot = ring + (k % kStages) * Ring::kSlot;
+        float4 fr[NT][2];
+  #pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+  #pragma unroll
+          for (int k2 = 0; k2 < kParts; ++k2) {
+            const uint4 v = slot[(2 * TT + nt * kParts + k2) * 32];
+            fr[nt][k2] = make_float4(__uint_as_float(v.x), __uint_as_float(v.y),
+                                     __uint_as_float(v.z), __uint_as_float(v.w));
           }
-      }
-      cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
-    };
-    const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
-      if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gb) * N + uu, lane, fr);
-      else load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
-    };
-#pragma unroll
-    for (int k = 0; k < kXStages - 1; ++k) stage_x(k);
-    float4 fr[NT][2];
-    if (warp < units) load_fn(warp, fr);
-    for (int k = 0, u = warp; u < units; ++k, u += W) {
-      stage_x(k + kXStages - 1);
-      float4 fr_next[NT][2];
-      if (u + W < units) load_fn(u + W, fr_next);
-      FnFrag<kParts> f[NT];
-      unit_frags<NT>(staged, fr, f);
-      cp_async_wait<kXStages - 1>();  // this unit's group has landed (this lane's own slots)
-      const uint4* slot = ring + (k % kXStages) * 2 * TT * 32;
-#pragma unroll
-      for (int tt = 0; tt < TT; ++tt) {
-        if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
-        mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        fr[nt][0] = fr_next[nt][0];
-        fr[nt][1] = fr_next[nt][1];
+        FnFrag<kParts> f[NT];
+        unit_frags<NT>(staged, fr, f);
+  #pragma unroll
+        for (int tt = 0; tt < TT; ++tt) {
+          if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
+          mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
+        }
       }
     }
     cp_async_wait<0>();  // no copy may still target shared memory when the reduction reuses it
@@ -582,6 +681,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   // Each working warp's sums, then the warps in warp order, for the live rows (slice 0).
   const int nwork = min(W, units);  // warps that own at least one unit
   const int rows = T - t0 < BT ? static_cast<int>(T - t0) : BT;  // live token rows
+  if constexpr (RING) __syncthreads();  // red overlays the other warps' rings
   if (warp < nwork) store_warp_partial<TT, NT, M, MP>(red + warp * BT * MP, acc, ss, rows);
   __syncthreads();
   add_warp_partials<M, MP>(red, BT, rows, nwork);
@@ -779,20 +879,33 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
                           plan.block_tokens, " does not match the kernel's ", 16 * tt);
     const int bt = 16 * tt;
     const dim3 grid(static_cast<unsigned>((a.T + bt - 1) / bt), static_cast<unsigned>(S));
-    const size_t smem =
-        sizeof(float) * bt * warps * Sh::MP +
-        (MODE == Mode::FUSED ? sizeof(float) * bt * Sh::NC
-                             : sizeof(uint4) * warps * kXStages * 2 * tt * 32);
+    size_t smem = sizeof(float) * bt * (warps * Sh::MP + Sh::NC);  // fused: red, then coef
+    if constexpr (MODE != Mode::FUSED) {
+      if (plan.fn_ring)  // the ring, which red overlays afterwards
+        smem = full ? MainRing<N, MODE, true>::bytes(warps) : MainRing<N, MODE, false>::bytes(warps);
+      else  // red, then the activation ring
+        smem = sizeof(float) * bt * warps * Sh::MP + sizeof(uint4) * warps * kRegStages * 2 * tt * 32;
+    }
     if (ws) mp.ws = ws->data_ptr<float>();
     launch(kernel, device, grid, dim3(32 * warps), smem, stream, mp);
   };
 
+  TORCH_INTERNAL_ASSERT(!(plan.fn_ring && MODE == Mode::FUSED), "fn_ring: pre / head only");
+  const bool ring = plan.fn_ring;
   if (full) {
     constexpr int TT = tiles_per_block<N, MODE, true>();
-    if constexpr (MODE != Mode::HEAD) {
-      if (norm) return main_launch(hc_main_kernel<N, MODE, true, true, HS>, TT, 8, nullptr);
+    if constexpr (MODE == Mode::PRE) {
+      if (norm)
+        return ring ? main_launch(hc_main_kernel<N, MODE, true, true, HS, false, true>, TT, 8, nullptr)
+                    : main_launch(hc_main_kernel<N, MODE, true, true, HS>, TT, 8, nullptr);
     }
-    return main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
+    if constexpr (MODE == Mode::FUSED) {
+      if (norm) return main_launch(hc_main_kernel<N, MODE, true, true, HS>, TT, 8, nullptr);
+      return main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
+    } else {
+      return ring ? main_launch(hc_main_kernel<N, MODE, true, false, HS, false, true>, TT, 8, nullptr)
+                  : main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
+    }
   }
 
   constexpr int TT = tiles_per_block<N, MODE, false>();
@@ -808,6 +921,9 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
       main_launch(hc_main_kernel<N, MODE, false, false, 0, true>, TT, warps, &ws);
     else
       main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
+  } else if constexpr (MODE != Mode::FUSED) {
+    if (ring) main_launch(hc_main_kernel<N, MODE, false, false, 0, false, true>, TT, warps, &ws);
+    else main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
   } else {
     main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
   }
