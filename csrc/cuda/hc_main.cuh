@@ -336,6 +336,22 @@ __device__ __forceinline__ void store_warp_partial(float* mine, const float (&ac
   }
 }
 
+// One (group, stream) unit's activations into a ring slot [2 TT][32 lanes] with cp.async:
+// rows g and g + 8 of every 16-row tile from t0, this lane's 8 columns from h of stream i
+// (zero-filled past H and past T).
+template <int N, int TT>
+__device__ __forceinline__ void copy_unit_acts(uint4* slot, const uint16_t* res, int64_t t0,
+                                               int64_t T, int H, int h, int i, int g) {
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int64_t t = t0 + 16 * tt + g + 8 * hf;
+      const bool ok = h < H && t < T;
+      cp_async16_pf256(slot + (2 * tt + hf) * 32, ok ? res + (t * N + i) * H + h : res, ok);
+    }
+}
+
 // Slices 1..nwork-1 of red [W][BT][MP] added to slice 0 in warp order, for the first `rows`
 // rows (M dots and the sum of squares each).
 template <int M, int MP>
@@ -559,15 +575,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
           const int gi = gb + uu / N, i = uu % N;
           const int h = gi * kGroupCols + 8 * c;
           uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
-  #pragma unroll
-          for (int tt = 0; tt < TT; ++tt)
-  #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              const int64_t t = t0 + 16 * tt + g + 8 * hf;
-              const bool ok = h < H && t < T;
-              cp_async16_pf256(slot + (2 * tt + hf) * 32, ok ? p.res + (t * N + i) * H + h : p.res,
-                               ok);
-            }
+          copy_unit_acts<N, TT>(slot, p.res, t0, T, H, h, i, g);
         }
         cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
       };
@@ -575,7 +583,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
         if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gb) * N + uu, lane, fr);
         else load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
       };
-  #pragma unroll
+#pragma unroll
       for (int k = 0; k < kRegStages - 1; ++k) stage_x(k);
       float4 fr[NT][2];
       if (warp < units) load_fn(warp, fr);
@@ -587,12 +595,12 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
         unit_frags<NT>(staged, fr, f);
         cp_async_wait<kRegStages - 1>();  // this unit's group has landed (this lane's own slots)
         const uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
-  #pragma unroll
+#pragma unroll
         for (int tt = 0; tt < TT; ++tt) {
           if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
           mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
         }
-  #pragma unroll
+#pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           fr[nt][0] = fr_next[nt][0];
           fr[nt][1] = fr_next[nt][1];
@@ -613,24 +621,16 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
           const int gi = gb + uu / N, i = uu % N;
           const int h = gi * kGroupCols + 8 * c;
           uint4* slot = ring + (k % kStages) * Ring::kSlot;
-  #pragma unroll
-          for (int tt = 0; tt < TT; ++tt)
-  #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              const int64_t t = t0 + 16 * tt + g + 8 * hf;
-              const bool ok = h < H && t < T;
-              cp_async16_pf256(slot + (2 * tt + hf) * 32, ok ? p.res + (t * N + i) * H + h : p.res,
-                               ok);
-            }
+          copy_unit_acts<N, TT>(slot, p.res, t0, T, H, h, i, g);
           // fn slot [NT][kParts][32 lanes]: lane (g, c)'s 8 values of row 8 nt + g, columns
           // h .. h + 7, as two 16-byte halves. Staged fn is stored in that order. Raw fn is
           // copied so that each instruction covers whole sectors: copy k2 of lane (g, c) takes
           // the row's 16-byte chunk q = 4 k2 + c (columns 4q .. 4q + 3 of the group), which is
           // half q % 2 of lane (g, q / 2) (so the lanes read each other's copies: __syncwarp).
           uint4* fslot = slot - lane + 2 * TT * 32;
-  #pragma unroll
+#pragma unroll
           for (int nt = 0; nt < NT; ++nt)
-  #pragma unroll
+#pragma unroll
             for (int k2 = 0; k2 < kParts; ++k2) {
               if (staged) {
                 const int64_t unit = static_cast<int64_t>(gi) * N + i;
@@ -649,7 +649,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
         }
         cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
       };
-  #pragma unroll
+#pragma unroll
       for (int k = 0; k < kStages - 1; ++k) stage_x(k);
       for (int k = 0, u = warp; u < units; ++k, u += W) {
         if (!staged) __syncwarp();  // raw fn: the slot refilled next was read by other lanes
@@ -658,9 +658,9 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
         if (!staged) __syncwarp();      // raw fn: every lane's copies, for the other lanes
         const uint4* slot = ring + (k % kStages) * Ring::kSlot;
         float4 fr[NT][2];
-  #pragma unroll
+#pragma unroll
         for (int nt = 0; nt < NT; ++nt)
-  #pragma unroll
+#pragma unroll
           for (int k2 = 0; k2 < kParts; ++k2) {
             const uint4 v = slot[(2 * TT + nt * kParts + k2) * 32];
             fr[nt][k2] = make_float4(__uint_as_float(v.x), __uint_as_float(v.y),
@@ -668,7 +668,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
           }
         FnFrag<kParts> f[NT];
         unit_frags<NT>(staged, fr, f);
-  #pragma unroll
+#pragma unroll
         for (int tt = 0; tt < TT; ++tt) {
           if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
           mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
