@@ -58,7 +58,7 @@ if torch.cuda.get_device_capability()[0] >= 9 and not os.environ.get("SANITIZE_N
     run_stream_ops(17, 2, 264, False)
     mhc_ops._C.set_cluster_min_tokens(old)
 
-# Staged fn (Plan.staged_fn; by default pre / fused from T = 1024): SPLIT_K with a partial K
+# Staged fn (Plan.staged_fn; by default pre / fused from T = 512): SPLIT_K with a partial K
 # group, FULL_K with the norm, n = 8 (fn blocks loaded one by one). The fused op's half-stream
 # units (Plan.split_streams, T <= 32, even n) run in the decode cases above.
 old = mhc_ops._C.set_staged_fn_min_tokens(1)

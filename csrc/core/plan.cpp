@@ -10,7 +10,10 @@
 //    reduced in fixed order by an epilogue kernel chained with programmatic dependent launch.
 //    Once upstream's rule needs no split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs
 //    own 32 tokens each and do the whole pipeline (GEMM over all K, gates, stream sum) with no
-//    partial buffer.
+//    partial buffer. How fn reaches the mma changes with T but never the order of the sums:
+//    staged as ready fragments by a first kernel (pre / fused, T >= 512) and streamed through
+//    the main kernel's cp.async ring with the activations (pre / head, T >= 512; below, one
+//    unit ahead in registers). The constants below give the measurements.
 //  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
 //    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh). It wins only
 //    where its fixed per-CTA latency is small against the other plans' cost, so it runs in the
