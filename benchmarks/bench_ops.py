@@ -298,6 +298,9 @@ def main() -> int:
                     help="move the planner's CLUSTER threshold (crossover studies only)")
     ap.add_argument("--split-target-ctas", type=int, default=None,
                     help="CTAs the SPLIT_K split count aims at (split-count studies only)")
+    ap.add_argument("--epilogue-chunks", type=int, default=None,
+                    help="chunks of H per token in the SPLIT_K epilogue (studies only; 0: "
+                         "the launcher's rule)")
     ap.add_argument("--staged-fn-min-tokens", type=int, default=None,
                     help="T from which pre / fused / head stage fn (studies only; 2**63-1: never)")
     args = ap.parse_args()
@@ -310,6 +313,9 @@ def main() -> int:
     if args.split_target_ctas is not None:
         mhc_ops._C.set_split_target_ctas(args.split_target_ctas)
         print(f"SPLIT_K plans aim at {args.split_target_ctas} CTAs")
+    if args.epilogue_chunks is not None:
+        mhc_ops._C.set_epilogue_chunks(args.epilogue_chunks)
+        print(f"epilogue chunks {args.epilogue_chunks}")
     if args.staged_fn_min_tokens is not None:
         mhc_ops._C.set_staged_fn_min_tokens(args.staged_fn_min_tokens)
         print(f"fn staged from T = {args.staged_fn_min_tokens}")

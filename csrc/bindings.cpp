@@ -66,6 +66,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
   // Benchmarks and tests only: from which T pre / head stream fn through the main kernel's
   // ring (plan.h; INT64_MAX: never). Returns the previous value.
+  m.def("epilogue_chunks", &mhc::epilogue_chunks);
+  m.def("set_epilogue_chunks", &mhc::set_epilogue_chunks, py::arg("chunks"));
   m.def("fn_ring_min_tokens", &mhc::fn_ring_min_tokens);
   m.def("set_fn_ring_min_tokens", &mhc::set_fn_ring_min_tokens, py::arg("num_tokens"));
   m.def("launched_plans", [] {

@@ -76,6 +76,7 @@ constexpr int64_t kFnRingTokens = 512;
 constexpr int64_t kSplitStreamTokens = 32;
 std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 std::atomic<int64_t> g_fn_ring_min_tokens{kFnRingTokens};
+std::atomic<int64_t> g_epilogue_chunks{0};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 for
 // T = 2048 .. 8191, where it measured faster than FULL_K / SPLIT_K with fn in the ring (H100,
@@ -153,6 +154,9 @@ int64_t set_staged_fn_min_tokens(int64_t t) { return g_staged_fn_min_tokens.exch
 
 int64_t fn_ring_min_tokens() { return g_fn_ring_min_tokens.load(); }
 int64_t set_fn_ring_min_tokens(int64_t t) { return g_fn_ring_min_tokens.exchange(t); }
+
+int64_t epilogue_chunks() { return g_epilogue_chunks.load(); }
+int64_t set_epilogue_chunks(int64_t chunks) { return g_epilogue_chunks.exchange(chunks); }
 
 int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
 int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }

@@ -100,6 +100,12 @@ int64_t set_staged_fn_min_tokens(int64_t t);
 int64_t fn_ring_min_tokens();
 int64_t set_fn_ring_min_tokens(int64_t t);
 
+// Benchmarks only: chunks of H per token for the SPLIT_K epilogue without the folded norm
+// (0, the default: the launcher's rule, csrc/cuda/hc_main.cuh; k > 0: min(k, H / 1024)).
+// Returns the previous value.
+int64_t epilogue_chunks();
+int64_t set_epilogue_chunks(int64_t chunks);
+
 // Upstream's split rule, kept for callers that size DeepGEMM-style partial buffers:
 // max(1, min(sms / ceil(T / 64), ceil(K / 64) / 4)).
 int64_t upstream_num_splits(int64_t num_tokens, int64_t k, int64_t num_sms);

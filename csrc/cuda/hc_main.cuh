@@ -20,8 +20,8 @@
 //    epilogue kernel (launched with programmatic dependent launch, so it is resident and has
 //    prefetched the residual when the main kernel ends) adds them in split order, computes the
 //    gates (a dedicated warp runs the 20 Sinkhorn rounds in registers while the other four
-//    stream the weighted sum) and writes the outputs. Decode sizes spread the epilogue of one
-//    token over several CTAs (chunks of H).
+//    stream the weighted sum) and writes the outputs. The epilogue of one token is spread over
+//    several CTAs (chunks of H: ~2 vectors per stream thread, more CTAs at decode sizes).
 //  * FULL_K (larger T): one kernel; a CTA owns 32 tokens, reduces over all K, then each warp
 //    streams the weighted sum of whole tokens while one warp runs the Sinkhorns (one per lane).
 //  * CLUSTER (csrc/cuda/hc_cluster.cuh; the planner runs it only where it measured faster):
@@ -928,13 +928,20 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
   }
 
-  // Epilogue: spread decode sizes over chunks of H (about two CTAs per SM in all), whole
-  // tokens otherwise; the folded norm needs the whole row in one CTA.
+  // Epilogue: a token's row in chunks of H, one CTA each (the folded norm needs the whole row
+  // in one CTA). Chunks of ~2 vectors of 8 columns per stream thread for pre / fused and 1 for
+  // head, and at decode sizes as many as give about two CTAs per SM in all. Whole rows per CTA
+  // (7 vectors per thread at H = 7168) had streamed the second read at ~2.3 TB/s; with these
+  // chunks, H100, cold fn, us (NOTES.md, v8): pre T = 4096 125.7 -> 117.3 (H = 4096),
+  // 228.9 -> 194.3 (H = 7168); head T = 4096 123.1 -> 109.9 (H = 4096).
   constexpr Mode EM = MODE == Mode::HEAD ? Mode::HEAD : Mode::PRE;
   const int H8 = a.H / 8;
   const int max_chunks = std::max(1, H8 / kEpiThreads);
-  const int64_t want = (2 * static_cast<int64_t>(num_sms(device)) + a.T - 1) / a.T;
-  const int HC = norm ? 1 : static_cast<int>(std::min<int64_t>(max_chunks, std::max<int64_t>(1, want)));
+  const int per_chunk = (MODE == Mode::HEAD ? 1 : 2) * kEpiThreads;  // 8-column vectors
+  const int64_t want = std::max<int64_t>((H8 + per_chunk - 1) / per_chunk,
+                                         (2 * static_cast<int64_t>(num_sms(device)) + a.T - 1) / a.T);
+  const int64_t forced = epilogue_chunks();  // benchmarks only (plan.h)
+  const int HC = norm ? 1 : static_cast<int>(std::min<int64_t>(max_chunks, forced > 0 ? forced : want));
   const int CW = (H8 + HC - 1) / HC;
   EpiParams ep{MODE == Mode::FUSED ? a.res_out : a.res, ws.data_ptr<float>(), a.scale, a.base,
                a.norm_w, a.post_out, a.comb_out, a.out, a.T, a.H, S, HC, CW,
