@@ -465,6 +465,50 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
+# SPLIT_K epilogue chunks: a token's row over 1..H/1024 CTAs; each chunk reduces the partials
+# and computes the gates the same way, so every chunk count gives the same bits, and every
+# element is written (outputs NaN-filled).
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 4096, 7168])
+@pytest.mark.parametrize("T", [300, 1000])  # SPLIT_K
+def test_epilogue_chunks_are_bit_identical(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    old_chunks = mhc_ops._C.epilogue_chunks()
+    g = _gen(h.seed_of("epilogue_chunks", T, H))
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
+    p = _sub(_pre_params(g, N_HC, H, norm=False), norm_weight=None)
+    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+          "hc_base": p["hc_base"][:N_HC]}
+    calls = {
+        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **p),
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
+        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+    try:
+        got = {}
+        for chunks in (1, 2, 3, 4, 7, 0):  # 0: the launcher's rule
+            mhc_ops._C.set_epilogue_chunks(chunks)
+            for kind, call in calls.items():
+                assert plan.plan_of(kind, T, **kw).variant == "split_k"
+                got.setdefault(kind, []).append(call())
+    finally:
+        mhc_ops._C.set_epilogue_chunks(old_chunks)
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    for kind, runs in got.items():
+        for run in runs[1:]:
+            for a, b in zip(runs[0], run):
+                assert torch.isfinite(b).all(), kind
+                assert torch.equal(a, b), kind
+    idx = _rows(T)
+    h.check_pre_outputs(tuple(o[idx] for o in got[KernelType.MHC_PRE][-1]), res[idx], p)
+
+
+# ----------------------------------------------------------------------------------------------
 # CLUSTER plans (sm_90+): token blocks split over a cluster, partial groups, tails, isolation.
 
 @pytest.fixture
