@@ -13,7 +13,8 @@
 // whole group for the fused op (at decode sizes a group with half of its output streams, so
 // twice the warps share the post mix), each unit one round of loads for all 16-row tiles of
 // the token block on mma.sync (common.cuh). Pre / head stream the activations through a per-warp
-// cp.async ring (kXStages units in flight) and prefetch fn one unit ahead in registers. Each
+// cp.async ring (4 units in flight); fn travels in that ring too from T = 512 (Plan::fn_ring,
+// MainRing), and below it is prefetched one unit ahead in registers. Each
 // warp leaves its sums in its own shared-memory slice; one barrier, then the slices are added
 // in warp order.
 //  * SPLIT_K (T <= 32 * num_sms): the main kernel writes per-split partials [T, S, M + 1]; the
@@ -451,7 +452,8 @@ __device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
 // ---------------------------------------------------------------------------------------------
 // Main kernel. grid (token blocks, splits); block = warps * 32. Dynamic shared memory:
 // red [W][BT][MP] floats (one slice per warp), then the gates of the tokens [BT][NC] (fused)
-// or the activation ring xs [W][kXStages][2 TT][32] uint4 (pre / head).
+// or the activation ring [W][kRegStages][2 TT][32] uint4 (pre / head); with RING
+// (Plan::fn_ring) the ring of MainRing [W][kStages][kSlot] uint4, which red overlays after it.
 template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool HALF = false, bool RING = false>
 __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainParams p) {
   using Sh = Shape<N, MODE>;
