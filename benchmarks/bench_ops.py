@@ -285,6 +285,35 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+# Planner and launcher knobs for studies (csrc/core/plan.h; set through mhc_ops._C): the
+# option's name, what it sets, and the line printed when it is given.
+KNOBS = (
+    ("cluster_min_tokens", "move the planner's CLUSTER threshold (crossover studies only)",
+     "CLUSTER plans from T = {}"),
+    ("split_target_ctas", "CTAs the SPLIT_K split count aims at (split-count studies only)",
+     "SPLIT_K plans aim at {} CTAs"),
+    ("epilogue_chunks", "chunks of H per token in the SPLIT_K epilogue (studies only; 0: the "
+     "launcher's rule)", "epilogue chunks {}"),
+    ("staged_fn_min_tokens", "T from which pre / fused stage fn (studies only; 2**63-1: never)",
+     "fn staged from T = {}"),
+    ("fn_ring_min_tokens", "T from which pre / head stream fn through the main kernel's ring "
+     "(studies only; 2**63-1: never)", "fn through the main kernel's ring from T = {}"),
+)
+
+
+def add_knob_args(ap: argparse.ArgumentParser) -> None:
+    for name, doc, _ in KNOBS:
+        ap.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=doc)
+
+
+def apply_knobs(args: argparse.Namespace) -> None:
+    for name, _, said in KNOBS:
+        value = getattr(args, name)
+        if value is not None:
+            getattr(mhc_ops._C, "set_" + name)(value)
+            print(said.format(value))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one point: T=64, H=7168, all ops")
@@ -294,31 +323,12 @@ def main() -> int:
     ap.add_argument("--impls", default="mhc_ops,eager,compile")
     ap.add_argument("--out", default=None, help="JSON file; rows of other impls are kept")
     ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
-    ap.add_argument("--cluster-min-tokens", type=int, default=None,
-                    help="move the planner's CLUSTER threshold (crossover studies only)")
-    ap.add_argument("--split-target-ctas", type=int, default=None,
-                    help="CTAs the SPLIT_K split count aims at (split-count studies only)")
-    ap.add_argument("--epilogue-chunks", type=int, default=None,
-                    help="chunks of H per token in the SPLIT_K epilogue (studies only; 0: "
-                         "the launcher's rule)")
-    ap.add_argument("--staged-fn-min-tokens", type=int, default=None,
-                    help="T from which pre / fused / head stage fn (studies only; 2**63-1: never)")
+    add_knob_args(ap)
     args = ap.parse_args()
     if not (mhc_ops.cuda_available() and torch.cuda.is_available()):
         print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
         return 2
-    if args.cluster_min_tokens is not None:
-        mhc_ops._C.set_cluster_min_tokens(args.cluster_min_tokens)
-        print(f"CLUSTER plans from T = {args.cluster_min_tokens}")
-    if args.split_target_ctas is not None:
-        mhc_ops._C.set_split_target_ctas(args.split_target_ctas)
-        print(f"SPLIT_K plans aim at {args.split_target_ctas} CTAs")
-    if args.epilogue_chunks is not None:
-        mhc_ops._C.set_epilogue_chunks(args.epilogue_chunks)
-        print(f"epilogue chunks {args.epilogue_chunks}")
-    if args.staged_fn_min_tokens is not None:
-        mhc_ops._C.set_staged_fn_min_tokens(args.staged_fn_min_tokens)
-        print(f"fn staged from T = {args.staged_fn_min_tokens}")
+    apply_knobs(args)
     ops = args.ops.split(",")
     tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
     widths = [7168] if args.quick else [int(h) for h in args.widths.split(",")]

@@ -42,17 +42,11 @@ def main() -> None:
     ap.add_argument("--ops", default=",".join(bench_ops.OPS))
     ap.add_argument("--tokens", default="1,64,4096")
     ap.add_argument("--widths", default="7168")
-    ap.add_argument("--cluster-min-tokens", type=int, default=None,
-                    help="turn the CLUSTER plans on from this T (off by default)")
-    ap.add_argument("--staged-fn-min-tokens", type=int, default=None,
-                    help="T from which pre / fused / head stage fn (2**63-1: never)")
+    bench_ops.add_knob_args(ap)
     args = ap.parse_args()
     if args.summarize:
         return summarize(args.summarize)
-    if args.cluster_min_tokens is not None:
-        mhc_ops._C.set_cluster_min_tokens(args.cluster_min_tokens)
-    if args.staged_fn_min_tokens is not None:
-        mhc_ops._C.set_staged_fn_min_tokens(args.staged_fn_min_tokens)
+    bench_ops.apply_knobs(args)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     g = torch.Generator(device="cuda").manual_seed(0)
     for op in args.ops.split(","):

@@ -59,15 +59,17 @@ PYBIND11_MODULE(_C, m) {
   // Benchmarks only: the CTAs SPLIT_K plans aim at (plan.h; below 0, the default, the
   // planner's choice). Returns the previous value.
   m.def("split_target_ctas", &mhc::split_target_ctas);
-  // Benchmarks and tests only: from which T pre / fused / head stage fn (plan.h; INT64_MAX:
-  // never). Returns the previous value.
+  m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
+  // Benchmarks and tests only: from which T pre / fused stage fn (plan.h; INT64_MAX: never).
+  // Returns the previous value.
   m.def("staged_fn_min_tokens", &mhc::staged_fn_min_tokens);
   m.def("set_staged_fn_min_tokens", &mhc::set_staged_fn_min_tokens, py::arg("num_tokens"));
-  m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
-  // Benchmarks and tests only: from which T pre / head stream fn through the main kernel's
-  // ring (plan.h; INT64_MAX: never). Returns the previous value.
+  // Benchmarks and tests only: chunks of H per token in the SPLIT_K epilogue (plan.h; 0, the
+  // default, the launcher's rule). Returns the previous value.
   m.def("epilogue_chunks", &mhc::epilogue_chunks);
   m.def("set_epilogue_chunks", &mhc::set_epilogue_chunks, py::arg("chunks"));
+  // Benchmarks and tests only: from which T pre / head stream fn through the main kernel's
+  // ring (plan.h; INT64_MAX: never). Returns the previous value.
   m.def("fn_ring_min_tokens", &mhc::fn_ring_min_tokens);
   m.def("set_fn_ring_min_tokens", &mhc::set_fn_ring_min_tokens, py::arg("num_tokens"));
   m.def("launched_plans", [] {

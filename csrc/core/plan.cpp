@@ -64,8 +64,8 @@ constexpr int64_t kStagedFnTokens = 512;
 // From this T the pre / head main kernel streams each unit's fn through its cp.async ring
 // with the activations, up to 3 units ahead, instead of one unit ahead in registers: ncu
 // had put 28% of the kernel's stall samples on waiting for that fn (pre T = 4096, H = 7168).
-// H100, cold fn (NOTES.md, v8), us: pre T = 4096 134.6 -> 125.9 (H = 4096), 242.6 -> 229.4
-// (H = 7168); head T = 1024 59.8 -> 53.3 (H = 7168). Below T = 512 it was slower (pre T = 1,
+// H100, cold fn (NOTES.md, v8), us: pre T = 4096 134.5 -> 125.9 (H = 4096), 242.3 -> 229.3
+// (H = 7168); head T = 1024 59.7 -> 53.3 (H = 7168). Below T = 512 it was slower (pre T = 1,
 // H = 4096: 6.7 -> 7.5; T = 256: 15.7 -> 17.4).
 constexpr int64_t kFnRingTokens = 512;
 // Up to this T the fused op's main kernel takes a K group with half of its output streams as
@@ -81,8 +81,8 @@ std::atomic<int64_t> g_epilogue_chunks{0};
 // Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 for
 // T = 2048 .. 8191, where it measured faster than FULL_K / SPLIT_K with fn in the ring (H100,
 // cold fn, CUDA-graph medians, NOTES.md, v8; cluster / other, us: T = 2048 106.2 / 109.0,
-// 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192 389.4 / 387.3, 16384 767.7 / 755.4). mhc_pre and the fused op
-// also measured faster at H = 4096 and T = 16..128 / 16..64, but the cluster kernel has no
+// 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192 389.4 / 387.3, 16384 767.7 / 755.4). mhc_pre
+// and the fused op also measured faster at H = 4096 and T = 16..128 / 16..64, but the cluster kernel has no
 // folded RMSNorm, and a norm call must reduce in the same order as the plain one (their gates
 // are bit-identical, tests/test_mhc_pre.py), so they keep the other plans until it has one.
 struct TokenRange {
@@ -241,9 +241,9 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.num_splits = static_cast<int32_t>(splits);
       p.block_tokens = block;
       p.staged_fn = kind != KernelType::HC_HEAD && num_tokens >= g_staged_fn_min_tokens.load();
-      // Not under batch invariance: the units set the order in which a token's sums are added.
       p.fn_ring = kind != KernelType::MHC_FUSED_POST_PRE &&
                   num_tokens >= g_fn_ring_min_tokens.load();
+      // Not under batch invariance: the units set the order in which a token's sums are added.
       p.split_streams = kind == KernelType::MHC_FUSED_POST_PRE && !full_k &&
                         !opt.batch_invariant && hc_mult % 2 == 0 &&
                         num_tokens <= kSplitStreamTokens;

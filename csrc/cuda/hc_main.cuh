@@ -33,6 +33,8 @@
 // batch-invariant plan (fixed split count) gives a token the same bits in any batch.
 #pragma once
 
+#include <type_traits>
+
 #include "core/plan.h"
 #include "cuda/common.cuh"
 
@@ -892,43 +894,39 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     launch(kernel, device, grid, dim3(32 * warps), smem, stream, mp);
   };
 
+  // The plan's main-kernel instance: FULL_K (whole K, hidden_spec HS, the folded norm for pre /
+  // fused) or SPLIT_K (any H), with half units (fused, Plan::split_streams) or the fn ring (pre /
+  // head, Plan::fn_ring).
   TORCH_INTERNAL_ASSERT(!(plan.fn_ring && MODE == Mode::FUSED), "fn_ring: pre / head only");
-  const bool ring = plan.fn_ring;
-  if (full) {
-    constexpr int TT = tiles_per_block<N, MODE, true>();
-    if constexpr (MODE == Mode::PRE) {
-      if (norm)
-        return ring ? main_launch(hc_main_kernel<N, MODE, true, true, HS, false, true>, TT, 8, nullptr)
-                    : main_launch(hc_main_kernel<N, MODE, true, true, HS>, TT, 8, nullptr);
-    }
+  TORCH_INTERNAL_ASSERT(!plan.split_streams || (MODE == Mode::FUSED && N % 2 == 0 && !full),
+                        "split_streams: fused SPLIT_K, even n");
+  const auto run_main = [&](auto fullk, auto normk, int warps, at::Tensor* ws) {
+    constexpr bool F = decltype(fullk)::value, NM = decltype(normk)::value;
+    constexpr int TT = tiles_per_block<N, MODE, F>(), hs = F ? HS : 0;
     if constexpr (MODE == Mode::FUSED) {
-      if (norm) return main_launch(hc_main_kernel<N, MODE, true, true, HS>, TT, 8, nullptr);
-      return main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
+      if constexpr (!F && N % 2 == 0) {
+        if (plan.split_streams)
+          return main_launch(hc_main_kernel<N, MODE, F, NM, hs, true>, TT, warps, ws);
+      }
+      return main_launch(hc_main_kernel<N, MODE, F, NM, hs>, TT, warps, ws);
     } else {
-      return ring ? main_launch(hc_main_kernel<N, MODE, true, false, HS, false, true>, TT, 8, nullptr)
-                  : main_launch(hc_main_kernel<N, MODE, true, false, HS>, TT, 8, nullptr);
+      if (plan.fn_ring)
+        return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, true>, TT, warps, ws);
+      return main_launch(hc_main_kernel<N, MODE, F, NM, hs>, TT, warps, ws);
     }
+  };
+  if (full) {
+    if constexpr (MODE != Mode::HEAD) {
+      if (norm) return run_main(std::true_type{}, std::true_type{}, 8, nullptr);
+    }
+    return run_main(std::true_type{}, std::false_type{}, 8, nullptr);
   }
 
-  constexpr int TT = tiles_per_block<N, MODE, false>();
   at::Tensor ws = at::empty({a.T, S, Sh::MP}, fopts);
   // Units per split (hc_main_kernel): (group, stream) for pre / head; for the fused op whole
   // groups, or (group, half of the streams) under Plan::split_streams.
-  TORCH_INTERNAL_ASSERT(!plan.split_streams || (MODE == Mode::FUSED && N % 2 == 0),
-                        "split_streams: fused op, even n");
   const int units = gpc * (MODE == Mode::FUSED ? (plan.split_streams ? 2 : 1) : N);
-  const int warps = std::min(8, units);
-  if constexpr (MODE == Mode::FUSED && N % 2 == 0) {
-    if (plan.split_streams)
-      main_launch(hc_main_kernel<N, MODE, false, false, 0, true>, TT, warps, &ws);
-    else
-      main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
-  } else if constexpr (MODE != Mode::FUSED) {
-    if (ring) main_launch(hc_main_kernel<N, MODE, false, false, 0, false, true>, TT, warps, &ws);
-    else main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
-  } else {
-    main_launch(hc_main_kernel<N, MODE, false, false, 0>, TT, warps, &ws);
-  }
+  run_main(std::false_type{}, std::false_type{}, std::min(8, units), &ws);
 
   // Epilogue: a token's row in chunks of H, one CTA each (the folded norm needs the whole row
   // in one CTA). Chunks of ~2 vectors of 8 columns per stream thread for pre / fused and 1 for
