@@ -68,6 +68,10 @@ PYBIND11_MODULE(_C, m) {
   // default, the launcher's rule). Returns the previous value.
   m.def("epilogue_chunks", &mhc::epilogue_chunks);
   m.def("set_epilogue_chunks", &mhc::set_epilogue_chunks, py::arg("chunks"));
+  // Studies and tests only: buffers of the persistent hc_head CLUSTER kernel (plan.h; 0, the
+  // default, the launcher's; 1: the one-block-per-cluster kernel). Returns the previous value.
+  m.def("cluster_buffers", &mhc::cluster_buffers);
+  m.def("set_cluster_buffers", &mhc::set_cluster_buffers, py::arg("buffers"));
   // Benchmarks and tests only: from which T pre / head stream fn through the main kernel's
   // ring (plan.h; INT64_MAX: never). Returns the previous value.
   m.def("fn_ring_min_tokens", &mhc::fn_ring_min_tokens);

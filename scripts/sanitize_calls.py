@@ -56,6 +56,16 @@ if torch.cuda.get_device_capability()[0] >= 9 and not os.environ.get("SANITIZE_N
     old = mhc_ops._C.set_cluster_min_tokens(1)
     run_stream_ops(20, 4, 520, False)
     run_stream_ops(17, 2, 264, False)
+    # the persistent hc_head kernel (n = 4, H = 4096 / 7168) with 2 and 3 buffers: more
+    # blocks than resident clusters, so the buffers rotate, and a partial last block
+    for H in (7168, 4096):
+        a = stream_args(16 * 20 + 5, 4, H, False)
+        for nb in (2, 3):
+            old_nb = mhc_ops._C.set_cluster_buffers(nb)
+            mhc_ops.hc_head(a["residual"], a["fn"][:4].cpu().cuda(), a["hc_scale"][:1],
+                            a["hc_base"][:4])
+            mhc_ops._C.set_cluster_buffers(old_nb)
+    del a
     mhc_ops._C.set_cluster_min_tokens(old)
 
 # Staged fn (Plan.staged_fn; by default pre / fused from T = 512): SPLIT_K with a partial K

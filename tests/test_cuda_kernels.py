@@ -547,6 +547,36 @@ def test_cluster_plan_small_hc_mult(n):
     check_head(333, 7168, seed=h.seed_of("chn", n), n=n)
 
 
+# hc_head at n = 4, H = 4096 / 7168 runs the persistent cluster kernel (a cluster walks token
+# blocks with 2 or 3 shared-memory buffers filled by bulk copies; hc_cluster.cuh): the same units, fragments and sums as the one-block-per-cluster kernel
+# (cluster_buffers 1), so the same bits, every element written, and the float64 reference.
+# T = 2500: ~20 blocks per cluster, the buffers rotate.
+@pytest.mark.usefixtures("nan_filled", "clusters_on")
+@pytest.mark.parametrize("H", [4096, 7168])
+@pytest.mark.parametrize("T", [64, 97, 300, 2500])
+def test_head_persistent_cluster_is_bit_identical(T, H):
+    assert _variant(KernelType.HC_HEAD, T, H) == "cluster"
+    g = _gen(h.seed_of("head_persist", T, H))
+    K = N_HC * H
+    inp = {"residual": _randn(g, T, N_HC, H, dtype=torch.bfloat16),
+           "fn": _randn(g, N_HC, K, std=1 / math.sqrt(K)),
+           "hc_scale": 0.5 + torch.rand(1, generator=g, device="cuda"),
+           "hc_base": _randn(g, N_HC, std=0.5)}
+    old = mhc_ops._C.cluster_buffers()
+    try:
+        outs = []
+        for nb in (1, 2, 3, 0):  # 0: the launcher's choice
+            mhc_ops._C.set_cluster_buffers(nb)
+            outs.append(mhc_ops.hc_head(**inp))
+    finally:
+        mhc_ops._C.set_cluster_buffers(old)
+    for out in outs:
+        assert torch.isfinite(out).all(), "unwritten or non-finite output"
+        assert torch.equal(outs[0], out)
+    idx = _rows(T)
+    h.check_head_output(outs[-1][idx], _sub(inp, residual=inp["residual"][idx]))
+
+
 @pytest.mark.usefixtures("clusters_on")
 def test_cluster_nan_token_isolated_and_repeatable():
     assert _variant(KernelType.MHC_PRE, 100, 4096) == "cluster"
@@ -585,3 +615,9 @@ def test_past_2_31_cluster(big_inputs):
     h.check_post_output(r, {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
                             "comb_mix": comb[idx]}, what="fused residual_out")
     h.check_pre_outputs(tuple(o[idx] for o in outs[1:]), r, p, what="fused")
+    del outs, r
+    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+          "hc_base": p["hc_base"][:N_HC]}
+    assert _variant(KernelType.HC_HEAD, BIG_T, BIG_H) == "cluster"  # persistent at H = 7168
+    out = mhc_ops.hc_head(res, **hp)
+    h.check_head_output(out[idx], {"residual": res[idx], **hp})

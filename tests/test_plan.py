@@ -84,11 +84,20 @@ def test_cluster_plans_in_their_measured_windows():
         return [plan.plan_of(kind, t, hidden_size=hidden, num_sms=132,
                              batch_invariant=False).variant for t in tokens]
 
-    # hc_head above H = 4096 for T = 2048 .. 8191; nothing else (pre / fused must reduce in the
-    # same order with and without the folded norm, which the cluster kernel lacks)
+    # hc_head at n = 4, H = 4096 / 7168 (the persistent kernel) from T = 1024 / 2048 on; at
+    # other hidden sizes above 4096 (the one-block kernel) for T = 2048 .. 8191; nothing else
+    # (pre / fused must reduce in the same order with and without the folded norm, which the
+    # cluster kernels lack)
     assert variants("HC_HEAD", 7168, (2047, 2048, 8191, 8192, 16384)) == [
-        "split_k", "cluster", "cluster", "full_k", "full_k"]
-    assert "cluster" not in variants("HC_HEAD", 4096, (16, 64, 2048, 16384))
+        "split_k", "cluster", "cluster", "cluster", "cluster"]
+    assert variants("HC_HEAD", 4096, (16, 64, 1023, 1024, 2048, 16384)) == [
+        "split_k", "split_k", "split_k", "cluster", "cluster", "cluster"]
+    for hidden in (7176, 8192):
+        assert variants("HC_HEAD", hidden, (2047, 2048, 8191, 8192)) == [
+            "split_k", "cluster", "cluster", "full_k"]
+    assert [plan.plan_of("HC_HEAD", t, hidden_size=7168, hc_mult=2, num_sms=132,
+                         batch_invariant=False).variant for t in (2048, 8192)] == ["cluster", "full_k"]
+    assert "cluster" not in variants("HC_HEAD", 2048, (16, 1024, 4096, 16384))
     for kind in ("MHC_PRE", "MHC_FUSED_POST_PRE"):
         for hidden in (200, 4096, 7168):
             assert "cluster" not in variants(kind, hidden, (16, 19, 64, 128, 4096, 16384))
@@ -101,8 +110,10 @@ def test_cluster_plans_at_prefill_sizes():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
     for kind, block in (("MHC_PRE", 16), ("HC_HEAD", 16), ("MHC_FUSED_POST_PRE", 16)):
         p = plan.plan_of(kind, 16384, **kw)
-        # 224 K groups of 32 columns over 16 CTAs of 14 groups, blocks of 16 tokens
-        assert (p.variant, p.num_splits, p.block_tokens, p.hidden_spec) == ("cluster", 16, block, 0)
+        # 224 K groups of 32 columns over 16 CTAs of 14 groups, blocks of 16 tokens; hc_head's
+        # persistent kernel is specialised for its width
+        spec = 7168 if kind == "HC_HEAD" else 0
+        assert (p.variant, p.num_splits, p.block_tokens, p.hidden_spec) == ("cluster", 16, block, spec)
         assert plan.plan_of(kind, 1, **kw).variant == "split_k"  # decode keeps the split plan
         assert plan.plan_of(kind, 16384, clusters=False, **kw).variant == "full_k"
         # no cluster plan for the folded norm, for n > 4, or with batch invariance

@@ -15,9 +15,10 @@
 //    the main kernel's cp.async ring with the activations (pre / head, T >= 512; below, one
 //    unit ahead in registers). The constants below give the measurements.
 //  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
-//    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh). It wins only
-//    where its fixed per-CTA latency is small against the other plans' cost, so it runs in the
-//    token ranges where it measured faster on an H100 (cluster_window below; NOTES.md, v5).
+//    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh); for hc_head at
+//    n = 4, H = 4096 / 7168 a persistent kernel whose clusters walk the token blocks
+//    (hidden_spec set: the kernel is specialised). It runs in the token ranges where it
+//    measured faster on an H100 (cluster_window below; NOTES.md, v5 / v9).
 //  * block_tokens is the token block of one CTA: 16-row mma tiles, 4 of them where registers
 //    allow (fn is re-read from L2 once per block, so larger blocks save L2 traffic), 2 for the
 //    fused op and FULL_K, 1 for n > 4.
@@ -77,27 +78,35 @@ constexpr int64_t kSplitStreamTokens = 32;
 std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 std::atomic<int64_t> g_fn_ring_min_tokens{kFnRingTokens};
 std::atomic<int64_t> g_epilogue_chunks{0};
+std::atomic<int64_t> g_cluster_buffers{0};
 
-// Token ranges [lo, hi] where the CLUSTER plan runs: hc_head at hidden sizes above 4096 for
-// T = 2048 .. 8191, where it measured faster than FULL_K / SPLIT_K with fn in the ring (H100,
-// cold fn, CUDA-graph medians, NOTES.md, v8; cluster / other, us: T = 2048 106.2 / 109.0,
-// 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192 389.4 / 387.3, 16384 767.7 / 755.4). mhc_pre
+// Token ranges [lo, hi] where the CLUSTER plan runs (H100, cold fn, CUDA-graph medians):
+//  * hc_head, n = 4, H = 4096 / 7168 (the persistent kernel): from T = 1024 / 2048 on (NOTES.md,
+//    v9; persistent / other, us: H = 4096 T = 512 16.5 / 15.3, 1024 28.0 / 29.6, 4096 85.3 /
+//    109.9, 16384 319.8 / 425.6; H = 7168 T = 1024 52.9 / 50.9, 2048 96.7 / 109.0, 4096 181.1 /
+//    225.6, 16384 680.9 / 753.7);
+//  * hc_head at other hidden sizes above 4096 (the one-block kernel): T = 2048 .. 8191, where
+//    it measured faster than FULL_K / SPLIT_K with fn in the ring (H = 7168, NOTES.md, v8;
+//    cluster / other, us: T = 2048 106.2 / 109.0, 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192
+//    389.4 / 387.3, 16384 767.7 / 755.4). mhc_pre
 // and the fused op also measured faster at H = 4096 and T = 16..128 / 16..64, but the cluster kernel has no
 // folded RMSNorm, and a norm call must reduce in the same order as the plain one (their gates
 // are bit-identical, tests/test_mhc_pre.py), so they keep the other plans until it has one.
 struct TokenRange {
   int64_t lo, hi;  // empty when lo > hi
 };
-TokenRange cluster_window(KernelType kind, int64_t hidden_size) {
-  if (kind == KernelType::HC_HEAD && hidden_size > 4096)
-    return {2048, 8191};
+TokenRange cluster_window(KernelType kind, int64_t hc_mult, int64_t hidden_size) {
+  if (kind != KernelType::HC_HEAD) return {1, 0};
+  if (persistent_head_cluster(kind, hc_mult, hidden_size))
+    return {hidden_size == 4096 ? 1024 : 2048, std::numeric_limits<int64_t>::max()};
+  if (hidden_size > 4096) return {2048, 8191};
   return {1, 0};
 }
 
-bool cluster_wanted(KernelType kind, int64_t num_tokens, int64_t hidden_size) {
+bool cluster_wanted(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidden_size) {
   const int64_t from = g_cluster_min_tokens.load();
   if (from >= 0) return num_tokens >= from;
-  const TokenRange w = cluster_window(kind, hidden_size);
+  const TokenRange w = cluster_window(kind, hc_mult, hidden_size);
   return num_tokens >= w.lo && num_tokens <= w.hi;
 }
 
@@ -119,6 +128,10 @@ int64_t even_splits(int64_t groups, int64_t want) {
   return ceil_div(groups, ceil_div(groups, want));
 }
 }  // namespace
+
+bool persistent_head_cluster(KernelType kind, int64_t hc_mult, int64_t hidden_size) {
+  return kind == KernelType::HC_HEAD && hc_mult == 4 && (hidden_size == 4096 || hidden_size == 7168);
+}
 
 ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size) {
   const bool fused = kind == KernelType::MHC_FUSED_POST_PRE;
@@ -157,6 +170,9 @@ int64_t set_fn_ring_min_tokens(int64_t t) { return g_fn_ring_min_tokens.exchange
 
 int64_t epilogue_chunks() { return g_epilogue_chunks.load(); }
 int64_t set_epilogue_chunks(int64_t chunks) { return g_epilogue_chunks.exchange(chunks); }
+
+int64_t cluster_buffers() { return g_cluster_buffers.load(); }
+int64_t set_cluster_buffers(int64_t buffers) { return g_cluster_buffers.exchange(buffers); }
 
 int64_t cluster_min_tokens() { return g_cluster_min_tokens.load(); }
 int64_t set_cluster_min_tokens(int64_t t) { return g_cluster_min_tokens.exchange(t); }
@@ -210,13 +226,16 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       const int64_t k = hc_mult * hidden_size;
       const int64_t groups = ceil_div(hidden_size, kGroupColumns);
       if (opt.clusters && !opt.batch_invariant && !norm &&
-          cluster_wanted(kind, num_tokens, hidden_size)) {
+          cluster_wanted(kind, num_tokens, hc_mult, hidden_size)) {
         const ClusterShape cs = cluster_shape(kind, hc_mult, hidden_size);
         if (cs.size > 0) {
           p.variant = Variant::CLUSTER;
           p.num_splits = cs.size;
           p.block_tokens = cs.block_tokens;
-          p.hidden_spec = 0;  // one kernel for every hidden size
+          // the persistent hc_head kernel is specialised; the one-block kernel serves every H
+          p.hidden_spec = persistent_head_cluster(kind, hc_mult, hidden_size)
+                              ? static_cast<int32_t>(hidden_size)
+                              : 0;
           return p;
         }
       }

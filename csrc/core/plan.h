@@ -75,6 +75,9 @@ struct ClusterShape {
   int64_t smem_bytes = 0;    // dynamic shared memory per CTA
 };
 ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size);
+// Whether a CLUSTER plan of `kind` runs the persistent kernel (hc_head, n = 4, H = 4096 / 7168;
+// csrc/cuda/hc_cluster.cuh), which is specialised for its hidden size (Plan::hidden_spec).
+bool persistent_head_cluster(KernelType kind, int64_t hc_mult, int64_t hidden_size);
 
 // SPLIT_K plans aim at this many CTAs (token blocks x splits); below 0 (the default) the
 // planner's choice: half the SMs up to T = 64, all of them above. For split-count studies
@@ -105,6 +108,12 @@ int64_t set_fn_ring_min_tokens(int64_t t);
 // Returns the previous value.
 int64_t epilogue_chunks();
 int64_t set_epilogue_chunks(int64_t chunks);
+
+// Studies and tests only: shared-memory buffers of the persistent hc_head CLUSTER kernel (n = 4,
+// H = 4096 / 7168; csrc/cuda/hc_cluster.cuh): 0, the default, the launcher's (2 at H = 4096, 3
+// at 7168); 2 or 3; 1: the one-block-per-cluster kernel instead. Returns the previous value.
+int64_t cluster_buffers();
+int64_t set_cluster_buffers(int64_t buffers);
 
 // Upstream's split rule, kept for callers that size DeepGEMM-style partial buffers:
 // max(1, min(sms / ceil(T / 64), ceil(K / 64) / 4)).

@@ -23,6 +23,9 @@
 // csrc/core/plan.cpp, shared with the planner.
 #pragma once
 
+#include <map>
+#include <mutex>
+
 namespace mhc::cuda {
 
 constexpr int kClusterWarps = 8;  // must match kClusterWarps in csrc/core/plan.cpp
@@ -53,6 +56,11 @@ constexpr int kClusterTiles = 1;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void cluster_arrive() {
   asm volatile("barrier.cluster.arrive.release;" ::: "memory");
+}
+// Arrival that publishes nothing: unlike the release form, it does not wait until this
+// thread's earlier global stores are visible cluster-wide.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
@@ -273,10 +281,264 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// The persistent CLUSTER kernel of hc_head at the specialised widths (n = 4, H = 4096 / 7168).
+// Same cluster geometry, units, fragments and sums as hc_cluster_kernel (so the two give the
+// same bits), but each cluster walks token blocks blk = cluster, cluster + clusters, ... and
+// keeps the serial part of a block short, since that part (not HBM) bounded the one-block
+// kernel and a first persistent version alike (~6 us per block at either width: NOTES.md, v9):
+//  * NB shared-memory buffers filled with cp.async, NB - 1 blocks ahead (warp w copies the
+//    token-stream rows 8w .. 8w + 7 of a block, 512 contiguous bytes per warp instruction);
+//  * one cluster barrier per block: every CTA pushes its partial sums (M dots and the sum of
+//    squares of each token) into a slot of every CTA's receive buffer (double-buffered by block
+//    parity), then each CTA adds the CS partials of all its tokens in rank order itself and
+//    computes their gates, with no remote loads and no second barrier;
+//  * the warp's fn fragments (hc_head: n rows, one 8-row block per unit) stay in registers.
+// Dynamic shared memory: activations [NB][BT][RS] uint4, receive [2][CS][BT][MP], per-warp
+// partials [W][BT][MP], gates [BT][N] floats.
+template <int N, int HS>
+struct HeadPersistShape {
+  static constexpr int G = HS / kGroupCols;                          // K groups
+  static constexpr int GPC = (G + kClusterMax - 1) / kClusterMax;    // groups per CTA
+  static constexpr int CS = (G + GPC - 1) / GPC;                     // CTAs per cluster
+  static constexpr int SV = 4 * GPC;                                 // vectors per stream row
+  static constexpr int RS = N * SV + ((N * GPC) % 2 == 0 ? 4 : 0);   // padded token row
+  static constexpr int BT = 16 * kClusterTiles;
+  static constexpr int UPW = (GPC * N + kClusterWarps - 1) / kClusterWarps;  // units per warp
+  static constexpr int MP = Shape<N, Mode::HEAD>::MP;
+  static_assert(HS % (kGroupCols * GPC) == 0 && G / GPC == CS, "every CTA owns GPC whole groups");
+  static constexpr size_t bytes(int nb) {
+    return sizeof(uint4) * nb * BT * RS +
+           sizeof(float) * (2 * CS * BT * MP + kClusterWarps * BT * MP + BT * N);
+  }
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void st_cluster_v4(uint32_t addr, float4 v) {
+  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "f"(v.x),
+               "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+}
+#endif
+
+template <int N, int HS, int NB>
+__global__ void __launch_bounds__(kClusterWarps * 32, HeadPersistShape<N, HS>::bytes(NB) <= 113 * 1024 ? 2 : 1)
+    hc_head_persist_kernel(const ClusterParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using PS = HeadPersistShape<N, HS>;
+  constexpr int M = N, NT = 1, MP = PS::MP, BT = PS::BT, W = kClusterWarps;
+  constexpr int CS = PS::CS, SV = PS::SV, RS = PS::RS, UPW = PS::UPW;
+  constexpr int units = PS::GPC * N;
+  constexpr int64_t K = static_cast<int64_t>(N) * HS;
+  static_assert(kClusterTiles == 1, "one 16-token tile per block");
+  static_assert(BT * N == 8 * W, "warp w copies the token-stream rows 8w .. 8w + 7 of a block");
+  static_assert(MP % 4 == 0 && BT * MP / 4 <= W * 32, "one float4 of the partial per thread");
+  extern __shared__ float4 smem_raw[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int rank = cluster_rank();
+  const int64_t T = p.T;
+  const int64_t nblk = (T + BT - 1) / BT;
+  const int64_t clusters = gridDim.x / CS;
+  const int h0 = rank * PS::GPC * kGroupCols;
+
+  uint4* data = reinterpret_cast<uint4*>(smem_raw);
+  float* recv = reinterpret_cast<float*>(data + NB * BT * RS);  // [2][CS][BT][MP]
+  float* red = recv + 2 * CS * BT * MP;                           // [W][BT][MP]
+  float* gates = red + W * BT * MP;                               // [BT][N]
+
+  for (int idx = tid; idx < M * N * PS::GPC; idx += blockDim.x) {
+    const int q = idx % PS::GPC, rest = idx / PS::GPC;
+    prefetch_l2(p.fn + static_cast<int64_t>(rest / N) * K + static_cast<int64_t>(rest % N) * HS +
+                h0 + q * kGroupCols);
+  }
+  pdl_wait();
+  pdl_trigger();
+
+  // This warp's units u = warp + k W (group u / N, stream u % N): their fn fragments.
+  FnFrag<kParts> f[UPW][NT];
+#pragma unroll
+  for (int k = 0; k < UPW; ++k) {
+    const int u = warp + k * W;
+    if (u < units) {
+      float4 fr[NT][2];
+      load_fn_unit<NT, M>(p.fn, K, HS, h0 + (u / N) * kGroupCols + 8 * c, u % N, g, fr);
+      fn_frags<NT>(fr, f[k]);
+    } else {
+      f[k][0] = zero_frag<kParts>();
+    }
+  }
+
+  // Block blk's slice (BT tokens x N streams x SV vectors) into buffer b, one commit group
+  // (empty past the last block; tokens past T are zero-filled).
+  const auto issue = [&](int64_t blk, int b) {
+    if (blk < nblk) {
+      uint4* dst = data + b * BT * RS;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int row = 8 * warp + k, t = row / N, i = row % N;
+        const int64_t tok = blk * BT + t;
+        const bool ok = tok < T;
+        const uint16_t* src = p.res + (ok ? (tok * N + i) * HS + h0 : 0);
+#pragma unroll
+        for (int v = lane; v < SV; v += 32) cp_async16(dst + t * RS + i * SV + v, src + 8 * v, ok);
+      }
+    }
+    cp_async_commit();
+  };
+  const int64_t first = blockIdx.x / CS;
+#pragma unroll
+  for (int k = 0; k < NB - 1; ++k) issue(first + k * clusters, k);
+
+  const float inv_k = 1.0f / static_cast<float>(K);
+  int b = 0, par = 0;
+  for (int64_t blk = first; blk < nblk; blk += clusters) {
+    issue(blk + (NB - 1) * clusters, (b + NB - 1) % NB);  // the buffer freed last block
+    const int64_t t0 = blk * BT;
+    const int live = T - t0 < BT ? static_cast<int>(T - t0) : BT;
+    cp_async_wait<NB - 1>();  // this block's group has landed (this thread's copies)
+    __syncthreads();
+    const uint4* d = data + b * BT * RS;
+
+    float acc[1][NT][4] = {};
+    float ss[1][2] = {};
+#pragma unroll
+    for (int k = 0; k < UPW; ++k) {
+      const int u = warp + k * W;
+      if (u < units) {
+        const uint4* col = d + (u % N) * SV + 4 * (u / N) + c;
+        mma_tile<NT>(acc[0], ss[0], col[g * RS], col[(g + 8) * RS], f[k]);
+      }
+    }
+    store_warp_partial<1, NT, M, MP>(red + warp * BT * MP, acc, ss, BT);
+    __syncthreads();
+    // This CTA's partial (warps in order), one float4 of [BT][MP] per thread, into slot `rank`
+    // of every CTA's receive buffer for this block's parity.
+    const bool pusher = tid < BT * MP / 4;
+    if (pusher) {
+      float4 a = reinterpret_cast<const float4*>(red)[tid];
+      for (int w = 1; w < W; ++w) {
+        const float4 v = reinterpret_cast<const float4*>(red + w * BT * MP)[tid];
+        a.x += v.x;
+        a.y += v.y;
+        a.z += v.z;
+        a.w += v.w;
+      }
+      float* slot = recv + ((par * CS + rank) * BT) * MP + 4 * tid;
+#pragma unroll
+      for (int r = 0; r < CS; ++r) st_cluster_v4(cluster_addr(slot, r), a);
+      cluster_arrive();  // the pushes are visible to the cluster
+    } else {
+      cluster_arrive_relaxed();
+    }
+    cluster_wait();
+
+    // The gates of every token of the block: the CS partials in rank order, then head_gates.
+    if (tid < BT) {
+      const float* src = recv + (par * CS * BT + tid) * MP;
+      float dd[MP];
+#pragma unroll
+      for (int m = 0; m <= M; ++m) {
+        float a = src[m];
+#pragma unroll
+        for (int r = 1; r < CS; ++r) a += src[r * BT * MP + m];
+        dd[m] = a;
+      }
+      float pre[N];
+      head_gates<N>(dd, dd[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
+#pragma unroll
+      for (int i = 0; i < N; ++i) gates[tid * N + i] = pre[i];
+    }
+    __syncthreads();
+
+    for (int idx = tid; idx < live * SV; idx += blockDim.x) {
+      const int t = idx / SV, v = idx % SV;
+      uint4 r[N];
+      float pre[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        r[i] = d[t * RS + i * SV + v];
+        pre[i] = gates[t * N + i];
+      }
+      stg16(p.out + (t0 + t) * HS + h0 + 8 * v, combine8<N>(r, pre));
+    }
+    __syncthreads();  // buffer b and the gates are reused by the next block
+    b = (b + 1) % NB;
+    par ^= 1;
+  }
+  cp_async_wait<0>();
+#endif
+}
+
 inline KernelType kernel_type_of(Mode mode) {
   return mode == Mode::PRE ? KernelType::MHC_PRE
                            : mode == Mode::FUSED ? KernelType::MHC_FUSED_POST_PRE
                                                  : KernelType::HC_HEAD;
+}
+
+// Launches a cluster kernel: grid `clusters` x cs CTAs, cluster (cs, 1, 1), programmatic
+// stream serialisation where supported.
+template <typename Kernel>
+void launch_cluster(Kernel kernel, int device, int64_t clusters, int cs, size_t smem,
+                    cudaStream_t stream, const ClusterParams& cp) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(clusters * cs));
+  cfg.blockDim = dim3(kClusterWarps * 32);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cs);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_supported(device) ? 2 : 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, cp));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The persistent hc_head cluster kernel with NB buffers: as many clusters as fit on the device
+// at once (cudaOccupancyMaxActiveClusters, asked once per device), at most one per block.
+template <int N, int HS, int NB>
+void run_head_persist(const ClusterParams& cp, int device, cudaStream_t stream) {
+  using PS = HeadPersistShape<N, HS>;
+  const auto kernel = hc_head_persist_kernel<N, HS, NB>;
+  const size_t smem = PS::bytes(NB);
+  static std::mutex mu;
+  static std::map<int, int> fit;  // device -> clusters resident at once
+  int clusters;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = fit.find(device);
+    if (it == fit.end()) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+      if (PS::CS > 8)
+        C10_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(static_cast<unsigned>(PS::CS * 64));
+      cfg.blockDim = dim3(kClusterWarps * 32);
+      cfg.dynamicSmemBytes = smem;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = PS::CS;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      int n = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &cfg));
+      TORCH_CHECK(n > 0, "hc_head: no cluster of ", PS::CS, " CTAs with ", smem,
+                  " bytes of shared memory fits on device ", device);
+      it = fit.emplace(device, n).first;
+    }
+    clusters = it->second;
+  }
+  const int64_t blocks = (cp.T + PS::BT - 1) / PS::BT;
+  launch_cluster(kernel, device, std::min<int64_t>(blocks, clusters), PS::CS, smem, stream, cp);
 }
 
 template <int N, Mode MODE>
@@ -291,28 +553,28 @@ void run_cluster(const Plan& plan, const HcCall& a, int device, cudaStream_t str
                          a.post_out, a.comb_out, a.out, a.T, a.H, G, cs.groups, cs.size,
                          std::min(kClusterMaxStages, cs.groups), a.rms_eps, a.pre_eps,
                          a.sinkhorn_eps, a.post_mult, a.repeat};
+  if constexpr (MODE == Mode::HEAD && N == 4) {
+    // hc_head at the specialised widths: the persistent kernel with 2 buffers at H = 4096 (two
+    // CTAs of ~88 KB per SM; with 3, one per SM: T = 4096 120.3 against 85.3 us) and 3 at
+    // H = 7168 (one CTA per SM either way; T = 4096 181.1 against 183.3 us; NOTES.md, v9).
+    // cluster_buffers() overrides it for studies; 1 selects the one-block kernel below.
+    const int64_t nb = cluster_buffers();
+    if (persistent_head_cluster(KernelType::HC_HEAD, N, a.H) && nb != 1) {
+      TORCH_INTERNAL_ASSERT(plan.hidden_spec == a.H, "persistent hc_head plan without its width");
+      if (a.H == 4096)
+        return nb == 3 ? run_head_persist<N, 4096, 3>(cp, device, stream)
+                       : run_head_persist<N, 4096, 2>(cp, device, stream);
+      return nb == 2 ? run_head_persist<N, 7168, 2>(cp, device, stream)
+                     : run_head_persist<N, 7168, 3>(cp, device, stream);
+    }
+  }
   const auto kernel = hc_cluster_kernel<N, MODE>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(cs.smem_bytes)));
   if (cs.size > 8)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  cudaLaunchConfig_t cfg = {};
   const int64_t blocks = (a.T + cs.block_tokens - 1) / cs.block_tokens;
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks * cs.size));
-  cfg.blockDim = dim3(kClusterWarps * 32);
-  cfg.dynamicSmemBytes = static_cast<size_t>(cs.smem_bytes);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(cs.size);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_supported(device) ? 2 : 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, cp));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_cluster(kernel, device, blocks, cs.size, static_cast<size_t>(cs.smem_bytes), stream, cp);
 }
 
 }  // namespace mhc::cuda
