@@ -352,6 +352,10 @@ __global__ void __launch_bounds__(kClusterWarps * 32, HeadPersistShape<N, HS>::b
     prefetch_l2(p.fn + static_cast<int64_t>(rest / N) * K + static_cast<int64_t>(rest % N) * HS +
                 h0 + q * kGroupCols);
   }
+  // Distributed shared memory may be written only once every CTA of the cluster runs: this
+  // barrier's wait comes before the first push below (compute-sanitizer's racecheck flagged
+  // pushes into CTAs not yet started).
+  cluster_arrive_relaxed();
   pdl_wait();
   pdl_trigger();
 
@@ -391,6 +395,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, HeadPersistShape<N, HS>::b
   for (int k = 0; k < NB - 1; ++k) issue(first + k * clusters, k);
 
   const float inv_k = 1.0f / static_cast<float>(K);
+  cluster_wait();  // every CTA of the cluster has started (see above)
   int b = 0, par = 0;
   for (int64_t blk = first; blk < nblk; blk += clusters) {
     issue(blk + (NB - 1) * clusters, (b + NB - 1) % NB);  // the buffer freed last block
