@@ -548,8 +548,9 @@ def test_cluster_plan_small_hc_mult(n):
 
 
 # hc_head at n = 4, H = 4096 / 7168 runs the persistent cluster kernel (a cluster walks token
-# blocks with 2 or 3 shared-memory buffers filled by bulk copies; hc_cluster.cuh): the same units, fragments and sums as the one-block-per-cluster kernel
-# (cluster_buffers 1), so the same bits, every element written, and the float64 reference.
+# blocks with 2 or 3 shared-memory buffers; hc_cluster.cuh): the same units, fragments and sums
+# as the one-block-per-cluster kernel (cluster_buffers 1), so the same bits, every element
+# written, and the float64 reference.
 # T = 2500: ~20 blocks per cluster, the buffers rotate.
 @pytest.mark.usefixtures("nan_filled", "clusters_on")
 @pytest.mark.parametrize("H", [4096, 7168])

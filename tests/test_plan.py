@@ -95,8 +95,9 @@ def test_cluster_plans_in_their_measured_windows():
     for hidden in (7176, 8192):
         assert variants("HC_HEAD", hidden, (2047, 2048, 8191, 8192)) == [
             "split_k", "cluster", "cluster", "full_k"]
-    assert [plan.plan_of("HC_HEAD", t, hidden_size=7168, hc_mult=2, num_sms=132,
-                         batch_invariant=False).variant for t in (2048, 8192)] == ["cluster", "full_k"]
+    n2 = [plan.plan_of("HC_HEAD", t, hidden_size=7168, hc_mult=2, num_sms=132,
+                       batch_invariant=False).variant for t in (2048, 8192)]
+    assert n2 == ["cluster", "full_k"]
     assert "cluster" not in variants("HC_HEAD", 2048, (16, 1024, 4096, 16384))
     for kind in ("MHC_PRE", "MHC_FUSED_POST_PRE"):
         for hidden in (200, 4096, 7168):
@@ -113,7 +114,8 @@ def test_cluster_plans_at_prefill_sizes():
         # 224 K groups of 32 columns over 16 CTAs of 14 groups, blocks of 16 tokens; hc_head's
         # persistent kernel is specialised for its width
         spec = 7168 if kind == "HC_HEAD" else 0
-        assert (p.variant, p.num_splits, p.block_tokens, p.hidden_spec) == ("cluster", 16, block, spec)
+        got = (p.variant, p.num_splits, p.block_tokens, p.hidden_spec)
+        assert got == ("cluster", 16, block, spec)
         assert plan.plan_of(kind, 1, **kw).variant == "split_k"  # decode keeps the split plan
         assert plan.plan_of(kind, 16384, clusters=False, **kw).variant == "full_k"
         # no cluster plan for the folded norm, for n > 4, or with batch invariance

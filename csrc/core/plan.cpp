@@ -88,10 +88,11 @@ std::atomic<int64_t> g_cluster_buffers{0};
 //  * hc_head at other hidden sizes above 4096 (the one-block kernel): T = 2048 .. 8191, where
 //    it measured faster than FULL_K / SPLIT_K with fn in the ring (H = 7168, NOTES.md, v8;
 //    cluster / other, us: T = 2048 106.2 / 109.0, 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192
-//    389.4 / 387.3, 16384 767.7 / 755.4). mhc_pre
-// and the fused op also measured faster at H = 4096 and T = 16..128 / 16..64, but the cluster kernel has no
-// folded RMSNorm, and a norm call must reduce in the same order as the plain one (their gates
-// are bit-identical, tests/test_mhc_pre.py), so they keep the other plans until it has one.
+//    389.4 / 387.3, 16384 767.7 / 755.4).
+// mhc_pre and the fused op also measured faster at H = 4096 and T = 16..128 / 16..64, but the
+// cluster kernel has no folded RMSNorm, and a norm call must reduce in the same order as the
+// plain one (their gates are bit-identical, tests/test_mhc_pre.py), so they keep the other
+// plans until it has one.
 struct TokenRange {
   int64_t lo, hi;  // empty when lo > hi
 };
@@ -130,7 +131,8 @@ int64_t even_splits(int64_t groups, int64_t want) {
 }  // namespace
 
 bool persistent_head_cluster(KernelType kind, int64_t hc_mult, int64_t hidden_size) {
-  return kind == KernelType::HC_HEAD && hc_mult == 4 && (hidden_size == 4096 || hidden_size == 7168);
+  return kind == KernelType::HC_HEAD && hc_mult == 4 &&
+         (hidden_size == 4096 || hidden_size == 7168);
 }
 
 ClusterShape cluster_shape(KernelType kind, int64_t hc_mult, int64_t hidden_size) {

@@ -3,9 +3,10 @@
 //
 // Why: the other plans read the residual twice at prefill sizes, once for the K reduction and
 // once for the weighted stream sum after the gates are known (18H bytes per token for pre at
-// n = 4 instead of 10H). Here one thread-block cluster owns a block of BT = 16 tokens and each of its
-// CS CTAs a slice of the hidden columns (all n streams), which it copies from HBM into shared
-// memory once (cp.async, in stages, the tensor-core GEMM consuming each stage as it lands):
+// n = 4 instead of 10H). Here one thread-block cluster owns a block of BT = 16 tokens and each
+// of its CS CTAs a slice of the hidden columns (all n streams), which it copies from HBM into
+// shared memory once (cp.async, in stages, the tensor-core GEMM consuming each stage as it
+// lands):
 //  1. every CTA reduces its slice: per-warp partial dots (bf16 hi/lo mma.sync, common.cuh) and
 //     sums of squares, added in warp order;
 //  2. cluster barrier; CTA r then owns tokens j = r, r + CS, ...: it adds the CS partials of
@@ -21,6 +22,9 @@
 // activations is padded so that rows g and g + 1 of an mma fragment load fall in different
 // banks. Geometry (cluster size, K groups per CTA, BT, shared memory) is cluster_shape() of
 // csrc/core/plan.cpp, shared with the planner.
+// hc_head at n = 4, H = 4096 / 7168 runs hc_head_persist_kernel instead (below): persistent
+// clusters that walk the token blocks with the next blocks' copies in flight and one cluster
+// barrier per block, with the same sums in the same order.
 #pragma once
 
 #include <map>
@@ -97,6 +101,26 @@ __device__ __forceinline__ void cp_async_wait_upto(int pending) {
   }
 }
 constexpr int kClusterMaxStages = 4;
+
+// Weighted stream sum (SPEC §2.1 step 8, in stream order) of a cluster CTA's slice: tokens
+// 0 .. live - 1 of the block from t0, vectors 0 .. nv - 1 of each stream row (a token's row is
+// RS uint4 in `data`, a stream's SV) with their gates [BT][N], into columns h0 + 8 v of out.
+template <int N>
+__device__ __forceinline__ void cluster_stream_sum(const uint4* data, const float* gates,
+                                                   uint16_t* out, int64_t t0, int live, int nv,
+                                                   int SV, int RS, int H, int h0) {
+  for (int idx = threadIdx.x; idx < live * nv; idx += blockDim.x) {
+    const int t = idx / nv, v = idx % nv;
+    uint4 r[N];
+    float pre[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      r[i] = data[t * RS + i * SV + v];
+      pre[i] = gates[t * N + i];
+    }
+    stg16(out + (t0 + t) * H + h0 + 8 * v, combine8<N>(r, pre));
+  }
+}
 
 // grid (CS * token blocks), cluster (CS, 1, 1): CTA blockIdx.x is rank blockIdx.x % CS of token
 // block blockIdx.x / CS. kClusterWarps warps. Dynamic shared memory, in
@@ -264,20 +288,8 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   }
   cluster_wait();
 
-  // Weighted stream sum of this CTA's slice (SPEC §2.1 step 8), in stream order.
-  for (int idx = tid; idx < BT * nv; idx += blockDim.x) {
-    const int t = idx / nv, v = idx % nv;
-    const int64_t tok = t0 + t;
-    if (tok >= T) break;  // rows are in token order
-    uint4 r[N];
-    float pre[N];
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      r[i] = data[t * RS + i * SV + v];
-      pre[i] = gates[t * N + i];
-    }
-    stg16(p.out + tok * H + h0 + 8 * v, combine8<N>(r, pre));
-  }
+  cluster_stream_sum<N>(data, gates, p.out, t0, T - t0 < BT ? static_cast<int>(T - t0) : BT, nv,
+                        SV, RS, H, h0);
 #endif
 }
 
@@ -321,8 +333,10 @@ __device__ __forceinline__ void st_cluster_v4(uint32_t addr, float4 v) {
 }
 #endif
 
+// Two CTAs per SM where their buffers fit (H = 4096 with 2 buffers: ~88 KB each).
 template <int N, int HS, int NB>
-__global__ void __launch_bounds__(kClusterWarps * 32, HeadPersistShape<N, HS>::bytes(NB) <= 113 * 1024 ? 2 : 1)
+__global__ void __launch_bounds__(kClusterWarps * 32,
+                                  HeadPersistShape<N, HS>::bytes(NB) <= 113 * 1024 ? 2 : 1)
     hc_head_persist_kernel(const ClusterParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using PS = HeadPersistShape<N, HS>;
@@ -456,17 +470,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, HeadPersistShape<N, HS>::b
     }
     __syncthreads();
 
-    for (int idx = tid; idx < live * SV; idx += blockDim.x) {
-      const int t = idx / SV, v = idx % SV;
-      uint4 r[N];
-      float pre[N];
-#pragma unroll
-      for (int i = 0; i < N; ++i) {
-        r[i] = d[t * RS + i * SV + v];
-        pre[i] = gates[t * N + i];
-      }
-      stg16(p.out + (t0 + t) * HS + h0 + 8 * v, combine8<N>(r, pre));
-    }
+    cluster_stream_sum<N>(d, gates, p.out, t0, live, SV, SV, RS, HS, h0);
     __syncthreads();  // buffer b and the gates are reused by the next block
     b = (b + 1) % NB;
     par ^= 1;
