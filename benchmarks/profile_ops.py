@@ -7,6 +7,16 @@
 (ncu serialises kernels and, by default, flushes the caches before each, so every kernel is
 timed cold and without the programmatic-dependent-launch overlap of a CUDA graph.)
 ``--summarize ncu.csv`` prints that CSV as one line per kernel.
+
+Where a kernel stalls, per SASS instruction (how v8 found fn waiting one unit ahead and v9 the
+persistent hc_head kernel's barriers; benchmarks/NOTES.md):
+
+  ncu --section WarpStateStats --section SourceCounters -k regex:hc_head_persist -c 1 -o rep \
+      python benchmarks/profile_ops.py --ops hc_head --tokens 4096 --widths 7168
+  ncu -i rep.ncu-rep --page source --csv --print-source sass > src.csv
+  python benchmarks/profile_ops.py --stalls src.csv
+
+prints the instructions with the most warp-stall samples, their share and two largest reasons.
 """
 
 from __future__ import annotations
@@ -36,9 +46,34 @@ def summarize(path: str) -> None:
               f"{r[col['Metric Value']]:>10s} {r[col['Metric Unit']]}")
 
 
+def stalls(path: str, top: int = 30) -> list[tuple[float, str, str]]:
+    """(share of all stall samples, SASS, top reasons) of the `top` instructions with the most."""
+    rows = list(csv.reader(open(path)))
+    head = next(i for i, r in enumerate(rows) if "Warp Stall Sampling (All Samples)" in r)
+    col = {k: i for i, k in enumerate(rows[head])}
+    reasons = [k for k in rows[head] if k.startswith("stall_") and "Not Issued" not in k]
+
+    def num(r, k):
+        try:
+            return float(r[col[k]].replace(",", ""))
+        except (ValueError, IndexError):
+            return 0.0
+
+    data = [r for r in rows[head + 1:] if len(r) == len(rows[head])]
+    total = sum(num(r, "Warp Stall Sampling (All Samples)") for r in data) or 1.0
+    out = []
+    for r in sorted(data, key=lambda r: -num(r, "Warp Stall Sampling (All Samples)"))[:top]:
+        why = sorted(((num(r, k), k[len("stall_"):]) for k in reasons), reverse=True)[:2]
+        out.append((num(r, "Warp Stall Sampling (All Samples)") / total, r[col["Source"]],
+                    " ".join(f"{k}={v:.0f}" for v, k in why if v > 0)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--summarize", metavar="NCU_CSV")
+    ap.add_argument("--stalls", metavar="NCU_SOURCE_CSV",
+                    help="top SASS lines by warp-stall samples (ncu --page source --csv)")
     ap.add_argument("--ops", default=",".join(bench_ops.OPS))
     ap.add_argument("--tokens", default="1,64,4096")
     ap.add_argument("--widths", default="7168")
@@ -46,6 +81,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.summarize:
         return summarize(args.summarize)
+    if args.stalls:
+        for share, sass, why in stalls(args.stalls):
+            print(f"{100 * share:5.1f}%  {sass[:80]:80s}  {why}")
+        return None
     bench_ops.apply_knobs(args)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     g = torch.Generator(device="cuda").manual_seed(0)

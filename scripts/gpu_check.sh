@@ -11,6 +11,9 @@
 #   ncu       ncu's speed-of-light, occupancy and memory workload sections for the kernels of
 #             mhc_pre at T = 4096, H = 7168 (where the SPLIT_K main kernel runs at ~58% of DRAM
 #             bandwidth; benchmarks/NOTES.md, v6), into $OUT/ncu.log
+#   stalls    ncu's warp-stall samples per SASS instruction for the kernels named by
+#             STALLS_KERNEL (default regex:hc_head_persist) of STALLS_ARGS (default: hc_head at
+#             T = 4096, H = 7168), summarised by profile_ops.py --stalls into $OUT/stalls.log
 #   cold      benchmarks/cold_start.py (both hidden sizes), results copied to $OUT
 #   bench     benchmarks/bench_ops.py, mhc_ops and eager, merged into
 #             benchmarks/results/<gpu>.json (+ .png), copied to $OUT
@@ -67,6 +70,15 @@ print('mhc_ops', mhc_ops.__version__, 'torch', torch.__version__, torch.cuda.get
       run ncu ncu --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
         --section MemoryWorkloadAnalysis_Tables -k regex:hc_main_kernel -c 1 \
         "$PY" benchmarks/profile_ops.py --ops mhc_pre --tokens 4096 --widths 7168
+      ;;
+    stalls)
+      # shellcheck disable=SC2086
+      run stalls-ncu ncu --section WarpStateStats --section SourceCounters --section SpeedOfLight \
+        -k "${STALLS_KERNEL:-regex:hc_head_persist}" -c 1 -o "$OUT/stalls" -f \
+        "$PY" benchmarks/profile_ops.py ${STALLS_ARGS:---ops hc_head --tokens 4096 --widths 7168} &&
+        ncu -i "$OUT/stalls.ncu-rep" --page source --csv --print-source sass > "$OUT/stalls.csv" &&
+        run stalls "$PY" benchmarks/profile_ops.py --stalls "$OUT/stalls.csv"
+      rm -f "$OUT/stalls.ncu-rep"
       ;;
     cold) run cold "$PY" benchmarks/cold_start.py --out "$OUT/cold_start_$tag.json" ;;
     bench | compile | quick)
