@@ -75,6 +75,39 @@ def _sub(p: dict, **kw) -> dict:
     return {k: v for k, v in p.items() if k not in kw} | kw
 
 
+def _head_params(p: dict) -> dict:
+    """hc_head's fn / hc_scale / hc_base: the first n rows of mhc_pre's."""
+    return {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
+            "hc_base": p["hc_base"][:N_HC]}
+
+
+def _runs_under(setter, values, calls: dict, check=None) -> dict:
+    """Every call once per value of a study knob (`setter` returns the previous value; the
+    first one is restored afterwards), after check(kind, value): {kind: [outputs per value]}."""
+    got, old = {}, None
+    try:
+        for i, value in enumerate(values):
+            prev = setter(value)
+            old = prev if i == 0 else old
+            for kind, call in calls.items():
+                if check is not None:
+                    check(kind, value)
+                got.setdefault(kind, []).append(call())
+    finally:
+        if old is not None:
+            setter(old)
+    return got
+
+
+def _assert_same_bits(got: dict) -> None:
+    """Every run of each kind equals its first to the bit, and is finite (written)."""
+    for kind, runs in got.items():
+        for run in runs[1:]:
+            for a, b in zip(runs[0], run):
+                assert torch.isfinite(b).all(), kind
+                assert torch.equal(a, b), kind
+
+
 def check_pre(T, H, norm, seed, n=N_HC):
     g = _gen(seed)
     res = _randn(g, T, n, H, dtype=torch.bfloat16)
@@ -322,8 +355,7 @@ def test_past_2_31_pre_head_post(big_inputs):
     outs = mhc_ops.mhc_pre(res, **p)
     h.check_pre_outputs(tuple(o[idx] for o in outs), res[idx], p)
     del outs
-    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
-          "hc_base": p["hc_base"][:N_HC]}
+    hp = _head_params(p)
     out = mhc_ops.hc_head(res, **hp)
     h.check_head_output(out[idx], {"residual": res[idx], **hp})
     del out
@@ -386,7 +418,6 @@ def test_linear_invalid_algo_warns_and_uses_cublas():
 def test_staged_fn_is_bit_identical(T, H, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
-    old_staged = mhc_ops._C.staged_fn_min_tokens()
     g = _gen(h.seed_of("staged", T, H))
     x = _randn(g, T, H, dtype=torch.bfloat16)
     res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
@@ -400,21 +431,16 @@ def test_staged_fn_is_bit_identical(T, H, monkeypatch):
                                                                           **plain),
     }
     kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, start):
+        if kind != "norm":
+            assert plan.plan_of(kind, T, **kw).staged_fn == (start == 1)
+
     try:
-        got = {}
-        for start in (2**63 - 1, 1):
-            mhc_ops._C.set_staged_fn_min_tokens(start)
-            for kind, call in calls.items():
-                if kind != "norm":
-                    assert plan.plan_of(kind, T, **kw).staged_fn == (start == 1)
-                got.setdefault(kind, []).append(call())
+        got = _runs_under(mhc_ops._C.set_staged_fn_min_tokens, (2**63 - 1, 1), calls, check)
     finally:
-        mhc_ops._C.set_staged_fn_min_tokens(old_staged)
         mhc_ops._C.set_cluster_min_tokens(old_cluster)
-    for kind, (unstaged, staged) in got.items():
-        for a, b in zip(unstaged, staged):
-            assert torch.isfinite(b).all(), kind
-            assert torch.equal(a, b), kind
+    _assert_same_bits(got)  # unstaged, staged
     idx = _rows(T)
     h.check_pre_outputs(tuple(o[idx] for o in got["norm"][1]), res[idx], p)
 
@@ -431,35 +457,28 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
     old_staged = mhc_ops._C.set_staged_fn_min_tokens(1 if staged else 2**63 - 1)
-    old_ring = mhc_ops._C.fn_ring_min_tokens()
     g = _gen(h.seed_of("fn_ring", T, H, staged))
     res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
     p = _pre_params(g, N_HC, H, norm=True)
     plain = _sub(p, norm_weight=None)
-    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
-          "hc_base": p["hc_base"][:N_HC]}
+    hp = _head_params(p)
     calls = {
         KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **plain),
         "norm": lambda: mhc_ops.mhc_pre(res, **p),
         KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
     }
     kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, start):
+        if kind != "norm":
+            assert plan.plan_of(kind, T, **kw).fn_ring == (start == 1)
+
     try:
-        got = {}
-        for start in (2**63 - 1, 1):
-            mhc_ops._C.set_fn_ring_min_tokens(start)
-            for kind, call in calls.items():
-                if kind != "norm":
-                    assert plan.plan_of(kind, T, **kw).fn_ring == (start == 1)
-                got.setdefault(kind, []).append(call())
+        got = _runs_under(mhc_ops._C.set_fn_ring_min_tokens, (2**63 - 1, 1), calls, check)
     finally:
-        mhc_ops._C.set_fn_ring_min_tokens(old_ring)
         mhc_ops._C.set_staged_fn_min_tokens(old_staged)
         mhc_ops._C.set_cluster_min_tokens(old_cluster)
-    for kind, (regs, ring) in got.items():
-        for a, b in zip(regs, ring):
-            assert torch.isfinite(b).all(), kind
-            assert torch.equal(a, b), kind
+    _assert_same_bits(got)  # fn in registers, fn in the ring
     idx = _rows(T)
     h.check_pre_outputs(tuple(o[idx] for o in got["norm"][1]), res[idx], p)
 
@@ -475,35 +494,27 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
 def test_epilogue_chunks_are_bit_identical(T, H, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
-    old_chunks = mhc_ops._C.epilogue_chunks()
     g = _gen(h.seed_of("epilogue_chunks", T, H))
     x = _randn(g, T, H, dtype=torch.bfloat16)
     res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
     post, comb = _post_gates(g, T, N_HC)
     p = _sub(_pre_params(g, N_HC, H, norm=False), norm_weight=None)
-    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
-          "hc_base": p["hc_base"][:N_HC]}
+    hp = _head_params(p)
     calls = {
         KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **p),
         KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
         KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
     }
     kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
-    try:
-        got = {}
-        for chunks in (1, 2, 3, 4, 7, 0):  # 0: the launcher's rule
-            mhc_ops._C.set_epilogue_chunks(chunks)
-            for kind, call in calls.items():
-                assert plan.plan_of(kind, T, **kw).variant == "split_k"
-                got.setdefault(kind, []).append(call())
+
+    def check(kind, chunks):
+        assert plan.plan_of(kind, T, **kw).variant == "split_k"
+
+    try:  # chunks 0: the launcher's rule
+        got = _runs_under(mhc_ops._C.set_epilogue_chunks, (1, 2, 3, 4, 7, 0), calls, check)
     finally:
-        mhc_ops._C.set_epilogue_chunks(old_chunks)
         mhc_ops._C.set_cluster_min_tokens(old_cluster)
-    for kind, runs in got.items():
-        for run in runs[1:]:
-            for a, b in zip(runs[0], run):
-                assert torch.isfinite(b).all(), kind
-                assert torch.equal(a, b), kind
+    _assert_same_bits(got)
     idx = _rows(T)
     h.check_pre_outputs(tuple(o[idx] for o in got[KernelType.MHC_PRE][-1]), res[idx], p)
 
@@ -563,19 +574,14 @@ def test_head_persistent_cluster_is_bit_identical(T, H):
            "fn": _randn(g, N_HC, K, std=1 / math.sqrt(K)),
            "hc_scale": 0.5 + torch.rand(1, generator=g, device="cuda"),
            "hc_base": _randn(g, N_HC, std=0.5)}
-    old = mhc_ops._C.cluster_buffers()
-    try:
-        outs = []
-        for nb in (1, 2, 3, 0):  # 0: the launcher's choice
-            mhc_ops._C.set_cluster_buffers(nb)
-            outs.append(mhc_ops.hc_head(**inp))
-    finally:
-        mhc_ops._C.set_cluster_buffers(old)
-    for out in outs:
-        assert torch.isfinite(out).all(), "unwritten or non-finite output"
-        assert torch.equal(outs[0], out)
+    # buffers 1: the one-block kernel; 0: the launcher's choice
+    got = _runs_under(mhc_ops._C.set_cluster_buffers, (1, 2, 3, 0),
+                      {KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(**inp),)})
+    assert torch.isfinite(got[KernelType.HC_HEAD][0][0]).all(), "unwritten or non-finite output"
+    _assert_same_bits(got)
     idx = _rows(T)
-    h.check_head_output(outs[-1][idx], _sub(inp, residual=inp["residual"][idx]))
+    h.check_head_output(got[KernelType.HC_HEAD][-1][0][idx],
+                        _sub(inp, residual=inp["residual"][idx]))
 
 
 @pytest.mark.usefixtures("clusters_on")
@@ -587,8 +593,7 @@ def test_cluster_nan_token_isolated_and_repeatable():
     x = _randn(g, T, H, dtype=torch.bfloat16)
     post, comb = _post_gates(g, T, N_HC)
     p = _pre_params(g, N_HC, H, norm=False)
-    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
-          "hc_base": p["hc_base"][:N_HC]}
+    hp = _head_params(p)
     bad = res.clone()
     bad[37, 2, 100] = float("nan")
     others = torch.arange(T, device="cuda") != 37
@@ -617,8 +622,7 @@ def test_past_2_31_cluster(big_inputs):
                             "comb_mix": comb[idx]}, what="fused residual_out")
     h.check_pre_outputs(tuple(o[idx] for o in outs[1:]), r, p, what="fused")
     del outs, r
-    hp = {"fn": p["fn"][:N_HC].contiguous(), "hc_scale": p["hc_scale"][:1],
-          "hc_base": p["hc_base"][:N_HC]}
+    hp = _head_params(p)
     assert _variant(KernelType.HC_HEAD, BIG_T, BIG_H) == "cluster"  # persistent at H = 7168
     out = mhc_ops.hc_head(res, **hp)
     h.check_head_output(out[idx], {"residual": res[idx], **hp})

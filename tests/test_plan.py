@@ -205,17 +205,22 @@ def test_plan_follows_flags_unless_given(monkeypatch):
     assert plan.plan_of("LINEAR_BF16_FP32", 8, **kw).variant == "cublas"
 
 
+def _flag_from(field, start, kinds, kw):
+    """The plans of `kinds` carry `field` from T = start on, FULL_K included, never on the CPU."""
+    for kind in kinds:
+        assert not getattr(plan.plan_of(kind, start - 1, **kw), field)
+        assert getattr(plan.plan_of(kind, start, **kw), field)
+        assert getattr(plan.plan_of(kind, 16384, **kw), field)  # FULL_K as well
+        assert not getattr(plan.plan_of(kind, 16384, **{**kw, "num_sms": 0}), field)  # CPU
+
+
 def test_staged_fn_from_its_token_count():
     from mhc_ops._lib import _C
 
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     start = _C.staged_fn_min_tokens()
     assert 1 < start <= 4096
-    for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE):
-        assert not plan.plan_of(kind, start - 1, **kw).staged_fn
-        assert plan.plan_of(kind, start, **kw).staged_fn
-        assert plan.plan_of(kind, 16384, **kw).staged_fn  # FULL_K as well
-        assert not plan.plan_of(kind, 16384, **{**kw, "num_sms": 0}).staged_fn  # CPU
+    _flag_from("staged_fn", start, (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE), kw)
     for kind in (KernelType.HC_HEAD, KernelType.MHC_POST):  # n rows of fn / no fn
         assert not any(plan.plan_of(kind, t, **kw).staged_fn for t in (start, 4096, 16384))
     old = _C.set_staged_fn_min_tokens(2**63 - 1)
@@ -232,12 +237,9 @@ def test_fn_ring_from_its_token_count():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     start = _C.fn_ring_min_tokens()
     assert 1 < start <= 4096
+    _flag_from("fn_ring", start, (KernelType.MHC_PRE, KernelType.HC_HEAD), kw)
     for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD):
-        assert not plan.plan_of(kind, start - 1, **kw).fn_ring
-        assert plan.plan_of(kind, start, **kw).fn_ring
-        assert plan.plan_of(kind, 16384, **kw).fn_ring  # FULL_K as well
         assert plan.plan_of(kind, 16384, **{**kw, "norm": True}).fn_ring
-        assert not plan.plan_of(kind, 16384, **{**kw, "num_sms": 0}).fn_ring  # CPU
     # the fused op keeps its own loop; CLUSTER plans and mhc_post have no such ring
     assert not plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 4096, **kw).fn_ring
     assert not plan.plan_of(KernelType.MHC_POST, 4096, **kw).fn_ring

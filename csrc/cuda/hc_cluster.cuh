@@ -485,11 +485,23 @@ inline KernelType kernel_type_of(Mode mode) {
                                                  : KernelType::HC_HEAD;
 }
 
+// Raises a cluster kernel's dynamic shared memory limit to smem and allows clusters of more
+// than 8 CTAs, once per kernel, device and size (smem_limit_below, common.cuh) rather than two
+// driver calls on every launch.
+template <typename Kernel>
+void raise_cluster_limits(Kernel kernel, int device, size_t smem) {
+  if (!smem_limit_below(reinterpret_cast<const void*>(kernel), device, smem)) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+}
+
 // Launches a cluster kernel: grid `clusters` x cs CTAs, cluster (cs, 1, 1), programmatic
 // stream serialisation where supported.
 template <typename Kernel>
 void launch_cluster(Kernel kernel, int device, int64_t clusters, int cs, size_t smem,
                     cudaStream_t stream, const ClusterParams& cp) {
+  raise_cluster_limits(kernel, device, smem);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(clusters * cs));
   cfg.blockDim = dim3(kClusterWarps * 32);
@@ -522,11 +534,7 @@ void run_head_persist(const ClusterParams& cp, int device, cudaStream_t stream) 
     std::lock_guard<std::mutex> lock(mu);
     auto it = fit.find(device);
     if (it == fit.end()) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-      if (PS::CS > 8)
-        C10_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      raise_cluster_limits(kernel, device, smem);  // the occupancy query honours the limits
       cudaLaunchConfig_t cfg = {};
       cfg.gridDim = dim3(static_cast<unsigned>(PS::CS * 64));
       cfg.blockDim = dim3(kClusterWarps * 32);
@@ -578,10 +586,6 @@ void run_cluster(const Plan& plan, const HcCall& a, int device, cudaStream_t str
     }
   }
   const auto kernel = hc_cluster_kernel<N, MODE>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(cs.smem_bytes)));
-  if (cs.size > 8)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   const int64_t blocks = (a.T + cs.block_tokens - 1) / cs.block_tokens;
   launch_cluster(kernel, device, blocks, cs.size, static_cast<size_t>(cs.smem_bytes), stream, cp);
 }
