@@ -44,7 +44,8 @@ class Plan(NamedTuple):
     norm: bool
     staged_fn: bool = False  # fn split into mma fragments by a first kernel (large T)
     split_streams: bool = False  # fused, decode: work units of half a group's output streams
-    fn_ring: bool = False  # pre / head: fn streamed with the activations (large T)
+    fn_ring: bool = False  # main kernel's cp.async ring (large T): fn for pre / head, x and
+    #                        the input streams for the fused op
 
     @classmethod
     def _from_c(cls, t: tuple) -> "Plan":

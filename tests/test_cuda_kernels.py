@@ -446,8 +446,9 @@ def test_staged_fn_is_bit_identical(T, H, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# fn through the main kernel's ring (Plan.fn_ring): the same fragments, units and order as fn
-# one unit ahead in registers, so the same bits; raw and staged fn, SPLIT_K and FULL_K.
+# The main kernel's cp.async ring (Plan.fn_ring): for pre / head fn through the ring, for the
+# fused op x and the input streams; the same fragments, units and order as without it, so the
+# same bits; raw and staged fn, SPLIT_K and FULL_K, with and without the folded norm.
 
 @pytest.mark.usefixtures("nan_filled")
 @pytest.mark.parametrize("staged", [False, True], ids=["raw", "staged"])
@@ -458,7 +459,9 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
     old_staged = mhc_ops._C.set_staged_fn_min_tokens(1 if staged else 2**63 - 1)
     g = _gen(h.seed_of("fn_ring", T, H, staged))
+    x = _randn(g, T, H, dtype=torch.bfloat16)
     res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
     p = _pre_params(g, N_HC, H, norm=True)
     plain = _sub(p, norm_weight=None)
     hp = _head_params(p)
@@ -466,11 +469,14 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
         KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **plain),
         "norm": lambda: mhc_ops.mhc_pre(res, **p),
         KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb,
+                                                                          **plain),
+        "fused norm": lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
     }
     kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
 
     def check(kind, start):
-        if kind != "norm":
+        if isinstance(kind, KernelType):
             assert plan.plan_of(kind, T, **kw).fn_ring == (start == 1)
 
     try:
@@ -478,9 +484,13 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
     finally:
         mhc_ops._C.set_staged_fn_min_tokens(old_staged)
         mhc_ops._C.set_cluster_min_tokens(old_cluster)
-    _assert_same_bits(got)  # fn in registers, fn in the ring
+    _assert_same_bits(got)  # without the ring, with it
     idx = _rows(T)
     h.check_pre_outputs(tuple(o[idx] for o in got["norm"][1]), res[idx], p)
+    fused = got["fused norm"][1]
+    h.check_post_output(fused[0][idx], {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                                        "comb_mix": comb[idx]}, what="fused residual_out")
+    h.check_pre_outputs(tuple(o[idx] for o in fused[1:]), fused[0][idx], p, what="fused")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -175,10 +175,9 @@ def test_batch_invariant_plan_does_not_depend_on_t():
         plans = {plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 4096, 16384)}
         assert len({p._replace(staged_fn=False, fn_ring=False) for p in plans}) == 1
         staged = kind != KernelType.HC_HEAD
-        ring = kind != KernelType.MHC_FUSED_POST_PRE
         assert {p.staged_fn for p in plans} == {False, staged}
-        assert {p.fn_ring for p in plans} == {False, ring}
-        # pre stages fn and rings it from the same T: one plan below it, one from it
+        assert {p.fn_ring for p in plans} == {False, True}
+        # pre / fused stage fn and ring from the same T: one plan below it, one from it
         assert len(plan.token_count_representatives(kind, 16384, **kw)) == 2
 
 
@@ -237,12 +236,18 @@ def test_fn_ring_from_its_token_count():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     start = _C.fn_ring_min_tokens()
     assert 1 < start <= 4096
-    _flag_from("fn_ring", start, (KernelType.MHC_PRE, KernelType.HC_HEAD), kw)
-    for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD):
+    kinds = (KernelType.MHC_PRE, KernelType.HC_HEAD, KernelType.MHC_FUSED_POST_PRE)
+    _flag_from("fn_ring", start, kinds, kw)
+    for kind in kinds:
         assert plan.plan_of(kind, 16384, **{**kw, "norm": True}).fn_ring
-    # the fused op keeps its own loop; CLUSTER plans and mhc_post have no such ring
-    assert not plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 4096, **kw).fn_ring
+    # CLUSTER plans and mhc_post have no such ring, nor the fused op's half units (decode)
     assert not plan.plan_of(KernelType.MHC_POST, 4096, **kw).fn_ring
+    old = _C.set_fn_ring_min_tokens(1)
+    try:
+        half = plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 8, **kw)
+        assert half.split_streams and not half.fn_ring
+    finally:
+        _C.set_fn_ring_min_tokens(old)
     cluster = plan.plan_of(KernelType.HC_HEAD, 4096, hidden_size=7168, num_sms=132,
                            batch_invariant=False)
     assert cluster.variant == "cluster" and not cluster.fn_ring

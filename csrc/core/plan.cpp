@@ -67,7 +67,12 @@ constexpr int64_t kStagedFnTokens = 512;
 // had put 28% of the kernel's stall samples on waiting for that fn (pre T = 4096, H = 7168).
 // H100, cold fn (NOTES.md, v8), us: pre T = 4096 134.5 -> 125.9 (H = 4096), 242.3 -> 229.3
 // (H = 7168); head T = 1024 59.7 -> 53.3 (H = 7168). Below T = 512 it was slower (pre T = 1,
-// H = 4096: 6.7 -> 7.5; T = 256: 15.7 -> 17.4).
+// H = 4096: 6.7 -> 7.5; T = 256: 15.7 -> 17.4). From the same T the fused main kernel takes x
+// and the input streams through its ring of two units instead of plain loads (it had no load
+// in flight while it mixed, stored and reduced a unit). H100, cold fn (NOTES.md, v10), without
+// / with, us: H = 4096 T = 512 32.0 / 33.5, 1024 57.9 / 57.5, 4096 215.2 / 200.5, 16384
+// 857.1 / 772.3; H = 7168 T = 512 55.3 / 54.5, 1024 99.6 / 95.5, 4096 366.0 / 333.7, 16384
+// 1502.0 / 1352.2.
 constexpr int64_t kFnRingTokens = 512;
 // Up to this T the fused op's main kernel takes a K group with half of its output streams as
 // one work unit (twice the warps, half the serial post mix and mma each). H100, cold fn
@@ -262,12 +267,12 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.num_splits = static_cast<int32_t>(splits);
       p.block_tokens = block;
       p.staged_fn = kind != KernelType::HC_HEAD && num_tokens >= g_staged_fn_min_tokens.load();
-      p.fn_ring = kind != KernelType::MHC_FUSED_POST_PRE &&
-                  num_tokens >= g_fn_ring_min_tokens.load();
       // Not under batch invariance: the units set the order in which a token's sums are added.
       p.split_streams = kind == KernelType::MHC_FUSED_POST_PRE && !full_k &&
                         !opt.batch_invariant && hc_mult % 2 == 0 &&
                         num_tokens <= kSplitStreamTokens;
+      // The fused op's half units read from global memory (decode sizes): no ring with them.
+      p.fn_ring = num_tokens >= g_fn_ring_min_tokens.load() && !p.split_streams;
       return p;
     }
   }

@@ -44,8 +44,10 @@ struct Plan {
                          // a small kernel first (csrc/cuda/hc_main.cuh, hc_stage_fn_kernel)
   bool split_streams;    // fused SPLIT_K, even n: a main-kernel work unit is a K group with
                          // half of its output streams instead of all (decode sizes)
-  bool fn_ring;          // pre / head SPLIT_K / FULL_K: the main kernel streams fn through its
-                         // cp.async ring with the activations, not one unit ahead in registers
+  bool fn_ring;          // SPLIT_K / FULL_K at prefill sizes, the main kernel's cp.async ring:
+                         // pre / head stream fn through it with the activations (not one unit
+                         // ahead in registers), the fused op x and the input streams (not
+                         // plain loads)
 
   auto key() const {
     return std::make_tuple(static_cast<int32_t>(kind), static_cast<int32_t>(variant), num_splits,
@@ -97,8 +99,8 @@ int64_t set_cluster_min_tokens(int64_t t);
 int64_t staged_fn_min_tokens();
 int64_t set_staged_fn_min_tokens(int64_t t);
 
-// From which T the SPLIT_K / FULL_K plans of pre / head stream fn through the main kernel's
-// ring (Plan::fn_ring). For studies (benchmarks) and tests; INT64_MAX: never. Returns the
+// From which T the SPLIT_K / FULL_K plans of pre / head / fused use the main kernel's ring
+// (Plan::fn_ring). For studies (benchmarks) and tests; INT64_MAX: never. Returns the
 // previous value.
 int64_t fn_ring_min_tokens();
 int64_t set_fn_ring_min_tokens(int64_t t);

@@ -14,7 +14,9 @@
 // twice the warps share the post mix), each unit one round of loads for all 16-row tiles of
 // the token block on mma.sync (common.cuh). Pre / head stream the activations through a per-warp
 // cp.async ring (4 units in flight); fn travels in that ring too from T = 512 (Plan::fn_ring,
-// MainRing), and below it is prefetched one unit ahead in registers. Each
+// MainRing), and below it is prefetched one unit ahead in registers. The fused op loads x and
+// the input streams with plain loads at decode sizes and, from T = 512, through a per-warp
+// cp.async ring of two units (Plan::fn_ring, FusedRing). Each
 // warp leaves its sums in its own shared-memory slice; one barrier, then the slices are added
 // in warp order.
 //  * SPLIT_K (T <= 32 * num_sms): the main kernel writes per-split partials [T, S, M + 1]; the
@@ -79,6 +81,16 @@ struct MainRing {
     const size_t red = sizeof(float) * warps * 16 * TT * Shape<N, MODE>::MP;
     return ring > red ? ring : red;
   }
+};
+
+// The per-warp cp.async ring of the fused main kernel (Plan::fn_ring): each slot holds one unit's
+// x and N input streams for rows g and g + 8 of every tile, [2 TT][N + 1][32 lanes] uint4. Two
+// slots per warp (8 warps, n = 4: 160 KB), after red and coef in shared memory.
+template <int N, int TT>
+struct FusedRing {
+  static constexpr int kStages = 2;
+  static constexpr int kSlot = 2 * TT * (N + 1) * 32;  // uint4
+  static constexpr size_t bytes(int warps) { return sizeof(uint4) * warps * kStages * kSlot; }
 };
 
 struct MainParams {
@@ -455,7 +467,8 @@ __device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
 // Main kernel. grid (token blocks, splits); block = warps * 32. Dynamic shared memory:
 // red [W][BT][MP] floats (one slice per warp), then the gates of the tokens [BT][NC] (fused)
 // or the activation ring [W][kRegStages][2 TT][32] uint4 (pre / head); with RING
-// (Plan::fn_ring) the ring of MainRing [W][kStages][kSlot] uint4, which red overlays after it.
+// (Plan::fn_ring) for pre / head the ring of MainRing [W][kStages][kSlot] uint4, which red
+// overlays after it, and for the fused op red, coef, then FusedRing [W][kStages][kSlot] uint4.
 template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool HALF = false, bool RING = false>
 __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainParams p) {
   using Sh = Shape<N, MODE>;
@@ -479,7 +492,6 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   // output streams, for which the warp reads x and every input stream (the post mix needs
   // them all) and writes and reduces only its own. Unit u goes to warp u % W.
   static_assert(!HALF || (MODE == Mode::FUSED && N % 2 == 0), "half units: fused op, even n");
-  static_assert(!RING || MODE != Mode::FUSED, "fn ring: pre / head (Plan::fn_ring)");
   constexpr int kUnitStreams = MODE == Mode::FUSED ? (HALF ? N / 2 : N) : 1;
   const int units = (ge - gb) * (N / kUnitStreams);
 
@@ -510,7 +522,38 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
 
   if constexpr (MODE == Mode::FUSED) {
     constexpr int NS = kUnitStreams;  // output streams per unit
-    for (int u = warp; u < units; u += W) {
+    // With RING (Plan::fn_ring), x and the input streams of a unit come through a per-warp
+    // cp.async ring of FusedRing::kStages slots in shared memory (after red and coef), the
+    // next unit's copies in flight while this one is mixed, stored and reduced.
+    using FR = FusedRing<N, TT>;
+    uint4* aring = reinterpret_cast<uint4*>(coef + BT * NC) + warp * FR::kStages * FR::kSlot + lane;
+    const auto stage_acts = [&](int k) {  // the warp's k-th unit into slot k % kStages
+      if constexpr (RING) {
+        const int uu = warp + k * W;
+        if (uu < units) {
+          const int h = (gb + uu / (N / NS)) * kGroupCols + 8 * c;
+          uint4* slot = aring + (k % FR::kStages) * FR::kSlot;
+#pragma unroll
+          for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const int64_t t = t0 + 16 * tt + g + 8 * hf;
+              const bool ok = h < H && t < T;
+              uint4* row = slot + (2 * tt + hf) * (N + 1) * 32;
+              cp_async16_pf256(row, ok ? p.x + t * H + h : p.x, ok);
+#pragma unroll
+              for (int i = 0; i < N; ++i)
+                cp_async16_pf256(row + (i + 1) * 32, ok ? p.res + (t * N + i) * H + h : p.res, ok);
+            }
+        }
+        cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
+      }
+    };
+#pragma unroll
+    for (int k = 0; k < FR::kStages - 1; ++k) stage_acts(k);
+    for (int k = 0, u = warp; u < units; ++k, u += W) {
+      stage_acts(k + FR::kStages - 1);
+      const uint4* slot = aring + (k % FR::kStages) * FR::kSlot;
       const int gi = gb + u / (N / NS), j0 = (u % (N / NS)) * NS;
       const int h = gi * kGroupCols + 8 * c;
       const bool hv = h < H;
@@ -523,6 +566,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
         if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gi) * N + j0 + q, lane, fr[q]);
         else load_fn_unit<NT, M>(p.fn, K, H, h, j0 + q, g, fr[q]);
       }
+      if constexpr (RING) cp_async_wait<FR::kStages - 1>();  // this unit's copies (this lane's)
       // New residual of this lane's 8 columns, the unit's streams, both rows of each tile.
       uint4 r[TT][2][NS];
 #pragma unroll
@@ -532,10 +576,17 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
           const int row = 16 * tt + g + 8 * hf;
           const int64_t t = t0 + row;
           if (hv && t < T) {
-            const uint4 xv = ldg16_pf256(p.x + t * H + h);
-            uint4 old[N];
+            uint4 xv, old[N];
+            if constexpr (RING) {
+              const uint4* rrow = slot + (2 * tt + hf) * (N + 1) * 32;
+              xv = rrow[0];
 #pragma unroll
-            for (int i = 0; i < N; ++i) old[i] = ldg16_pf256(p.res + (t * N + i) * H + h);
+              for (int i = 0; i < N; ++i) old[i] = rrow[(i + 1) * 32];
+            } else {
+              xv = ldg16_pf256(p.x + t * H + h);
+#pragma unroll
+              for (int i = 0; i < N; ++i) old[i] = ldg16_pf256(p.res + (t * N + i) * H + h);
+            }
             post_vec8_part<N, NS>(coef + row * NC, j0, xv, old, r[tt][hf]);
 #pragma unroll
             for (int q = 0; q < NS; ++q)
@@ -566,6 +617,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
         }
       }
     }
+    if constexpr (RING) cp_async_wait<0>();
   } else {
     if constexpr (!RING) {
       // One (group, stream) unit: this lane's 8 fn values of each 8-row block (raw fp32, in
@@ -884,7 +936,12 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     const int bt = 16 * tt;
     const dim3 grid(static_cast<unsigned>((a.T + bt - 1) / bt), static_cast<unsigned>(S));
     size_t smem = sizeof(float) * bt * (warps * Sh::MP + Sh::NC);  // fused: red, then coef
-    if constexpr (MODE != Mode::FUSED) {
+    if constexpr (MODE == Mode::FUSED) {
+      if (plan.fn_ring) {  // then the ring of x and the input streams
+        constexpr int kFullTT = tiles_per_block<N, MODE, true>(), kSplitTT = tiles_per_block<N, MODE, false>();
+        smem += full ? FusedRing<N, kFullTT>::bytes(warps) : FusedRing<N, kSplitTT>::bytes(warps);
+      }
+    } else {
       if (plan.fn_ring)  // the ring, which red overlays afterwards
         smem = full ? MainRing<N, MODE, true>::bytes(warps) : MainRing<N, MODE, false>::bytes(warps);
       else  // red, then the activation ring
@@ -895,9 +952,8 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   };
 
   // The plan's main-kernel instance: FULL_K (whole K, hidden_spec HS, the folded norm for pre /
-  // fused) or SPLIT_K (any H), with half units (fused, Plan::split_streams) or the fn ring (pre /
-  // head, Plan::fn_ring).
-  TORCH_INTERNAL_ASSERT(!(plan.fn_ring && MODE == Mode::FUSED), "fn_ring: pre / head only");
+  // fused) or SPLIT_K (any H), with half units (fused, Plan::split_streams) or the ring
+  // (Plan::fn_ring: fn for pre / head, x and the input streams for the fused op).
   TORCH_INTERNAL_ASSERT(!plan.split_streams || (MODE == Mode::FUSED && N % 2 == 0 && !full),
                         "split_streams: fused SPLIT_K, even n");
   const auto run_main = [&](auto fullk, auto normk, int warps, at::Tensor* ws) {
@@ -908,6 +964,8 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
         if (plan.split_streams)
           return main_launch(hc_main_kernel<N, MODE, F, NM, hs, true>, TT, warps, ws);
       }
+      if (plan.fn_ring)
+        return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, true>, TT, warps, ws);
       return main_launch(hc_main_kernel<N, MODE, F, NM, hs>, TT, warps, ws);
     } else {
       if (plan.fn_ring)
