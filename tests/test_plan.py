@@ -263,7 +263,14 @@ def test_split_streams_only_for_fused_decode():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     fused = KernelType.MHC_FUSED_POST_PRE
     assert all(plan.plan_of(fused, t, **kw).split_streams for t in (1, 8, 32))
+    # from T = 33 a split holds 7 groups at H = 7168: 14 half units would not fit 8 warps
     assert not any(plan.plan_of(fused, t, **kw).split_streams for t in (33, 64, 4096, 16384))
+    narrow = {**kw, "hidden_size": 4096}  # 4 groups per split at T = 33 .. 64
+    assert all(plan.plan_of(fused, t, **narrow).split_streams for t in (1, 32, 33, 64))
+    assert not any(plan.plan_of(fused, t, **narrow).split_streams for t in (65, 4096))
+    for t in (1, 8, 64):
+        p = plan.plan_of(fused, t, **{**kw, "hidden_size": 16384})  # 8 or more groups per split
+        assert p.variant == "split_k" and -(-512 // p.num_splits) >= 8 and not p.split_streams
     assert not plan.plan_of(fused, 8, **{**kw, "batch_invariant": True}).split_streams
     assert not plan.plan_of(fused, 8, hc_mult=3, **kw).split_streams  # halves need even n
     assert plan.plan_of(fused, 8, hc_mult=2, **kw).split_streams

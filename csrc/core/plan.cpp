@@ -74,12 +74,17 @@ constexpr int64_t kStagedFnTokens = 512;
 // 857.1 / 772.3; H = 7168 T = 512 55.3 / 54.5, 1024 99.6 / 95.5, 4096 366.0 / 333.7, 16384
 // 1502.0 / 1352.2.
 constexpr int64_t kFnRingTokens = 512;
-// Up to this T the fused op's main kernel takes a K group with half of its output streams as
-// one work unit (twice the warps, half the serial post mix and mma each). H100, cold fn
-// (NOTES.md, v7), whole / half units, us: H = 4096, T = 1 / 8 / 32 8.73 / 10.63 / 18.11 ->
-// 7.44 / 8.80 / 13.87; H = 7168 9.06 / 10.12 / 16.28 -> 8.64 / 9.00 / 14.10. Above it the
-// duplicated reads of x and the input streams cost more (T = 4096, H = 7168: 453 against 372).
-constexpr int64_t kSplitStreamTokens = 32;
+// Up to this T the fused op's main kernel may take a K group with half of its output streams
+// as one work unit (twice the warps, half the serial post mix and mma each), where the doubled
+// units still fit the CTA's kMainWarps warps (2 * groups per split <= 8), so no warp takes two.
+// H100, cold fn, whole / half units, us (NOTES.md, v7): H = 4096, T = 1 / 8 / 32 8.73 / 10.63 /
+// 18.11 -> 7.44 / 8.80 / 13.87; H = 7168 9.06 / 10.12 / 16.28 -> 8.64 / 9.00 / 14.10 (4 groups
+// per split at H = 7168). v10, T = 33 / 48 / 64: H = 4096 (4 groups per split) 15.71 / 15.68 /
+// 15.73 -> 13.48 / 13.35 / 13.56; H = 7168 (7 groups: 14 half units for 8 warps) 15.88 /
+// 17.03 / 16.91 -> 17.99 / 18.68 / 18.73. Above T = 64 the duplicated reads of x and the input
+// streams cost more (T = 4096, H = 7168: 453 against 372).
+constexpr int64_t kSplitStreamTokens = kDecodeTokens;
+constexpr int64_t kMainWarps = 8;  // warps of a main-kernel CTA (csrc/cuda/hc_main.cuh)
 std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 std::atomic<int64_t> g_fn_ring_min_tokens{kFnRingTokens};
 std::atomic<int64_t> g_epilogue_chunks{0};
@@ -270,7 +275,8 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       // Not under batch invariance: the units set the order in which a token's sums are added.
       p.split_streams = kind == KernelType::MHC_FUSED_POST_PRE && !full_k &&
                         !opt.batch_invariant && hc_mult % 2 == 0 &&
-                        num_tokens <= kSplitStreamTokens;
+                        num_tokens <= kSplitStreamTokens &&
+                        2 * ceil_div(groups, splits) <= kMainWarps;
       // The fused op's half units read from global memory (decode sizes): no ring with them.
       p.fn_ring = num_tokens >= g_fn_ring_min_tokens.load() && !p.split_streams;
       return p;
