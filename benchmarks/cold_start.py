@@ -9,7 +9,9 @@ For each hidden size, in a fresh process:
      the 5 steady calls, which shows how far one call's timing strays with nothing cold;
      then a second pass over as many token counts not met before, each first call split into
      the host's enqueue time and the GPU's time (a spin kernel ahead of the call hides the
-     enqueue from the GPU events), each against its own steady median;
+     enqueue from the GPU events), each against its own steady median; and, as the host's
+     control, four of torch's own ops (add, sum, mm, softmax) in the same pattern at as many
+     other new token counts (``torch_control_*`` keys);
 and, in another fresh process that never warms up, capture a CUDA graph of each op at a few
 decode sizes and check its replay against eager.
 
@@ -102,7 +104,24 @@ def _timed_split(fn) -> tuple[float, float]:
     return enqueue, start.elapsed_time(end) * 1e-3
 
 
-def _split_pass(mhc_ops, a: dict, token_counts: list[int]) -> dict:
+# The host-side control of the second pass: four of torch's own ops on the same inputs, in the
+# same first / revisit / steady pattern. If their enqueue times stray like mhc_ops' do, the
+# stray is the host's (Python, the dispatcher, the driver's launch path), not this pack's.
+CONTROL_OPS = ("add", "sum", "mm", "softmax")
+
+
+def _control_call(op: str, a: dict, t: int):
+    x = a["x"][:t]
+    if op == "add":
+        return torch.add(x, x)
+    if op == "sum":
+        return a["residual"][:t].sum(1)
+    if op == "mm":
+        return torch.mm(x, a["control_w"])
+    return torch.softmax(a["comb_mix"][:t], -1)
+
+
+def _split_pass(mhc_ops, a: dict, token_counts: list[int], ops=OPS, call=None) -> dict:
     """First calls at token counts not met before, split into host enqueue and GPU time, each
     against the median of 5 steady calls at the same T: which side a slow first call is on.
 
@@ -110,14 +129,15 @@ def _split_pass(mhc_ops, a: dict, token_counts: list[int]) -> dict:
     same order (T now seen, but again right after another op), then 5 steady calls per op. The
     revisits are the control for the host side: if they stray like the first calls, the cost
     is switching ops (the host's caches), not meeting a new T."""
+    call = call or (lambda op, t: _call(mhc_ops, op, a, t))
     sides = ("enqueue", "gpu")
     worst = {(kind, side): (0.0, None) for kind in ("first", "revisit") for side in sides}
     over = {key: 0 for key in worst}
     for t in token_counts:
-        first = {op: _timed_split(lambda: _call(mhc_ops, op, a, t)) for op in OPS}
-        again = {op: _timed_split(lambda: _call(mhc_ops, op, a, t)) for op in OPS}
-        for op in OPS:
-            steady = [_timed_split(lambda: _call(mhc_ops, op, a, t)) for _ in range(5)]
+        first = {op: _timed_split(lambda: call(op, t)) for op in ops}
+        again = {op: _timed_split(lambda: call(op, t)) for op in ops}
+        for op in ops:
+            steady = [_timed_split(lambda: call(op, t)) for _ in range(5)]
             for k, side in enumerate(sides):
                 med = statistics.median(x[k] for x in steady)
                 for kind, got in (("first", first[op]), ("revisit", again[op])):
@@ -126,7 +146,7 @@ def _split_pass(mhc_ops, a: dict, token_counts: list[int]) -> dict:
                     if ratio > worst[kind, side][0]:
                         worst[kind, side] = (ratio, f"{op} T={t}: {kind} {got[k] * 1e6:.1f} us, "
                                                     f"steady {med * 1e6:.1f} us")
-    out = {"split_first_calls": len(token_counts) * len(OPS)}
+    out = {"split_first_calls": len(token_counts) * len(ops)}
     for (kind, side), (ratio, call) in worst.items():
         prefix = "" if kind == "first" else "revisit_"
         out[f"{prefix}worst_{side}_ratio"] = round(ratio, 3)
@@ -198,6 +218,18 @@ def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: boo
             seen.add(t)
             fresh.append(t)
     split = _split_pass(mhc_ops, a, fresh)
+    # The control: torch's own ops at another set of new token counts, in the same pattern.
+    control_counts = []
+    for _ in range(50 * calls):
+        if len(control_counts) == calls:
+            break
+        t = rng.randint(1, max_tokens)
+        if t not in seen:
+            seen.add(t)
+            control_counts.append(t)
+    a["control_w"] = torch.randn(H, 24, device=device, dtype=torch.bfloat16)
+    control = _split_pass(None, a, control_counts, CONTROL_OPS,
+                          lambda op, t: _control_call(op, a, t))
     gc.enable()
     unwarmed = warmup.unwarmed_plans(device)
     return {"hidden_size": H, "warmup_seconds": round(warmup_seconds, 4),
@@ -209,7 +241,8 @@ def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: boo
             "steady_calls_over_2x": steady_over_2x, "steady_calls": 5 * len(ratios),
             "cudamalloc_in_first_calls": first_call_allocs,
             "cudamalloc_in_all_calls": _device_allocs(device) - allocs_before,
-            "unwarmed": [str(p.plan) for p in unwarmed], **split}
+            "unwarmed": [str(p.plan) for p in unwarmed], **split,
+            **{f"torch_control_{k}": v for k, v in control.items()}}
 
 
 def child_capture(H: int) -> dict:
@@ -309,6 +342,15 @@ def main() -> None:
                   f"{r['revisit_worst_enqueue_ratio']:.2f}x ({r['revisit_worst_enqueue_call']}), "
                   f"over 2x {r['revisit_enqueue_calls_over_2x']}; GPU time worst "
                   f"{r['revisit_worst_gpu_ratio']:.2f}x, over 2x {r['revisit_gpu_calls_over_2x']}")
+        pre = "torch_control_"
+        c = {k[len(pre):]: v for k, v in r.items() if k.startswith(pre)}
+        if c:
+            print(f"{'':>6} control, torch's own ops ({', '.join(CONTROL_OPS)}) in the same "
+                  f"pattern, {c['split_first_calls']} first calls: host enqueue over 2x "
+                  f"{c['enqueue_calls_over_2x']} first, {c['revisit_enqueue_calls_over_2x']} "
+                  f"revisits (worst {c['worst_enqueue_ratio']:.2f}x: {c['worst_enqueue_call']}); "
+                  f"GPU time over 2x {c['gpu_calls_over_2x']} first, "
+                  f"{c['revisit_gpu_calls_over_2x']} revisits")
     print(f"wrote {out}")
 
 
