@@ -133,6 +133,8 @@ def _split_pass(mhc_ops, a: dict, token_counts: list[int], ops=OPS, call=None) -
     sides = ("enqueue", "gpu")
     worst = {(kind, side): (0.0, None) for kind in ("first", "revisit") for side in sides}
     over = {key: 0 for key in worst}
+    by_op = {op: [0, 0] for op in ops}  # enqueue over 2x: first calls, revisits
+    steady_enqueue = {op: [] for op in ops}
     for t in token_counts:
         first = {op: _timed_split(lambda: call(op, t)) for op in ops}
         again = {op: _timed_split(lambda: call(op, t)) for op in ops}
@@ -140,13 +142,20 @@ def _split_pass(mhc_ops, a: dict, token_counts: list[int], ops=OPS, call=None) -
             steady = [_timed_split(lambda: call(op, t)) for _ in range(5)]
             for k, side in enumerate(sides):
                 med = statistics.median(x[k] for x in steady)
-                for kind, got in (("first", first[op]), ("revisit", again[op])):
+                if side == "enqueue":
+                    steady_enqueue[op].append(med)
+                for j, (kind, got) in enumerate((("first", first[op]), ("revisit", again[op]))):
                     ratio = got[k] / med
                     over[kind, side] += ratio > 2
+                    if side == "enqueue":
+                        by_op[op][j] += ratio > 2
                     if ratio > worst[kind, side][0]:
                         worst[kind, side] = (ratio, f"{op} T={t}: {kind} {got[k] * 1e6:.1f} us, "
                                                     f"steady {med * 1e6:.1f} us")
-    out = {"split_first_calls": len(token_counts) * len(ops)}
+    out = {"split_first_calls": len(token_counts) * len(ops),
+           "enqueue_over_2x_by_op": by_op,  # op: [first calls, revisits]
+           "median_steady_enqueue_us_by_op": {
+               op: round(statistics.median(v) * 1e6, 1) for op, v in steady_enqueue.items() if v}}
     for (kind, side), (ratio, call) in worst.items():
         prefix = "" if kind == "first" else "revisit_"
         out[f"{prefix}worst_{side}_ratio"] = round(ratio, 3)
@@ -345,6 +354,13 @@ def main() -> None:
         pre = "torch_control_"
         c = {k[len(pre):]: v for k, v in r.items() if k.startswith(pre)}
         if c:
+            print(f"{'':>6} host enqueue over 2x by op (first calls, revisits; median steady "
+                  f"enqueue): " + ", ".join(
+                      f"{op} {v[0]} / {v[1]} ({r['median_steady_enqueue_us_by_op'].get(op)} us)"
+                      for op, v in r["enqueue_over_2x_by_op"].items()))
+            print(f"{'':>6} the same for torch's ops: " + ", ".join(
+                f"{op} {v[0]} / {v[1]} ({c['median_steady_enqueue_us_by_op'].get(op)} us)"
+                for op, v in c["enqueue_over_2x_by_op"].items()))
             print(f"{'':>6} control, torch's own ops ({', '.join(CONTROL_OPS)}) in the same "
                   f"pattern, {c['split_first_calls']} first calls: host enqueue over 2x "
                   f"{c['enqueue_calls_over_2x']} first, {c['revisit_enqueue_calls_over_2x']} "
