@@ -164,6 +164,19 @@ def _split_pass(mhc_ops, a: dict, token_counts: list[int], ops=OPS, call=None) -
     return out
 
 
+def _new_token_counts(rng: random.Random, seen: set, count: int, max_tokens: int) -> list[int]:
+    """Up to `count` token counts in 1..max_tokens not in `seen` (added to it), drawn from rng."""
+    out = []
+    for _ in range(50 * count):
+        if len(out) == count:
+            break
+        t = rng.randint(1, max_tokens)
+        if t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out
+
+
 def _device_allocs(device) -> int:
     """cudaMalloc calls the caching allocator has made so far on device."""
     return int(torch.cuda.memory_stats(device).get("num_device_alloc", 0))
@@ -218,24 +231,10 @@ def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: boo
                                 f"steady {steady * 1e6:.1f} us (GPU {first_gpu * 1e6:.1f} vs "
                                 f"{steady_gpu * 1e6:.1f} us), cudaMalloc calls {new_allocs}")
     # Second pass, over token counts not met in the first: host enqueue and GPU time apart.
-    seen, fresh = set(token_counts), []
-    for _ in range(50 * calls):
-        if len(fresh) == calls:
-            break
-        t = rng.randint(1, max_tokens)
-        if t not in seen:
-            seen.add(t)
-            fresh.append(t)
-    split = _split_pass(mhc_ops, a, fresh)
+    seen = set(token_counts)
+    split = _split_pass(mhc_ops, a, _new_token_counts(rng, seen, calls, max_tokens))
     # The control: torch's own ops at another set of new token counts, in the same pattern.
-    control_counts = []
-    for _ in range(50 * calls):
-        if len(control_counts) == calls:
-            break
-        t = rng.randint(1, max_tokens)
-        if t not in seen:
-            seen.add(t)
-            control_counts.append(t)
+    control_counts = _new_token_counts(rng, seen, calls, max_tokens)
     a["control_w"] = torch.randn(H, 24, device=device, dtype=torch.bfloat16)
     control = _split_pass(None, a, control_counts, CONTROL_OPS,
                           lambda op, t: _control_call(op, a, t))

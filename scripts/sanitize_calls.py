@@ -77,10 +77,9 @@ run_stream_ops(40, 4, 64, True)
 run_stream_ops(9, 8, 128, False)
 mhc_ops._C.set_staged_fn_min_tokens(old)
 
-# The main kernel's cp.async ring (Plan.fn_ring; by default from T = 512: fn for pre / head, x and
-# the input streams for the fused op, SPLIT_K / FULL_K), raw
-# fn (cross-lane copies) and staged: SPLIT_K with a partial K group, FULL_K with the norm,
-# n = 8 (a ring of two slots), n = 3
+# The main kernel's cp.async ring (Plan.fn_ring; by default from T = 512: fn for pre / head,
+# x and the input streams for the fused op), raw fn (cross-lane copies) and staged: SPLIT_K
+# with a partial K group, FULL_K with the norm, n = 8 (a ring of two slots), n = 3
 old_ring = mhc_ops._C.set_fn_ring_min_tokens(1)
 for start in (2**63 - 1, 1):
     old = mhc_ops._C.set_staged_fn_min_tokens(start)

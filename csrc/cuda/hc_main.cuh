@@ -526,7 +526,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
     // cp.async ring of FusedRing::kStages slots in shared memory (after red and coef), the
     // next unit's copies in flight while this one is mixed, stored and reduced.
     using FR = FusedRing<N, TT>;
-    uint4* aring = reinterpret_cast<uint4*>(coef + BT * NC) + warp * FR::kStages * FR::kSlot + lane;
+    uint4* aring =
+        reinterpret_cast<uint4*>(coef + BT * NC) + warp * FR::kStages * FR::kSlot + lane;
     const auto stage_acts = [&](int k) {  // the warp's k-th unit into slot k % kStages
       if constexpr (RING) {
         const int uu = warp + k * W;
@@ -938,7 +939,8 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     size_t smem = sizeof(float) * bt * (warps * Sh::MP + Sh::NC);  // fused: red, then coef
     if constexpr (MODE == Mode::FUSED) {
       if (plan.fn_ring) {  // then the ring of x and the input streams
-        constexpr int kFullTT = tiles_per_block<N, MODE, true>(), kSplitTT = tiles_per_block<N, MODE, false>();
+        constexpr int kFullTT = tiles_per_block<N, MODE, true>();
+        constexpr int kSplitTT = tiles_per_block<N, MODE, false>();
         smem += full ? FusedRing<N, kFullTT>::bytes(warps) : FusedRing<N, kSplitTT>::bytes(warps);
       }
     } else {
@@ -956,6 +958,7 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   // (Plan::fn_ring: fn for pre / head, x and the input streams for the fused op).
   TORCH_INTERNAL_ASSERT(!plan.split_streams || (MODE == Mode::FUSED && N % 2 == 0 && !full),
                         "split_streams: fused SPLIT_K, even n");
+  TORCH_INTERNAL_ASSERT(!(plan.split_streams && plan.fn_ring), "half units take no ring");
   const auto run_main = [&](auto fullk, auto normk, int warps, at::Tensor* ws) {
     constexpr bool F = decltype(fullk)::value, NM = decltype(normk)::value;
     constexpr int TT = tiles_per_block<N, MODE, F>(), hs = F ? HS : 0;
