@@ -8,8 +8,10 @@ implementation as the median per call of CUDA-graph replays of >= 10 back-to-bac
     fn and the activations come from HBM.
 Implementations: mhc_ops (the CUDA kernels), eager (mhc_ops.reference, fp32), compile
 (torch.compile of the reference, static shapes, compiled once per point and reused for warm
-and cold). Floor = bytes moved once / device-to-device copy bandwidth measured in this run
-(bytes read + written), with
+and cold), and mhc_ops_invariant (the CUDA kernels under MHC_BATCH_INVARIANT=1, for the
+cost of batch-invariant plans; its rows go to a file of their own, not the SPEC §8 results).
+Floor = bytes moved once / device-to-device copy bandwidth measured in this run (bytes read +
+written), with
   pre     T·(10H + 80) + 384H          residual in, layer_input + gates out, fn
   post    T·(18H + 80)                 x + residual in, new residual out, gates in
   fused   T·(20H + 160) + 384H         post's bytes + layer_input + gates out, fn
@@ -20,6 +22,8 @@ and cold). Floor = bytes moved once / device-to-device copy bandwidth measured i
   python benchmarks/bench_ops.py                      # all ops, T and H of SPEC §8
   python benchmarks/bench_ops.py --quick              # one point (T=64, H=7168), all ops
   python benchmarks/bench_ops.py --impls mhc_ops,eager --out r.json   # merge into r.json
+  python benchmarks/bench_ops.py --impls mhc_ops,mhc_ops_invariant \
+      --out benchmarks/results/batch_invariant_h100.json            # MHC_BATCH_INVARIANT's cost
 Writes JSON rows {op, T, H, l2, impl, us, floor_us} and a PNG plot next to it.
 """
 
@@ -37,7 +41,7 @@ import zlib
 import torch
 
 import mhc_ops
-from mhc_ops import plan, reference
+from mhc_ops import envs, plan, reference
 
 N_HC = 4
 OPS = ("mhc_pre", "mhc_post", "mhc_fused_post_pre", "hc_head", "hc_prenorm_gemm")
@@ -97,8 +101,19 @@ def prenorm_splits(T: int, H: int, sms: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # The callables per implementation. Each returns a function of one input set.
 
+INVARIANT = "mhc_ops_invariant"  # the kernels with batch-invariant plans (MHC_BATCH_INVARIANT=1)
+
+
 def op_fn(op: str, impl: str, T: int, H: int, sms: int):
     S = prenorm_splits(T, H, sms)
+    if impl == INVARIANT:
+        # The launchers read the flag at every call, graph capture included.
+        inner = op_fn(op, "mhc_ops", T, H, sms)
+
+        def invariant(a):
+            with envs.MHC_BATCH_INVARIANT.override(True):
+                return inner(a)
+        return invariant
     if impl == "mhc_ops":
         if op == "hc_prenorm_gemm":
             return lambda a: mhc_ops.hc_prenorm_gemm(a["x"], a["fn"], S)
@@ -127,8 +142,8 @@ def op_fn(op: str, impl: str, T: int, H: int, sms: int):
 # ---------------------------------------------------------------------------------------------
 # Verification (loose: the tests hold the SPEC §3 bounds; this catches a broken build).
 
-def verify(op: str, a: dict, T: int, H: int, sms: int) -> str | None:
-    got = op_fn(op, "mhc_ops", T, H, sms)(a)
+def verify(op: str, a: dict, T: int, H: int, sms: int, impl: str = "mhc_ops") -> str | None:
+    got = op_fn(op, impl, T, H, sms)(a)
     got = got if isinstance(got, (tuple, list)) else (got,)
     rows = torch.unique(torch.tensor([0, T // 2, T - 1], device="cuda"))
     if op == "hc_prenorm_gemm":
@@ -210,11 +225,11 @@ def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures):
     g = torch.Generator(device="cuda").manual_seed(zlib.crc32(repr((op, T, H)).encode()))
     first = make_set(op, T, H, g)
     nsets = max(MIN_SETS, math.ceil(2.5 * l2_bytes / set_bytes(first)))
-    if "mhc_ops" in impls:
-        msg = verify(op, first, T, H, sms)
+    for impl in ("mhc_ops", INVARIANT):
+        msg = verify(op, first, T, H, sms, impl) if impl in impls else None
         if msg:
-            failures.append(f"{op} T={T} H={H}: {msg}")
-            print(f"VERIFY FAILED {op} T={T} H={H}: {msg}", flush=True)
+            failures.append(f"{op} T={T} H={H} {impl}: {msg}")
+            print(f"VERIFY FAILED {op} T={T} H={H} {impl}: {msg}", flush=True)
     sets = [first] + [make_set(op, T, H, g) for _ in range(nsets - 1)]
     floor_us = floor_bytes(op, T, H, sms) / (bw * 1e9) * 1e6
     out = {}
@@ -237,16 +252,20 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         key.setdefault((r["op"], r["H"], r["T"]), {})[(r["impl"], r["l2"])] = r["us"]
         key[(r["op"], r["H"], r["T"])]["floor"] = r["floor_us"]
+    inv = any(r["impl"] == INVARIANT for r in rows)
     lines = [f"{'op':20s} {'H':>5s} {'T':>6s} {'floor':>9s} {'mhc cold':>9s} {'x floor':>7s} "
-             f"{'compile':>9s} {'speedup':>7s} {'eager':>9s} {'mhc warm':>9s}"]
+             f"{'compile':>9s} {'speedup':>7s} {'eager':>9s} {'mhc warm':>9s}"
+             + (f" {'invariant':>9s} {'x mhc':>7s}" if inv else "")]
     for (op, H, T), v in sorted(key.items(), key=lambda kv: (OPS.index(kv[0][0]), kv[0][1],
                                                               kv[0][2])):
         m, c, e = v.get(("mhc_ops", "cold")), v.get(("compile", "cold")), v.get(("eager", "cold"))
+        i = v.get((INVARIANT, "cold"))
         f = v["floor"]
         fmt = lambda x: f"{x:9.2f}" if x is not None else f"{'-':>9s}"  # noqa: E731
         lines.append(f"{op:20s} {H:5d} {T:6d} {f:9.2f} {fmt(m)} "
                      f"{(m / f if m else 0):7.2f} {fmt(c)} {(c / m if m and c else 0):7.2f} "
-                     f"{fmt(e)} {fmt(v.get(('mhc_ops', 'warm')))}")
+                     f"{fmt(e)} {fmt(v.get(('mhc_ops', 'warm')))}"
+                     + (f" {fmt(i)} {(i / m if m and i else 0):7.2f}" if inv else ""))
     return "\n".join(lines)
 
 
@@ -262,7 +281,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
             ax = axes[i][j]
             sel = [r for r in rows if r["op"] == op and r["H"] == H and r["l2"] == "cold"]
             for impl, style, color in (("mhc_ops", "o-", "C0"), ("compile", "s--", "C1"),
-                                       ("eager", "^:", "C2")):
+                                       ("eager", "^:", "C2"), (INVARIANT, "d-.", "C3")):
                 pts = sorted((r["T"], r["us"]) for r in sel if r["impl"] == impl)
                 if pts:
                     ax.plot(*zip(*pts), style, color=color, label=impl)
@@ -327,6 +346,12 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
     add_knob_args(ap)
     args = ap.parse_args()
+    results_file = args.out and os.path.basename(args.out) in ("h100.json", "h200.json")
+    if INVARIANT in args.impls.split(",") and results_file:
+        print(f"bench_ops: {INVARIANT} rows do not belong in the SPEC §8 results file; write "
+              "them to their own, e.g. --out benchmarks/results/batch_invariant_h100.json",
+              file=sys.stderr)
+        return 2
     if not (mhc_ops.cuda_available() and torch.cuda.is_available()):
         print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
         return 2

@@ -18,6 +18,8 @@
 #   bench     benchmarks/bench_ops.py, mhc_ops and eager, merged into
 #             benchmarks/results/<gpu>.json (+ .png), copied to $OUT
 #   compile   the same for torch.compile of the reference (slow: one compile per point)
+#   invariant benchmarks/bench_ops.py, mhc_ops against mhc_ops_invariant (MHC_BATCH_INVARIANT=1),
+#             into benchmarks/results/batch_invariant_<gpu>.json (+ .png), copied to $OUT
 #   quick     benchmarks/bench_ops.py --quick (one point, mhc_ops and eager)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,6 +83,12 @@ print('mhc_ops', mhc_ops.__version__, 'torch', torch.__version__, torch.cuda.get
       rm -f "$OUT/stalls.ncu-rep"
       ;;
     cold) run cold "$PY" benchmarks/cold_start.py --out "$OUT/cold_start_$tag.json" ;;
+    invariant)
+      inv="benchmarks/results/batch_invariant_$tag.json"
+      run invariant "$PY" benchmarks/bench_ops.py --impls mhc_ops,mhc_ops_invariant \
+        --out "$inv"
+      cp "$inv" "${inv%.json}.png" "$OUT/" 2>/dev/null
+      ;;
     bench | compile | quick)
       impls="mhc_ops,eager"
       args=(--out "$results")
