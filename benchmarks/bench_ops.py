@@ -315,8 +315,8 @@ KNOBS = (
      "launcher's rule)", "epilogue chunks {}"),
     ("staged_fn_min_tokens", "T from which pre / fused stage fn (studies only; 2**63-1: never)",
      "fn staged from T = {}"),
-    ("fn_ring_min_tokens", "T from which pre / head stream fn through the main kernel's ring "
-     "(studies only; 2**63-1: never)", "fn through the main kernel's ring from T = {}"),
+    ("fn_ring_min_tokens", "T from which pre / head / fused use the main kernel's cp.async ring "
+     "(studies only; 2**63-1: never)", "the main kernel's ring from T = {}"),
     ("cluster_buffers", "buffers of the persistent hc_head CLUSTER kernel (studies only; 0: the "
      "launcher's, 1: one block per cluster)", "hc_head cluster buffers {}"),
 )

@@ -121,15 +121,14 @@ def _control_call(op: str, a: dict, t: int):
     return torch.softmax(a["comb_mix"][:t], -1)
 
 
-def _split_pass(mhc_ops, a: dict, token_counts: list[int], ops=OPS, call=None) -> dict:
+def _split_pass(call, token_counts: list[int], ops=OPS) -> dict:
     """First calls at token counts not met before, split into host enqueue and GPU time, each
     against the median of 5 steady calls at the same T: which side a slow first call is on.
 
     Per T, the four ops' first calls run one after another, then a revisit of each op in the
     same order (T now seen, but again right after another op), then 5 steady calls per op. The
     revisits are the control for the host side: if they stray like the first calls, the cost
-    is switching ops (the host's caches), not meeting a new T."""
-    call = call or (lambda op, t: _call(mhc_ops, op, a, t))
+    is switching ops (the host's caches), not meeting a new T. call(op, t) makes one call."""
     sides = ("enqueue", "gpu")
     worst = {(kind, side): (0.0, None) for kind in ("first", "revisit") for side in sides}
     over = {key: 0 for key in worst}
@@ -156,10 +155,10 @@ def _split_pass(mhc_ops, a: dict, token_counts: list[int], ops=OPS, call=None) -
            "enqueue_over_2x_by_op": by_op,  # op: [first calls, revisits]
            "median_steady_enqueue_us_by_op": {
                op: round(statistics.median(v) * 1e6, 1) for op, v in steady_enqueue.items() if v}}
-    for (kind, side), (ratio, call) in worst.items():
+    for (kind, side), (ratio, what) in worst.items():
         prefix = "" if kind == "first" else "revisit_"
         out[f"{prefix}worst_{side}_ratio"] = round(ratio, 3)
-        out[f"{prefix}worst_{side}_call"] = call
+        out[f"{prefix}worst_{side}_call"] = what
         out[f"{prefix}{side}_calls_over_2x"] = over[kind, side]
     return out
 
@@ -232,12 +231,12 @@ def child_warm(H: int, max_tokens: int, calls: int, seed: int, inputs_first: boo
                                 f"{steady_gpu * 1e6:.1f} us), cudaMalloc calls {new_allocs}")
     # Second pass, over token counts not met in the first: host enqueue and GPU time apart.
     seen = set(token_counts)
-    split = _split_pass(mhc_ops, a, _new_token_counts(rng, seen, calls, max_tokens))
+    split = _split_pass(lambda op, t: _call(mhc_ops, op, a, t),
+                        _new_token_counts(rng, seen, calls, max_tokens))
     # The control: torch's own ops at another set of new token counts, in the same pattern.
     control_counts = _new_token_counts(rng, seen, calls, max_tokens)
     a["control_w"] = torch.randn(H, 24, device=device, dtype=torch.bfloat16)
-    control = _split_pass(None, a, control_counts, CONTROL_OPS,
-                          lambda op, t: _control_call(op, a, t))
+    control = _split_pass(lambda op, t: _control_call(op, a, t), control_counts, CONTROL_OPS)
     gc.enable()
     unwarmed = warmup.unwarmed_plans(device)
     return {"hidden_size": H, "warmup_seconds": round(warmup_seconds, 4),

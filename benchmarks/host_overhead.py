@@ -18,14 +18,15 @@ import time
 
 import torch
 
-from cold_start import OPS, SPIN_CYCLES, _call, _inputs
+from torch.profiler import ProfilerActivity, profile
+
+from cold_start import OPS, SPIN_CYCLES, _call, _inputs, _timed_split
 
 
-def _enqueue(fn, busy: bool) -> float:
-    """Seconds the host takes to enqueue fn(), with the GPU idle or spinning meanwhile."""
+def _enqueue_idle(fn) -> float:
+    """Seconds the host takes to enqueue fn() with the GPU idle (busy: cold_start's
+    _timed_split, a spin kernel queued ahead)."""
     torch.cuda.synchronize()
-    if busy:
-        torch.cuda._sleep(SPIN_CYCLES)
     t0 = time.perf_counter()
     fn()
     dt = time.perf_counter() - t0
@@ -60,13 +61,11 @@ def main() -> None:
             torch.cuda.synchronize()
             print(f"H = {H}, T = {T}: median host enqueue, us (GPU idle / busy)")
             for name, fn in calls.items():
-                idle = statistics.median(_enqueue(fn, False) for _ in range(args.repeats))
-                busy = statistics.median(_enqueue(fn, True) for _ in range(args.repeats))
+                idle = statistics.median(_enqueue_idle(fn) for _ in range(args.repeats))
+                busy = statistics.median(_timed_split(fn)[0] for _ in range(args.repeats))
                 rows.append({"H": H, "T": T, "call": name, "idle_us": round(idle * 1e6, 2),
                              "busy_us": round(busy * 1e6, 2)})
                 print(f"  {name:<34} {idle * 1e6:8.1f} / {busy * 1e6:8.1f}")
-            from torch.profiler import ProfilerActivity, profile
-
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(10):

@@ -39,8 +39,7 @@ def summarize(path: str) -> None:
     col = {k: i for i, k in enumerate(rows[0])}
     for r in rows[1:]:
         name = r[col["Kernel Name"]]
-        m = re.search(r"(hc_main_kernel|hc_epilogue_kernel|hc_cluster_kernel|mhc_post_kernel|prenorm_kernel)<([^>]*)>",
-                      name)
+        m = re.search(r"(\w+_kernel)<([^>]*)>", name)  # this pack's kernels by their names
         short = f"{m.group(1)}<{m.group(2)}>" if m else name[:60]
         print(f"{short:64s} grid {r[col['Grid Size']]:>14s} block {r[col['Block Size']]:>12s} "
               f"{r[col['Metric Value']]:>10s} {r[col['Metric Unit']]}")
@@ -48,7 +47,8 @@ def summarize(path: str) -> None:
 
 def stalls(path: str, top: int = 30) -> list[tuple[float, str, str]]:
     """(share of all stall samples, SASS, top reasons) of the `top` instructions with the most."""
-    rows = list(csv.reader(open(path)))
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
     head = next(i for i, r in enumerate(rows) if "Warp Stall Sampling (All Samples)" in r)
     col = {k: i for i, k in enumerate(rows[head])}
     reasons = [k for k in rows[head] if k.startswith("stall_") and "Not Issued" not in k]

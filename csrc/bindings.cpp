@@ -72,8 +72,8 @@ PYBIND11_MODULE(_C, m) {
   // default, the launcher's; 1: the one-block-per-cluster kernel). Returns the previous value.
   m.def("cluster_buffers", &mhc::cluster_buffers);
   m.def("set_cluster_buffers", &mhc::set_cluster_buffers, py::arg("buffers"));
-  // Benchmarks and tests only: from which T pre / head stream fn through the main kernel's
-  // ring (plan.h; INT64_MAX: never). Returns the previous value.
+  // Benchmarks and tests only: from which T pre / head / fused use the main kernel's ring
+  // (plan.h; INT64_MAX: never). Returns the previous value.
   m.def("fn_ring_min_tokens", &mhc::fn_ring_min_tokens);
   m.def("set_fn_ring_min_tokens", &mhc::set_fn_ring_min_tokens, py::arg("num_tokens"));
   m.def("launched_plans", [] {

@@ -962,19 +962,13 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   const auto run_main = [&](auto fullk, auto normk, int warps, at::Tensor* ws) {
     constexpr bool F = decltype(fullk)::value, NM = decltype(normk)::value;
     constexpr int TT = tiles_per_block<N, MODE, F>(), hs = F ? HS : 0;
-    if constexpr (MODE == Mode::FUSED) {
-      if constexpr (!F && N % 2 == 0) {
-        if (plan.split_streams)
-          return main_launch(hc_main_kernel<N, MODE, F, NM, hs, true>, TT, warps, ws);
-      }
-      if (plan.fn_ring)
-        return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, true>, TT, warps, ws);
-      return main_launch(hc_main_kernel<N, MODE, F, NM, hs>, TT, warps, ws);
-    } else {
-      if (plan.fn_ring)
-        return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, true>, TT, warps, ws);
-      return main_launch(hc_main_kernel<N, MODE, F, NM, hs>, TT, warps, ws);
+    if constexpr (MODE == Mode::FUSED && !F && N % 2 == 0) {
+      if (plan.split_streams)
+        return main_launch(hc_main_kernel<N, MODE, F, NM, hs, true>, TT, warps, ws);
     }
+    if (plan.fn_ring)
+      return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, true>, TT, warps, ws);
+    return main_launch(hc_main_kernel<N, MODE, F, NM, hs>, TT, warps, ws);
   };
   if (full) {
     if constexpr (MODE != Mode::HEAD) {
