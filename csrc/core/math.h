@@ -77,9 +77,33 @@ MHC_UNROLL
   return acc;
 }
 
+// eps + sum_i v[i] * s[i], the normaliser of one Sinkhorn step over the matrix v scaled by s:
+// pairs of terms through one multiply-add each (eps folded into the last pair), then the pairs
+// added pairwise, so that the critical path is ceil(log2(N / 2)) + 2 operations instead of a
+// chain of N adds, eps and the scaling multiply (NOTES.md, v11).
+template <int N>
+MHC_HD float sinkhorn_normaliser(const float (&v)[N], const float (&s)[N], float eps) {
+  constexpr int P = (N + 1) / 2;
+  float q[P];
+MHC_UNROLL
+  for (int m = 0; m < P; ++m) {
+    const int i = 2 * m;
+    float a = m == P - 1 ? v[i] * s[i] + eps : v[i] * s[i];
+    if (i + 1 < N) a = v[i + 1] * s[i + 1] + a;
+    q[m] = a;
+  }
+MHC_UNROLL
+  for (int w = 1; w < P; w *= 2)
+MHC_UNROLL
+    for (int m = 0; m + w < P; m += 2 * w) q[m] += q[m + w];
+  return q[0];
+}
+
 // Sinkhorn-Knopp on an N x N matrix of logits, in place (SPEC §2.6). Row softmax + eps, a
 // column step, then (repeat - 1) x (row step, column step). repeat 0 and 1 both mean one column
-// step. The fixed N keeps the matrix in registers on the GPU.
+// step. The fixed N keeps the matrix in registers on the GPU. Each step's scales multiply the
+// matrix alongside the next step's normalisers, which take the scales as factors, so the
+// dependency chain of a step is its normaliser and one reciprocal.
 template <int N>
 MHC_HD void sinkhorn(float (&c)[N][N], float eps, int64_t repeat) {
 MHC_UNROLL
@@ -97,29 +121,38 @@ MHC_UNROLL
 MHC_UNROLL
     for (int k = 0; k < N; ++k) c[j][k] = c[j][k] * inv + eps;
   }
-  const int64_t rounds = repeat > 1 ? repeat : 1;
-  for (int64_t r = 0; r < rounds; ++r) {
-    if (r > 0) {
+  // The matrix is c scaled by the last step's factors: columns by sc, or rows by rs.
+  float sc[N], rs[N], col[N];
 MHC_UNROLL
-      for (int j = 0; j < N; ++j) {
-        float s = c[j][0];
+  for (int j = 0; j < N; ++j) rs[j] = 1.0f;
 MHC_UNROLL
-        for (int k = 1; k < N; ++k) s += c[j][k];
-        const float inv = sinkhorn_rcp(s + eps);
+  for (int k = 0; k < N; ++k) {
 MHC_UNROLL
-        for (int k = 0; k < N; ++k) c[j][k] *= inv;
-      }
-    }
+    for (int j = 0; j < N; ++j) col[j] = c[j][k];
+    sc[k] = sinkhorn_rcp(sinkhorn_normaliser<N>(col, rs, eps));
+  }
+  for (int64_t r = 1; r < repeat; ++r) {
+MHC_UNROLL
+    for (int j = 0; j < N; ++j) rs[j] = sinkhorn_rcp(sinkhorn_normaliser<N>(c[j], sc, eps));
+MHC_UNROLL
+    for (int j = 0; j < N; ++j)
+MHC_UNROLL
+      for (int k = 0; k < N; ++k) c[j][k] *= sc[k];
 MHC_UNROLL
     for (int k = 0; k < N; ++k) {
-      float s = c[0][k];
 MHC_UNROLL
-      for (int j = 1; j < N; ++j) s += c[j][k];
-      const float inv = sinkhorn_rcp(s + eps);
-MHC_UNROLL
-      for (int j = 0; j < N; ++j) c[j][k] *= inv;
+      for (int j = 0; j < N; ++j) col[j] = c[j][k];
+      sc[k] = sinkhorn_rcp(sinkhorn_normaliser<N>(col, rs, eps));
     }
+MHC_UNROLL
+    for (int j = 0; j < N; ++j)
+MHC_UNROLL
+      for (int k = 0; k < N; ++k) c[j][k] *= rs[j];
   }
+MHC_UNROLL
+  for (int j = 0; j < N; ++j)
+MHC_UNROLL
+    for (int k = 0; k < N; ++k) c[j][k] *= sc[k];
 }
 
 // Parameters of the gate epilogue of mhc_pre / fused (SPEC §2.1 steps 3-7).
