@@ -60,7 +60,7 @@ constexpr int tiles_per_block() {
 
 constexpr int kGroupCols = 32;     // hidden columns per K group
 constexpr int kParts = 2;          // bf16 terms of fn (common.cuh): hi + lo
-constexpr int kMainThreads = 256;  // largest main-kernel CTA (8 warps)
+constexpr int kMainThreads = 256;  // largest main-kernel CTA (8 warps: kMainWarps, plan.cpp)
 constexpr int kRingBytes = 224 * 1024;  // pre / head: the largest fn ring of a main-kernel CTA
 constexpr int kRegStages = 4;  // pre / head without the fn ring: activation units in flight
 constexpr int kEpiThreads = 128;   // epilogue threads that stream the weighted sum
