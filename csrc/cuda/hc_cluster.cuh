@@ -23,8 +23,9 @@
 // banks. Geometry (cluster size, K groups per CTA, BT, shared memory) is cluster_shape() of
 // csrc/core/plan.cpp, shared with the planner.
 // hc_head at n = 4, H = 4096 / 7168 runs hc_head_persist_kernel instead (below): persistent
-// clusters that walk the token blocks with the next blocks' copies in flight and one cluster
-// barrier per block, with the same sums in the same order.
+// clusters that walk the token blocks with the next blocks' copies in flight, one cluster
+// barrier per block and the warps split between the reduction and the stream sum, with the
+// same sums in the same order.
 #pragma once
 
 #include <map>
@@ -104,12 +105,14 @@ constexpr int kClusterMaxStages = 4;
 
 // Weighted stream sum (SPEC §2.1 step 8, in stream order) of a cluster CTA's slice: tokens
 // 0 .. live - 1 of the block from t0, vectors 0 .. nv - 1 of each stream row (a token's row is
-// RS uint4 in `data`, a stream's SV) with their gates [BT][N], into columns h0 + 8 v of out.
+// RS uint4 in `data`, a stream's SV) with their gates [BT][N], into columns h0 + 8 v of out;
+// by threads th of nth.
 template <int N>
 __device__ __forceinline__ void cluster_stream_sum(const uint4* data, const float* gates,
                                                    uint16_t* out, int64_t t0, int live, int nv,
-                                                   int SV, int RS, int H, int h0) {
-  for (int idx = threadIdx.x; idx < live * nv; idx += blockDim.x) {
+                                                   int SV, int RS, int H, int h0, int th,
+                                                   int nth) {
+  for (int idx = th; idx < live * nv; idx += nth) {
     const int t = idx / nv, v = idx % nv;
     uint4 r[N];
     float pre[N];
@@ -289,7 +292,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   cluster_wait();
 
   cluster_stream_sum<N>(data, gates, p.out, t0, T - t0 < BT ? static_cast<int>(T - t0) : BT, nv,
-                        SV, RS, H, h0);
+                        SV, RS, H, h0, tid, blockDim.x);
 #endif
 }
 
@@ -297,17 +300,26 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 // The persistent CLUSTER kernel of hc_head at the specialised widths (n = 4, H = 4096 / 7168).
 // Same cluster geometry, units, fragments and sums as hc_cluster_kernel (so the two give the
 // same bits), but each cluster walks token blocks blk = cluster, cluster + clusters, ... and
-// keeps the serial part of a block short, since that part (not HBM) bounded the one-block
-// kernel and a first persistent version alike (~6 us per block at either width: NOTES.md, v9):
-//  * NB shared-memory buffers filled with cp.async, NB - 1 blocks ahead (warp w copies the
-//    token-stream rows 8w .. 8w + 7 of a block, 512 contiguous bytes per warp instruction);
+// keeps the serial part of a block short, since that part (not HBM) bounds it (NOTES.md, v9,
+// v11):
+//  * NB shared-memory buffers filled with cp.async, NB blocks ahead, each with an mbarrier
+//    that the copies arrive on;
 //  * one cluster barrier per block: every CTA pushes its partial sums (M dots and the sum of
 //    squares of each token) into a slot of every CTA's receive buffer (double-buffered by block
 //    parity), then each CTA adds the CS partials of all its tokens in rank order itself and
 //    computes their gates, with no remote loads and no second barrier;
-//  * the warp's fn fragments (hc_head: n rows, one 8-row block per unit) stay in registers.
+//  * the warps in two roles, so that a block's weighted stream sum runs beside the next
+//    block's reduction instead of after it: reducer warps 0 .. W/2 - 1 hold the fn fragments
+//    in registers (hc_head: n rows, one 8-row block per unit; warp w those of the units that
+//    warps w and w + W/2 own in hc_cluster_kernel, in two accumulators, so every sum keeps
+//    that kernel's order), wait for a block's copies, run its mma, push the CTA's partial,
+//    take the cluster barrier and write the block's gates (double-buffered); writer warps
+//    W/2 .. W - 1 take the gates, write the stream sum and refill the buffer with the block NB
+//    ahead (warp W/2 + w copies the token-stream rows 16w .. 16w + 15, 512 contiguous bytes
+//    per warp instruction). Writers arrive at the next block's cluster barrier as soon as they
+//    hold this block's gates, so that barrier waits for the reducers only.
 // Dynamic shared memory: activations [NB][BT][RS] uint4, receive [2][CS][BT][MP], per-warp
-// partials [W][BT][MP], gates [BT][N] floats.
+// partials [W][BT][MP], gates [2][BT][N] floats, then NB mbarriers.
 template <int N, int HS>
 struct HeadPersistShape {
   static constexpr int G = HS / kGroupCols;                          // K groups
@@ -321,7 +333,8 @@ struct HeadPersistShape {
   static_assert(HS % (kGroupCols * GPC) == 0 && G / GPC == CS, "every CTA owns GPC whole groups");
   static constexpr size_t bytes(int nb) {
     return sizeof(uint4) * nb * BT * RS +
-           sizeof(float) * (2 * CS * BT * MP + kClusterWarps * BT * MP + BT * N);
+           sizeof(float) * (2 * CS * BT * MP + kClusterWarps * BT * MP + 2 * BT * N) +
+           sizeof(uint64_t) * nb;
   }
 };
 
@@ -330,6 +343,40 @@ __device__ __forceinline__ void st_cluster_v4(uint32_t addr, float4 v) {
   asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "f"(v.x),
                "f"(v.y), "f"(v.z), "f"(v.w)
                : "memory");
+}
+#endif
+
+// mbarriers (the copies of a buffer arrive on one) and named barriers (one role's warps, or a
+// hand-over between the roles) for the persistent kernel.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count)
+               : "memory");
+}
+// Arrives on bar once every cp.async this thread issued so far has landed.
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar))
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 #endif
 
@@ -343,10 +390,13 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   constexpr int M = N, NT = 1, MP = PS::MP, BT = PS::BT, W = kClusterWarps;
   constexpr int CS = PS::CS, SV = PS::SV, RS = PS::RS, UPW = PS::UPW;
   constexpr int units = PS::GPC * N;
+  constexpr int RW = W / 2, kHalf = RW * 32;  // reducer warps; threads per role
+  constexpr int kRowsPerWriter = BT * N / RW;
   constexpr int64_t K = static_cast<int64_t>(N) * HS;
   static_assert(kClusterTiles == 1, "one 16-token tile per block");
-  static_assert(BT * N == 8 * W, "warp w copies the token-stream rows 8w .. 8w + 7 of a block");
-  static_assert(MP % 4 == 0 && BT * MP / 4 <= W * 32, "one float4 of the partial per thread");
+  static_assert(BT * N % RW == 0, "writer warps copy whole token-stream rows");
+  static_assert(MP % 4 == 0 && BT * MP / 4 <= kHalf, "one float4 of the partial per reducer");
+  static_assert(NB >= 2, "a buffer refills while the next one is reduced");
   extern __shared__ float4 smem_raw[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;
@@ -355,11 +405,13 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   const int64_t nblk = (T + BT - 1) / BT;
   const int64_t clusters = gridDim.x / CS;
   const int h0 = rank * PS::GPC * kGroupCols;
+  const bool reducer = warp < RW;
 
   uint4* data = reinterpret_cast<uint4*>(smem_raw);
   float* recv = reinterpret_cast<float*>(data + NB * BT * RS);  // [2][CS][BT][MP]
   float* red = recv + 2 * CS * BT * MP;                           // [W][BT][MP]
-  float* gates = red + W * BT * MP;                               // [BT][N]
+  float* gates = red + W * BT * MP;                               // [2][BT][N]
+  uint64_t* full = reinterpret_cast<uint64_t*>(gates + 2 * BT * N);  // [NB]
 
   for (int idx = tid; idx < M * N * PS::GPC; idx += blockDim.x) {
     const int q = idx % PS::GPC, rest = idx / PS::GPC;
@@ -370,112 +422,123 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   // barrier's wait comes before the first push below (compute-sanitizer's racecheck flagged
   // pushes into CTAs not yet started).
   cluster_arrive_relaxed();
+  if (tid < NB) mbar_init(full + tid, kHalf);
   pdl_wait();
   pdl_trigger();
+  __syncthreads();  // the mbarriers are initialised
 
-  // This warp's units u = warp + k W (group u / N, stream u % N): their fn fragments.
-  FnFrag<kParts> f[UPW][NT];
+  const int64_t first = blockIdx.x / CS;
+  const int64_t nloc = first < nblk ? (nblk - first + clusters - 1) / clusters : 0;
+  const float inv_k = 1.0f / static_cast<float>(K);
+
+  if (reducer) {
+    // The units of hc_cluster_kernel's warps warp and warp + RW: u = warp + v RW + k W.
+    FnFrag<kParts> f[2][UPW][NT];
 #pragma unroll
-  for (int k = 0; k < UPW; ++k) {
-    const int u = warp + k * W;
-    if (u < units) {
-      float4 fr[NT][2];
-      load_fn_unit<NT, M>(p.fn, K, HS, h0 + (u / N) * kGroupCols + 8 * c, u % N, g, fr);
-      fn_frags<NT>(fr, f[k]);
-    } else {
-      f[k][0] = zero_frag<kParts>();
+    for (int v = 0; v < 2; ++v)
+#pragma unroll
+      for (int k = 0; k < UPW; ++k) {
+        const int u = warp + v * RW + k * W;
+        if (u < units) {
+          float4 fr[NT][2];
+          load_fn_unit<NT, M>(p.fn, K, HS, h0 + (u / N) * kGroupCols + 8 * c, u % N, g, fr);
+          fn_frags<NT>(fr, f[v][k]);
+        } else {
+          f[v][k][0] = zero_frag<kParts>();
+        }
+      }
+    cluster_wait();
+    for (int64_t il = 0; il < nloc; ++il) {
+      const int b = static_cast<int>(il % NB), par = static_cast<int>(il & 1);
+      mbar_wait(full + b, static_cast<uint32_t>((il / NB) & 1));
+      const uint4* d = data + b * BT * RS;
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        float acc[1][NT][4] = {};
+        float ss[1][2] = {};
+#pragma unroll
+        for (int k = 0; k < UPW; ++k) {
+          const int u = warp + v * RW + k * W;
+          if (u < units) {
+            const uint4* col = d + (u % N) * SV + 4 * (u / N) + c;
+            mma_tile<NT>(acc[0], ss[0], col[g * RS], col[(g + 8) * RS], f[v][k]);
+          }
+        }
+        store_warp_partial<1, NT, M, MP>(red + (warp + v * RW) * BT * MP, acc, ss, BT);
+      }
+      named_sync(1, kHalf);
+      if (tid < BT * MP / 4) {  // the CTA's partial, warps in order, into every CTA
+        float4 a = reinterpret_cast<const float4*>(red)[tid];
+        for (int w = 1; w < W; ++w) {
+          const float4 q = reinterpret_cast<const float4*>(red + w * BT * MP)[tid];
+          a.x += q.x;
+          a.y += q.y;
+          a.z += q.z;
+          a.w += q.w;
+        }
+        float* slot = recv + ((par * CS + rank) * BT) * MP + 4 * tid;
+#pragma unroll
+        for (int r = 0; r < CS; ++r) st_cluster_v4(cluster_addr(slot, r), a);
+        cluster_arrive();
+      } else {
+        cluster_arrive_relaxed();
+      }
+      cluster_wait();
+      if (tid < BT) {
+        const float* src = recv + (par * CS * BT + tid) * MP;
+        float dd[MP];
+#pragma unroll
+        for (int m = 0; m <= M; ++m) {
+          float a = src[m];
+#pragma unroll
+          for (int r = 1; r < CS; ++r) a += src[r * BT * MP + m];
+          dd[m] = a;
+        }
+        float pre[N];
+        head_gates<N>(dd, dd[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
+#pragma unroll
+        for (int i = 0; i < N; ++i) gates[(par * BT + tid) * N + i] = pre[i];
+      }
+      named_sync(1, kHalf);        // the pushers are done with red (the barrier above says so
+                                   // too; this one is a CTA barrier that racecheck follows)
+      named_arrive(2, 2 * kHalf);  // the gates of block il, to the writers
     }
-  }
-
-  // Block blk's slice (BT tokens x N streams x SV vectors) into buffer b, one commit group
-  // (empty past the last block; tokens past T are zero-filled).
-  const auto issue = [&](int64_t blk, int b) {
-    if (blk < nblk) {
+  } else {
+    const int wt = tid - kHalf, ww = warp - RW;
+    // Block il's slice into buffer b (tokens past T zero-filled); its copies arrive on full[b].
+    const auto issue = [&](int64_t il, int b) {
+      const int64_t blk = first + il * clusters;
+      if (il >= nloc) return;
       uint4* dst = data + b * BT * RS;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int row = 8 * warp + k, t = row / N, i = row % N;
+      for (int k = 0; k < kRowsPerWriter; ++k) {
+        const int row = kRowsPerWriter * ww + k, t = row / N, i = row % N;
         const int64_t tok = blk * BT + t;
         const bool ok = tok < T;
         const uint16_t* src = p.res + (ok ? (tok * N + i) * HS + h0 : 0);
 #pragma unroll
         for (int v = lane; v < SV; v += 32) cp_async16(dst + t * RS + i * SV + v, src + 8 * v, ok);
       }
-    }
-    cp_async_commit();
-  };
-  const int64_t first = blockIdx.x / CS;
+      cp_async_arrive(full + b);
+    };
 #pragma unroll
-  for (int k = 0; k < NB - 1; ++k) issue(first + k * clusters, k);
-
-  const float inv_k = 1.0f / static_cast<float>(K);
-  cluster_wait();  // every CTA of the cluster has started (see above)
-  int b = 0, par = 0;
-  for (int64_t blk = first; blk < nblk; blk += clusters) {
-    issue(blk + (NB - 1) * clusters, (b + NB - 1) % NB);  // the buffer freed last block
-    const int64_t t0 = blk * BT;
-    const int live = T - t0 < BT ? static_cast<int>(T - t0) : BT;
-    cp_async_wait<NB - 1>();  // this block's group has landed (this thread's copies)
-    __syncthreads();
-    const uint4* d = data + b * BT * RS;
-
-    float acc[1][NT][4] = {};
-    float ss[1][2] = {};
-#pragma unroll
-    for (int k = 0; k < UPW; ++k) {
-      const int u = warp + k * W;
-      if (u < units) {
-        const uint4* col = d + (u % N) * SV + 4 * (u / N) + c;
-        mma_tile<NT>(acc[0], ss[0], col[g * RS], col[(g + 8) * RS], f[k]);
-      }
-    }
-    store_warp_partial<1, NT, M, MP>(red + warp * BT * MP, acc, ss, BT);
-    __syncthreads();
-    // This CTA's partial (warps in order), one float4 of [BT][MP] per thread, into slot `rank`
-    // of every CTA's receive buffer for this block's parity.
-    const bool pusher = tid < BT * MP / 4;
-    if (pusher) {
-      float4 a = reinterpret_cast<const float4*>(red)[tid];
-      for (int w = 1; w < W; ++w) {
-        const float4 v = reinterpret_cast<const float4*>(red + w * BT * MP)[tid];
-        a.x += v.x;
-        a.y += v.y;
-        a.z += v.z;
-        a.w += v.w;
-      }
-      float* slot = recv + ((par * CS + rank) * BT) * MP + 4 * tid;
-#pragma unroll
-      for (int r = 0; r < CS; ++r) st_cluster_v4(cluster_addr(slot, r), a);
-      cluster_arrive();  // the pushes are visible to the cluster
-    } else {
-      cluster_arrive_relaxed();
-    }
+    for (int k = 0; k < NB; ++k) issue(k, k);
     cluster_wait();
-
-    // The gates of every token of the block: the CS partials in rank order, then head_gates.
-    if (tid < BT) {
-      const float* src = recv + (par * CS * BT + tid) * MP;
-      float dd[MP];
-#pragma unroll
-      for (int m = 0; m <= M; ++m) {
-        float a = src[m];
-#pragma unroll
-        for (int r = 1; r < CS; ++r) a += src[r * BT * MP + m];
-        dd[m] = a;
-      }
-      float pre[N];
-      head_gates<N>(dd, dd[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
-#pragma unroll
-      for (int i = 0; i < N; ++i) gates[tid * N + i] = pre[i];
+    if (nloc > 0) cluster_arrive_relaxed();  // block 0's barrier
+    for (int64_t il = 0; il < nloc; ++il) {
+      const int b = static_cast<int>(il % NB), par = static_cast<int>(il & 1);
+      cluster_wait();            // block il's barrier (the reducers' partials)
+      named_sync(2, 2 * kHalf);  // block il's gates
+      if (il + 1 < nloc) cluster_arrive_relaxed();  // block il + 1's barrier, early
+      mbar_wait(full + b, static_cast<uint32_t>((il / NB) & 1));  // the copies, seen here too
+      const int64_t t0 = (first + il * clusters) * BT;
+      const int live = T - t0 < BT ? static_cast<int>(T - t0) : BT;
+      cluster_stream_sum<N>(data + b * BT * RS, gates + par * BT * N, p.out, t0, live, SV, SV, RS,
+                            HS, h0, wt, kHalf);
+      named_sync(3, kHalf);  // every writer is done with buffer b
+      issue(il + NB, b);
     }
-    __syncthreads();
-
-    cluster_stream_sum<N>(d, gates, p.out, t0, live, SV, SV, RS, HS, h0);
-    __syncthreads();  // buffer b and the gates are reused by the next block
-    b = (b + 1) % NB;
-    par ^= 1;
   }
-  cp_async_wait<0>();
 #endif
 }
 
@@ -572,8 +635,8 @@ void run_cluster(const Plan& plan, const HcCall& a, int device, cudaStream_t str
                          a.sinkhorn_eps, a.post_mult, a.repeat};
   if constexpr (MODE == Mode::HEAD && N == 4) {
     // hc_head at the specialised widths: the persistent kernel with 2 buffers at H = 4096 (two
-    // CTAs of ~88 KB per SM; with 3, one per SM: T = 4096 120.3 against 85.3 us) and 3 at
-    // H = 7168 (one CTA per SM either way; T = 4096 181.1 against 183.3 us; NOTES.md, v9).
+    // CTAs of ~88 KB per SM; with 3, one per SM: T = 4096 103.2 against 79.1 us) and 3 at
+    // H = 7168 (one CTA per SM either way; T = 4096 149.3 against 154.2 us; NOTES.md, v11).
     // cluster_buffers() overrides it for studies; 1 selects the one-block kernel below.
     const int64_t nb = cluster_buffers();
     if (persistent_head_cluster(KernelType::HC_HEAD, N, a.H) && nb != 1) {
