@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 //  * NB shared-memory buffers filled with cp.async, NB blocks ahead, each with an mbarrier
 //    that the copies arrive on;
 //  * one cluster barrier per block: every CTA pushes its partial sums (M dots and the sum of
-//    squares of each token) into a slot of every CTA's receive buffer (double-buffered by block
+//    squares of each token) into a slot of every CTA's receive buffer (one slot per block
 //    parity), then each CTA adds the CS partials of all its tokens in rank order itself and
 //    computes their gates, with no remote loads and no second barrier;
 //  * the warps in two roles, so that a block's weighted stream sum runs beside the next
@@ -317,9 +317,13 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 //    W/2 .. W - 1 take the gates, write the stream sum and refill the buffer with the block NB
 //    ahead (warp W/2 + w copies the token-stream rows 16w .. 16w + 15, 512 contiguous bytes
 //    per warp instruction). Writers arrive at the next block's cluster barrier as soon as they
-//    hold this block's gates, so that barrier waits for the reducers only.
-// Dynamic shared memory: activations [NB][BT][RS] uint4, receive [2][CS][BT][MP], per-warp
-// partials [W][BT][MP], gates [2][BT][N] floats, then NB mbarriers.
+//    hold this block's gates, so that barrier waits for the reducers only;
+//  * with ROT (H = 7168) the reducers run block il + 1's mma and push between arriving at
+//    block il's barrier and waiting on it, so the barrier's latency hides behind that work
+//    (a third receive slot: block il + 1's pushes may land while a CTA still reads block
+//    il - 1's partials).
+// Dynamic shared memory: activations [NB][BT][RS] uint4, receive [2 or 3][CS][BT][MP],
+// per-warp partials [W][BT][MP], gates [2][BT][N] floats, then NB mbarriers.
 template <int N, int HS>
 struct HeadPersistShape {
   static constexpr int G = HS / kGroupCols;                          // K groups
@@ -331,9 +335,9 @@ struct HeadPersistShape {
   static constexpr int UPW = (GPC * N + kClusterWarps - 1) / kClusterWarps;  // units per warp
   static constexpr int MP = Shape<N, Mode::HEAD>::MP;
   static_assert(HS % (kGroupCols * GPC) == 0 && G / GPC == CS, "every CTA owns GPC whole groups");
-  static constexpr size_t bytes(int nb) {
+  static constexpr size_t bytes(int nb, int slots = 2) {
     return sizeof(uint4) * nb * BT * RS +
-           sizeof(float) * (2 * CS * BT * MP + kClusterWarps * BT * MP + 2 * BT * N) +
+           sizeof(float) * (slots * CS * BT * MP + kClusterWarps * BT * MP + 2 * BT * N) +
            sizeof(uint64_t) * nb;
   }
 };
@@ -381,16 +385,18 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
 #endif
 
 // Two CTAs per SM where their buffers fit (H = 4096 with 2 buffers: ~88 KB each).
-template <int N, int HS, int NB>
+template <int N, int HS, int NB, bool ROT = false>
 __global__ void __launch_bounds__(kClusterWarps * 32,
-                                  HeadPersistShape<N, HS>::bytes(NB) <= 113 * 1024 ? 2 : 1)
-    hc_head_persist_kernel(const ClusterParams p) {
+                                  HeadPersistShape<N, HS>::bytes(NB, ROT ? 3 : 2) <= 113 * 1024
+                                      ? 2
+                                      : 1) hc_head_persist_kernel(const ClusterParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using PS = HeadPersistShape<N, HS>;
   constexpr int M = N, NT = 1, MP = PS::MP, BT = PS::BT, W = kClusterWarps;
   constexpr int CS = PS::CS, SV = PS::SV, RS = PS::RS, UPW = PS::UPW;
   constexpr int units = PS::GPC * N;
   constexpr int RW = W / 2, kHalf = RW * 32;  // reducer warps; threads per role
+  constexpr int kSlots = ROT ? 3 : 2;          // receive slots
   constexpr int kRowsPerWriter = BT * N / RW;
   constexpr int64_t K = static_cast<int64_t>(N) * HS;
   static_assert(kClusterTiles == 1, "one 16-token tile per block");
@@ -408,8 +414,8 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   const bool reducer = warp < RW;
 
   uint4* data = reinterpret_cast<uint4*>(smem_raw);
-  float* recv = reinterpret_cast<float*>(data + NB * BT * RS);  // [2][CS][BT][MP]
-  float* red = recv + 2 * CS * BT * MP;                           // [W][BT][MP]
+  float* recv = reinterpret_cast<float*>(data + NB * BT * RS);  // [kSlots][CS][BT][MP]
+  float* red = recv + kSlots * CS * BT * MP;                      // [W][BT][MP]
   float* gates = red + W * BT * MP;                               // [2][BT][N]
   uint64_t* full = reinterpret_cast<uint64_t*>(gates + 2 * BT * N);  // [NB]
 
@@ -447,9 +453,10 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
           f[v][k][0] = zero_frag<kParts>();
         }
       }
-    cluster_wait();
-    for (int64_t il = 0; il < nloc; ++il) {
-      const int b = static_cast<int>(il % NB), par = static_cast<int>(il & 1);
+    // Block il: its mma, then this CTA's partial (warps in order) into slot il % kSlots of
+    // every CTA's receive buffer.
+    const auto reduce_push = [&](int64_t il) {
+      const int b = static_cast<int>(il % NB);
       mbar_wait(full + b, static_cast<uint32_t>((il / NB) & 1));
       const uint4* d = data + b * BT * RS;
 #pragma unroll
@@ -467,7 +474,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
         store_warp_partial<1, NT, M, MP>(red + (warp + v * RW) * BT * MP, acc, ss, BT);
       }
       named_sync(1, kHalf);
-      if (tid < BT * MP / 4) {  // the CTA's partial, warps in order, into every CTA
+      if (tid < BT * MP / 4) {
         float4 a = reinterpret_cast<const float4*>(red)[tid];
         for (int w = 1; w < W; ++w) {
           const float4 q = reinterpret_cast<const float4*>(red + w * BT * MP)[tid];
@@ -476,16 +483,22 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
           a.z += q.z;
           a.w += q.w;
         }
-        float* slot = recv + ((par * CS + rank) * BT) * MP + 4 * tid;
+        float* slot = recv + ((static_cast<int>(il % kSlots) * CS + rank) * BT) * MP + 4 * tid;
 #pragma unroll
         for (int r = 0; r < CS; ++r) st_cluster_v4(cluster_addr(slot, r), a);
-        cluster_arrive();
-      } else {
-        cluster_arrive_relaxed();
       }
-      cluster_wait();
+    };
+    // Arrival at block il's cluster barrier: release from the threads that pushed.
+    const auto arrive = [&] {
+      if (tid < BT * MP / 4)
+        cluster_arrive();
+      else
+        cluster_arrive_relaxed();
+    };
+    // Block il's gates from the CS partials in rank order, for the writers.
+    const auto gates_of = [&](int64_t il) {
       if (tid < BT) {
-        const float* src = recv + (par * CS * BT + tid) * MP;
+        const float* src = recv + (static_cast<int>(il % kSlots) * CS * BT + tid) * MP;
         float dd[MP];
 #pragma unroll
         for (int m = 0; m <= M; ++m) {
@@ -497,11 +510,31 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
         float pre[N];
         head_gates<N>(dd, dd[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
 #pragma unroll
-        for (int i = 0; i < N; ++i) gates[(par * BT + tid) * N + i] = pre[i];
+        for (int i = 0; i < N; ++i) gates[((il & 1) * BT + tid) * N + i] = pre[i];
       }
-      named_sync(1, kHalf);        // the pushers are done with red (the barrier above says so
+      named_sync(1, kHalf);        // the pushers are done with red (the cluster barrier says so
                                    // too; this one is a CTA barrier that racecheck follows)
       named_arrive(2, 2 * kHalf);  // the gates of block il, to the writers
+    };
+    cluster_wait();
+    if constexpr (ROT) {  // block il + 1's mma and push between block il's arrival and wait
+      if (nloc > 0) {
+        reduce_push(0);
+        arrive();
+      }
+      for (int64_t il = 0; il < nloc; ++il) {
+        if (il + 1 < nloc) reduce_push(il + 1);
+        cluster_wait();
+        gates_of(il);
+        if (il + 1 < nloc) arrive();
+      }
+    } else {
+      for (int64_t il = 0; il < nloc; ++il) {
+        reduce_push(il);
+        arrive();
+        cluster_wait();
+        gates_of(il);
+      }
     }
   } else {
     const int wt = tid - kHalf, ww = warp - RW;
@@ -585,11 +618,11 @@ void launch_cluster(Kernel kernel, int device, int64_t clusters, int cs, size_t 
 
 // The persistent hc_head cluster kernel with NB buffers: as many clusters as fit on the device
 // at once (cudaOccupancyMaxActiveClusters, asked once per device), at most one per block.
-template <int N, int HS, int NB>
+template <int N, int HS, int NB, bool ROT = false>
 void run_head_persist(const ClusterParams& cp, int device, cudaStream_t stream) {
   using PS = HeadPersistShape<N, HS>;
-  const auto kernel = hc_head_persist_kernel<N, HS, NB>;
-  const size_t smem = PS::bytes(NB);
+  const auto kernel = hc_head_persist_kernel<N, HS, NB, ROT>;
+  const size_t smem = PS::bytes(NB, ROT ? 3 : 2);
   static std::mutex mu;
   static std::map<int, int> fit;  // device -> clusters resident at once
   int clusters;
@@ -635,17 +668,19 @@ void run_cluster(const Plan& plan, const HcCall& a, int device, cudaStream_t str
                          a.sinkhorn_eps, a.post_mult, a.repeat};
   if constexpr (MODE == Mode::HEAD && N == 4) {
     // hc_head at the specialised widths: the persistent kernel with 2 buffers at H = 4096 (two
-    // CTAs of ~88 KB per SM; with 3, one per SM: T = 4096 103.2 against 79.1 us) and 3 at
-    // H = 7168 (one CTA per SM either way; T = 4096 149.3 against 154.2 us; NOTES.md, v11).
+    // CTAs of ~97 KB per SM; with 3, one per SM: T = 4096 103.2 against 79.1 us), and with 3
+    // buffers and the rotated reduction at H = 7168 (one CTA per SM either way; T = 4096 143.6
+    // us, against 153.3 unrotated and 183.0 rotated with 2 buffers; rotated at H = 4096: 86.2
+    // against 81.6 us; NOTES.md, v11).
     // cluster_buffers() overrides it for studies; 1 selects the one-block kernel below.
     const int64_t nb = cluster_buffers();
     if (persistent_head_cluster(KernelType::HC_HEAD, N, a.H) && nb != 1) {
       TORCH_INTERNAL_ASSERT(plan.hidden_spec == a.H, "persistent hc_head plan without its width");
       if (a.H == 4096)
-        return nb == 3 ? run_head_persist<N, 4096, 3>(cp, device, stream)
-                       : run_head_persist<N, 4096, 2>(cp, device, stream);
-      return nb == 2 ? run_head_persist<N, 7168, 2>(cp, device, stream)
-                     : run_head_persist<N, 7168, 3>(cp, device, stream);
+        return nb == 3 ? run_head_persist<N, 4096, 3, false>(cp, device, stream)
+                       : run_head_persist<N, 4096, 2, false>(cp, device, stream);
+      return nb == 2 ? run_head_persist<N, 7168, 2, true>(cp, device, stream)
+                     : run_head_persist<N, 7168, 3, true>(cp, device, stream);
     }
   }
   const auto kernel = hc_cluster_kernel<N, MODE>;
