@@ -84,14 +84,13 @@ def test_cluster_plans_in_their_measured_windows():
         return [plan.plan_of(kind, t, hidden_size=hidden, num_sms=132,
                              batch_invariant=False).variant for t in tokens]
 
-    # hc_head at n = 4, H = 4096 / 7168 (the persistent kernel) from T = 1024 / 2048 on; at
-    # other hidden sizes above 4096 (the one-block kernel) for T = 2048 .. 8191; nothing else
+    # hc_head at n = 4, H = 4096 / 7168 (the persistent kernel) from T = 256 on; at other
+    # hidden sizes above 4096 (the one-block kernel) for T = 2048 .. 8191; nothing else
     # (pre / fused must reduce in the same order with and without the folded norm, which the
     # cluster kernels lack)
-    assert variants("HC_HEAD", 7168, (2047, 2048, 8191, 8192, 16384)) == [
-        "split_k", "cluster", "cluster", "cluster", "cluster"]
-    assert variants("HC_HEAD", 4096, (16, 64, 1023, 1024, 2048, 16384)) == [
-        "split_k", "split_k", "split_k", "cluster", "cluster", "cluster"]
+    for hidden in (4096, 7168):
+        assert variants("HC_HEAD", hidden, (16, 64, 255, 256, 2048, 8192, 16384)) == [
+            "split_k", "split_k", "split_k", "cluster", "cluster", "cluster", "cluster"]
     for hidden in (7176, 8192):
         assert variants("HC_HEAD", hidden, (2047, 2048, 8191, 8192)) == [
             "split_k", "cluster", "cluster", "full_k"]

@@ -91,10 +91,10 @@ std::atomic<int64_t> g_epilogue_chunks{0};
 std::atomic<int64_t> g_cluster_buffers{0};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs (H100, cold fn, CUDA-graph medians):
-//  * hc_head, n = 4, H = 4096 / 7168 (the persistent kernel): from T = 1024 / 2048 on (NOTES.md,
-//    v9; persistent / other, us: H = 4096 T = 512 16.5 / 15.3, 1024 28.0 / 29.6, 4096 85.3 /
-//    109.9, 16384 319.8 / 425.6; H = 7168 T = 1024 52.9 / 50.9, 2048 96.7 / 109.0, 4096 181.1 /
-//    225.6, 16384 680.9 / 753.7);
+//  * hc_head, n = 4, H = 4096 / 7168 (the persistent kernel): from T = 256 on (NOTES.md, v11,
+//    the kernel with its warps in two roles; persistent / other, us: H = 4096 T = 256 9.3 /
+//    10.6, 512 13.9 / 15.5, 768 18.9 / 22.3; H = 7168 T = 256 14.3 / 15.6, 512 22.6 / 26.0,
+//    1024 41.0 / 51.0, 1536 57.9 / 75.7; T = 4096 79 / 110 and 144 / 226);
 //  * hc_head at other hidden sizes above 4096 (the one-block kernel): T = 2048 .. 8191, where
 //    it measured faster than FULL_K / SPLIT_K with fn in the ring (H = 7168, NOTES.md, v8;
 //    cluster / other, us: T = 2048 106.2 / 109.0, 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192
@@ -109,7 +109,7 @@ struct TokenRange {
 TokenRange cluster_window(KernelType kind, int64_t hc_mult, int64_t hidden_size) {
   if (kind != KernelType::HC_HEAD) return {1, 0};
   if (persistent_head_cluster(kind, hc_mult, hidden_size))
-    return {hidden_size == 4096 ? 1024 : 2048, std::numeric_limits<int64_t>::max()};
+    return {256, std::numeric_limits<int64_t>::max()};
   if (hidden_size > 4096) return {2048, 8191};
   return {1, 0};
 }
