@@ -521,6 +521,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
       if (nloc > 0) {
         reduce_push(0);
         arrive();
+        named_sync(1, kHalf);  // the pushers are done with red before block 1's partials
       }
       for (int64_t il = 0; il < nloc; ++il) {
         if (il + 1 < nloc) reduce_push(il + 1);
