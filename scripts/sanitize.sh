@@ -22,13 +22,6 @@ for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
   # torch's and cuBLAS's own kernels are not ours to certify and are slow under these tools.
   [ "$tool" = racecheck ] && args+=(--racecheck-report hazard --kernel-name kns=mhc)
   [ "$tool" = initcheck ] && args+=(--kernel-name kns=mhc)
-  # synccheck likewise: cuBLAS's Hopper kernels keep more barriers per block than the tool
-  # tracks, and an untracked barrier reads to it as an uninitialised one
-  [ "$tool" = synccheck ] && args+=(--kernel-name kns=mhc)
-  # the persistent hc_head kernel's mbarriers (up to 3 per CTA) are raw PTX, which the tools'
-  # automatic count of cuda::barrier objects does not see: synccheck once reported an overflow
-  # of its barrier tracking without this
-  case "$tool" in racecheck | synccheck) args+=(--num-cuda-barriers 4) ;; esac
   # racecheck without the cuBLAS backend of linear_bf16_fp32 (see sanitize_calls.py)
   env=()
   [ "$tool" = racecheck ] && env=(SANITIZE_NO_CUBLAS=1)

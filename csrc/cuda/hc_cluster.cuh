@@ -302,8 +302,10 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 // same bits), but each cluster walks token blocks blk = cluster, cluster + clusters, ... and
 // keeps the serial part of a block short, since that part (not HBM) bounds it (NOTES.md, v9,
 // v11):
-//  * NB shared-memory buffers filled with cp.async, NB blocks ahead, each with an mbarrier
-//    that the copies arrive on;
+//  * NB shared-memory buffers filled with cp.async, NB blocks ahead; the writers wait for
+//    their copies (cp.async.wait_group) and hand a landed buffer to the reducers through a
+//    named barrier per buffer (no mbarriers: compute-sanitizer's racecheck and synccheck did
+//    not track them, NOTES.md v11);
 //  * one cluster barrier per block: every CTA pushes its partial sums (M dots and the sum of
 //    squares of each token) into a slot of every CTA's receive buffer (one slot per block
 //    parity), then each CTA adds the CS partials of all its tokens in rank order itself and
@@ -323,7 +325,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 //    (a third receive slot: block il + 1's pushes may land while a CTA still reads block
 //    il - 1's partials).
 // Dynamic shared memory: activations [NB][BT][RS] uint4, receive [2 or 3][CS][BT][MP],
-// per-warp partials [W][BT][MP], gates [2][BT][N] floats, then NB mbarriers.
+// per-warp partials [W][BT][MP], gates [2][BT][N] floats.
 template <int N, int HS>
 struct HeadPersistShape {
   static constexpr int G = HS / kGroupCols;                          // K groups
@@ -337,8 +339,7 @@ struct HeadPersistShape {
   static_assert(HS % (kGroupCols * GPC) == 0 && G / GPC == CS, "every CTA owns GPC whole groups");
   static constexpr size_t bytes(int nb, int slots = 2) {
     return sizeof(uint4) * nb * BT * RS +
-           sizeof(float) * (slots * CS * BT * MP + kClusterWarps * BT * MP + 2 * BT * N) +
-           sizeof(uint64_t) * nb;
+           sizeof(float) * (slots * CS * BT * MP + kClusterWarps * BT * MP + 2 * BT * N);
   }
 };
 
@@ -350,37 +351,34 @@ __device__ __forceinline__ void st_cluster_v4(uint32_t addr, float4 v) {
 }
 #endif
 
-// mbarriers (the copies of a buffer arrive on one) and named barriers (one role's warps, or a
-// hand-over between the roles) for the persistent kernel.
+// Named barriers of the persistent kernel: 1 its reducers, 2 the gates from the reducers to the
+// writers, 3 its writers, 4 + b buffer b from the writers to the reducers.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+// Immediate barrier ids and counts, so that ptxas reserves only the barriers used.
+template <int ID, int THREADS>
+__device__ __forceinline__ void named_sync() {
+  asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(THREADS) : "memory");
 }
-__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count)
-               : "memory");
+template <int ID, int THREADS>
+__device__ __forceinline__ void named_arrive() {
+  asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(THREADS) : "memory");
 }
-// Arrives on bar once every cp.async this thread issued so far has landed.
-__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar))
-               : "memory");
+// Barrier 4 + b of buffer b < 3: a switch over immediates.
+template <int THREADS>
+__device__ __forceinline__ void buffer_sync(int b) {
+  switch (b) {
+    case 0: named_sync<4, THREADS>(); break;
+    case 1: named_sync<5, THREADS>(); break;
+    default: named_sync<6, THREADS>(); break;
+  }
 }
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void named_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+template <int THREADS>
+__device__ __forceinline__ void buffer_arrive(int b) {
+  switch (b) {
+    case 0: named_arrive<4, THREADS>(); break;
+    case 1: named_arrive<5, THREADS>(); break;
+    default: named_arrive<6, THREADS>(); break;
+  }
 }
 #endif
 
@@ -403,6 +401,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   static_assert(BT * N % RW == 0, "writer warps copy whole token-stream rows");
   static_assert(MP % 4 == 0 && BT * MP / 4 <= kHalf, "one float4 of the partial per reducer");
   static_assert(NB >= 2, "a buffer refills while the next one is reduced");
+  static_assert(NB <= 3, "named barriers 4 .. 6 hand the buffers over");
   extern __shared__ float4 smem_raw[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;
@@ -417,7 +416,6 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   float* recv = reinterpret_cast<float*>(data + NB * BT * RS);  // [kSlots][CS][BT][MP]
   float* red = recv + kSlots * CS * BT * MP;                      // [W][BT][MP]
   float* gates = red + W * BT * MP;                               // [2][BT][N]
-  uint64_t* full = reinterpret_cast<uint64_t*>(gates + 2 * BT * N);  // [NB]
 
   for (int idx = tid; idx < M * N * PS::GPC; idx += blockDim.x) {
     const int q = idx % PS::GPC, rest = idx / PS::GPC;
@@ -428,10 +426,8 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   // barrier's wait comes before the first push below (compute-sanitizer's racecheck flagged
   // pushes into CTAs not yet started).
   cluster_arrive_relaxed();
-  if (tid < NB) mbar_init(full + tid, kHalf);
   pdl_wait();
   pdl_trigger();
-  __syncthreads();  // the mbarriers are initialised
 
   const int64_t first = blockIdx.x / CS;
   const int64_t nloc = first < nblk ? (nblk - first + clusters - 1) / clusters : 0;
@@ -457,7 +453,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
     // every CTA's receive buffer.
     const auto reduce_push = [&](int64_t il) {
       const int b = static_cast<int>(il % NB);
-      mbar_wait(full + b, static_cast<uint32_t>((il / NB) & 1));
+      buffer_sync<2 * kHalf>(b);  // the writers' hand-over of block il's buffer
       const uint4* d = data + b * BT * RS;
 #pragma unroll
       for (int v = 0; v < 2; ++v) {
@@ -473,7 +469,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
         }
         store_warp_partial<1, NT, M, MP>(red + (warp + v * RW) * BT * MP, acc, ss, BT);
       }
-      named_sync(1, kHalf);
+      named_sync<1, kHalf>();
       if (tid < BT * MP / 4) {
         float4 a = reinterpret_cast<const float4*>(red)[tid];
         for (int w = 1; w < W; ++w) {
@@ -512,16 +508,17 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
 #pragma unroll
         for (int i = 0; i < N; ++i) gates[((il & 1) * BT + tid) * N + i] = pre[i];
       }
-      named_sync(1, kHalf);        // the pushers are done with red (the cluster barrier says so
-                                   // too; this one is a CTA barrier that racecheck follows)
-      named_arrive(2, 2 * kHalf);  // the gates of block il, to the writers
+      // The pushers are done with red (the cluster barrier says so too; this one is a CTA
+      // barrier that racecheck follows), then the gates of block il go to the writers.
+      named_sync<1, kHalf>();
+      named_arrive<2, 2 * kHalf>();
     };
     cluster_wait();
     if constexpr (ROT) {  // block il + 1's mma and push between block il's arrival and wait
       if (nloc > 0) {
         reduce_push(0);
         arrive();
-        named_sync(1, kHalf);  // the pushers are done with red before block 1's partials
+        named_sync<1, kHalf>();  // the pushers are done with red before block 1's partials
       }
       for (int64_t il = 0; il < nloc; ++il) {
         if (il + 1 < nloc) reduce_push(il + 1);
@@ -539,37 +536,53 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
     }
   } else {
     const int wt = tid - kHalf, ww = warp - RW;
-    // Block il's slice into buffer b (tokens past T zero-filled); its copies arrive on full[b].
+    // Block il's slice into buffer b (tokens past T zero-filled), one commit group (empty past
+    // the last block, so that the group count per block stays the same).
     const auto issue = [&](int64_t il, int b) {
       const int64_t blk = first + il * clusters;
-      if (il >= nloc) return;
       uint4* dst = data + b * BT * RS;
+      if (il < nloc) {
 #pragma unroll
-      for (int k = 0; k < kRowsPerWriter; ++k) {
-        const int row = kRowsPerWriter * ww + k, t = row / N, i = row % N;
-        const int64_t tok = blk * BT + t;
-        const bool ok = tok < T;
-        const uint16_t* src = p.res + (ok ? (tok * N + i) * HS + h0 : 0);
+        for (int k = 0; k < kRowsPerWriter; ++k) {
+          const int row = kRowsPerWriter * ww + k, t = row / N, i = row % N;
+          const int64_t tok = blk * BT + t;
+          const bool ok = tok < T;
+          const uint16_t* src = p.res + (ok ? (tok * N + i) * HS + h0 : 0);
 #pragma unroll
-        for (int v = lane; v < SV; v += 32) cp_async16(dst + t * RS + i * SV + v, src + 8 * v, ok);
+          for (int v = lane; v < SV; v += 32)
+            cp_async16(dst + t * RS + i * SV + v, src + 8 * v, ok);
+        }
       }
-      cp_async_arrive(full + b);
+      cp_async_commit();
+    };
+    // Block j's copies have landed (each writer waited for its own): every writer sees them,
+    // then the reducers may take buffer j % NB.
+    const auto hand_over = [&](int64_t j) {
+      named_sync<3, kHalf>();
+      buffer_arrive<2 * kHalf>(static_cast<int>(j % NB));
     };
 #pragma unroll
     for (int k = 0; k < NB; ++k) issue(k, k);
+    if (nloc > 0) {
+      cp_async_wait<NB - 1>();  // block 0's group
+      hand_over(0);
+    }
     cluster_wait();
     if (nloc > 0) cluster_arrive_relaxed();  // block 0's barrier
     for (int64_t il = 0; il < nloc; ++il) {
       const int b = static_cast<int>(il % NB), par = static_cast<int>(il & 1);
-      cluster_wait();            // block il's barrier (the reducers' partials)
-      named_sync(2, 2 * kHalf);  // block il's gates
+      if (il + 1 < nloc) {  // NB + il groups issued: those up to block il + 1 have landed
+        cp_async_wait<NB - 2>();
+        hand_over(il + 1);
+      }
+      cluster_wait();              // block il's barrier (the reducers' partials)
+      named_sync<2, 2 * kHalf>();  // block il's gates
       if (il + 1 < nloc) cluster_arrive_relaxed();  // block il + 1's barrier, early
-      mbar_wait(full + b, static_cast<uint32_t>((il / NB) & 1));  // the copies, seen here too
       const int64_t t0 = (first + il * clusters) * BT;
       const int live = T - t0 < BT ? static_cast<int>(T - t0) : BT;
       cluster_stream_sum<N>(data + b * BT * RS, gates + par * BT * N, p.out, t0, live, SV, SV, RS,
                             HS, h0, wt, kHalf);
-      named_sync(3, kHalf);  // every writer is done with buffer b
+      named_sync<3, kHalf>();  // every writer is done with buffer b
       issue(il + NB, b);
     }
   }
