@@ -305,7 +305,10 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 //  * NB shared-memory buffers filled with cp.async, NB blocks ahead; the writers wait for
 //    their copies (cp.async.wait_group) and hand a landed buffer to the reducers through a
 //    named barrier per buffer (no mbarriers: compute-sanitizer's racecheck and synccheck did
-//    not track them, NOTES.md v11);
+//    not track them, NOTES.md v11), one block ahead of the stream sum (two with ROT and 3
+//    buffers: the rotated reducers take block il + 2 right after block il's gates; one ahead
+//    there serialised their mma behind the stream sum, 153 against 141 us at T = 4096,
+//    NOTES.md v12);
 //  * one cluster barrier per block: every CTA pushes its partial sums (M dots and the sum of
 //    squares of each token) into a slot of every CTA's receive buffer (one slot per block
 //    parity), then each CTA adds the CS partials of all its tokens in rank order itself and
@@ -395,6 +398,9 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   constexpr int units = PS::GPC * N;
   constexpr int RW = W / 2, kHalf = RW * 32;  // reducer warps; threads per role
   constexpr int kSlots = ROT ? 3 : 2;          // receive slots
+  // How many blocks ahead of the stream sum the writers hand buffers over: the rotated
+  // reducers run one block further ahead, which a third buffer allows.
+  constexpr int kAhead = ROT && NB >= 3 ? 2 : 1;
   constexpr int kRowsPerWriter = BT * N / RW;
   constexpr int64_t K = static_cast<int64_t>(N) * HS;
   static_assert(kClusterTiles == 1, "one 16-token tile per block");
@@ -563,17 +569,24 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
     };
 #pragma unroll
     for (int k = 0; k < NB; ++k) issue(k, k);
-    if (nloc > 0) {
-      cp_async_wait<NB - 1>();  // block 0's group
-      hand_over(0);
+    // Blocks 0 .. kAhead - 1 before the loop, then block il + kAhead at the start of block
+    // il's iteration (its copies issued at the end of the previous one), where the writers
+    // would otherwise wait for block il's gates: the reducers take that buffer right after
+    // those gates (ROT: after block il + 1's, since they reduce one block ahead).
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (j < nloc) {
+        cp_async_wait_upto(NB - 1 - j);  // block j's group
+        hand_over(j);
+      }
     }
     cluster_wait();
     if (nloc > 0) cluster_arrive_relaxed();  // block 0's barrier
     for (int64_t il = 0; il < nloc; ++il) {
       const int b = static_cast<int>(il % NB), par = static_cast<int>(il & 1);
-      if (il + 1 < nloc) {  // NB + il groups issued: those up to block il + 1 have landed
-        cp_async_wait<NB - 2>();
-        hand_over(il + 1);
+      if (il + kAhead < nloc) {  // NB + il groups issued: those up to il + kAhead have landed
+        cp_async_wait<NB - 1 - kAhead>();
+        hand_over(il + kAhead);
       }
       cluster_wait();              // block il's barrier (the reducers' partials)
       named_sync<2, 2 * kHalf>();  // block il's gates
