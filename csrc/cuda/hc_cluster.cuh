@@ -696,9 +696,9 @@ void run_cluster(const Plan& plan, const HcCall& a, int device, cudaStream_t str
   if constexpr (MODE == Mode::HEAD && N == 4) {
     // hc_head at the specialised widths: the persistent kernel with 2 buffers at H = 4096 (two
     // CTAs of ~97 KB per SM; with 3, one per SM: T = 4096 103.2 against 79.1 us), and with 3
-    // buffers and the rotated reduction at H = 7168 (one CTA per SM either way; T = 4096 143.6
-    // us, against 153.3 unrotated and 183.0 rotated with 2 buffers; rotated at H = 4096: 86.2
-    // against 81.6 us; NOTES.md, v11).
+    // buffers and the rotated reduction at H = 7168 (one CTA per SM either way; T = 4096 141.0
+    // us, against 153.3 unrotated and 178.8 rotated with 2 buffers; rotated at H = 4096: 86.2
+    // against 81.6 us; NOTES.md, v11 and v12).
     // cluster_buffers() overrides it for studies; 1 selects the one-block kernel below.
     const int64_t nb = cluster_buffers();
     if (persistent_head_cluster(KernelType::HC_HEAD, N, a.H) && nb != 1) {
