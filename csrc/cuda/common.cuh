@@ -73,6 +73,38 @@ __device__ __forceinline__ uint4 ldg16_pf256(const uint16_t* p) {
   return v;
 }
 
+// L2 eviction priority evict_first (sm_80+: createpolicy, carried by the .L2::cache_hint forms
+// below) for the last read of the residual and for outputs nothing reads back: their lines
+// leave L2 before the lines that are still to be read (the rest of the residual, fn).
+__device__ __forceinline__ uint64_t l2_evict_first() {
+  uint64_t pol = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+#endif
+  return pol;
+}
+// 16-byte read-only (non-coherent) and coherent (.cg) loads and a 16-byte store, with a policy.
+__device__ __forceinline__ uint4 ldg16_hint(const uint16_t* p, uint64_t pol) {
+  uint4 v;
+  asm("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "l"(pol));
+  return v;
+}
+__device__ __forceinline__ uint4 ldcg16_hint(const uint16_t* p, uint64_t pol) {
+  uint4 v;
+  asm volatile("ld.global.cg.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p), "l"(pol)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ void stg16_hint(uint16_t* p, const uint4& v, uint64_t pol) {
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(p),
+               "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "l"(pol)
+               : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");
 }

@@ -399,18 +399,24 @@ __device__ __forceinline__ uint4 combine8(const uint4 (&r)[N], const float (&pre
 // out[8v..] = bf16(Σ_i pre[i] · src[i][8v..]) in stream order (SPEC §2.1 step 8). With NORM it
 // returns this thread's Σ z² of z = bf16(y), in its vector order (step 9 needs the whole row).
 // COHERENT: src was written earlier in this kernel (FULL_K fused), so it is read through L2
-// (ld.global.cg) rather than the read-only path.
-template <int N, bool NORM, int HS, int STRIDE, bool COHERENT>
+// (ld.global.cg) rather than the read-only path. This is the last read of src, and out is not
+// read back (except by the norm pass), so both go evict_first: lines still to be read stay in
+// L2 (H100, NOTES.md v12: pre T = 512 20.4 -> 19.9 us, fused T = 4096 200.1 -> 196.4 us at
+// H = 4096). REVERSE (FULL_K) walks the vectors from the last: the main loop of the same CTA
+// wrote or read the last K groups most recently, so more of them are still in L2 (with
+// evict_first, pre T = 16384 at H = 4096: 412.5 -> 407.9 us).
+template <int N, bool NORM, int HS, int STRIDE, bool COHERENT, bool REVERSE = false>
 __device__ __forceinline__ float stream_pass(const uint16_t* src, const float (&pre)[N],
                                              uint16_t* __restrict__ out, int H, int v0,
                                              int v1) {
   float ssq = 0.f;
+  const uint64_t pol = l2_evict_first();
   const auto body = [&](int v) {
     uint4 r[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const uint16_t* q = src + static_cast<int64_t>(i) * H + 8 * v;
-      r[i] = COHERENT ? __ldcg(reinterpret_cast<const uint4*>(q)) : ldg16(q);
+      r[i] = COHERENT ? ldcg16_hint(q, pol) : ldg16_hint(q, pol);
     }
     const uint4 o = combine8<N>(r, pre);
     if constexpr (NORM) {
@@ -419,15 +425,22 @@ __device__ __forceinline__ float stream_pass(const uint16_t* src, const float (&
 #pragma unroll
       for (int e = 0; e < 8; ++e) ssq = fmaf(z[e], z[e], ssq);
     }
-    stg16(out + 8 * v, o);
+    if constexpr (NORM)  // norm_pass reads it back
+      stg16(out + 8 * v, o);
+    else
+      stg16_hint(out + 8 * v, o, pol);
   };
   if constexpr (HS > 0) {
     constexpr int kIters = (HS / 8 + STRIDE - 1) / STRIDE;
 #pragma unroll 4
     for (int j = 0; j < kIters; ++j) {
-      const int v = v0 + j * STRIDE;
+      const int v = v0 + (REVERSE ? kIters - 1 - j : j) * STRIDE;
       if (v < v1) body(v);
     }
+  } else if constexpr (REVERSE) {
+    const int iters = v1 > v0 ? (v1 - v0 + STRIDE - 1) / STRIDE : 0;
+#pragma unroll 4
+    for (int j = iters - 1; j >= 0; --j) body(v0 + j * STRIDE);
   } else {
 #pragma unroll 4
     for (int v = v0; v < v1; v += STRIDE) body(v);
@@ -778,8 +791,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
 #pragma unroll
       for (int i = 0; i < N; ++i) pj[i] = __shfl_sync(0xffffffffu, pre[i], j);
       uint16_t* out = p.out + t * H;
-      const float ssq = stream_pass<N, NORM, HS, 32, MODE == Mode::FUSED>(src + t * K, pj, out,
-                                                                         H, lane, H / 8);
+      const float ssq = stream_pass<N, NORM, HS, 32, MODE == Mode::FUSED, true>(src + t * K, pj,
+                                                                               out, H, lane, H / 8);
       if constexpr (NORM) {
         const float rs = 1.0f / sqrtf(warp_sum(ssq) / static_cast<float>(H) + p.norm_eps);
         norm_pass<HS, 32>(out, p.norm_w, rs, lane, H / 8);
