@@ -94,7 +94,7 @@ std::atomic<int64_t> g_cluster_buffers{0};
 //  * hc_head, n = 4, H = 4096 / 7168 (the persistent kernel): from T = 256 on (NOTES.md, v11,
 //    the kernel with its warps in two roles; persistent / other, us: H = 4096 T = 256 9.3 /
 //    10.6, 512 13.9 / 15.5, 768 18.9 / 22.3; H = 7168 T = 256 14.3 / 15.6, 512 22.6 / 26.0,
-//    1024 41.0 / 51.0, 1536 57.9 / 75.7; T = 4096 79 / 110 and 144 / 226);
+//    1024 41.0 / 51.0, 1536 57.9 / 75.7; T = 4096 79.8 / 110 and 142.7 / 226, v12);
 //  * hc_head at other hidden sizes above 4096 (the one-block kernel): T = 2048 .. 8191, where
 //    it measured faster than FULL_K / SPLIT_K with fn in the ring (H = 7168, NOTES.md, v8;
 //    cluster / other, us: T = 2048 106.2 / 109.0, 4096 200.0 / 225.6, 6144 292.0 / 305.8, 8192
