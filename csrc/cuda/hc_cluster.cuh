@@ -358,29 +358,25 @@ __device__ __forceinline__ void st_cluster_v4(uint32_t addr, float4 v) {
 // writers, 3 its writers, 4 + b buffer b from the writers to the reducers.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // Immediate barrier ids and counts, so that ptxas reserves only the barriers used.
-template <int ID, int THREADS>
+template <int ID, int THREADS, bool ARRIVE = false>
 __device__ __forceinline__ void named_sync() {
-  asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(THREADS) : "memory");
+  if constexpr (ARRIVE)
+    asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(THREADS) : "memory");
+  else
+    asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(THREADS) : "memory");
 }
 template <int ID, int THREADS>
 __device__ __forceinline__ void named_arrive() {
-  asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(THREADS) : "memory");
+  named_sync<ID, THREADS, true>();
 }
-// Barrier 4 + b of buffer b < 3: a switch over immediates.
-template <int THREADS>
+// Barrier 4 + b of buffer b < 3 (a switch over immediates): the reducers wait at it, the
+// writers arrive (ARRIVE).
+template <int THREADS, bool ARRIVE = false>
 __device__ __forceinline__ void buffer_sync(int b) {
   switch (b) {
-    case 0: named_sync<4, THREADS>(); break;
-    case 1: named_sync<5, THREADS>(); break;
-    default: named_sync<6, THREADS>(); break;
-  }
-}
-template <int THREADS>
-__device__ __forceinline__ void buffer_arrive(int b) {
-  switch (b) {
-    case 0: named_arrive<4, THREADS>(); break;
-    case 1: named_arrive<5, THREADS>(); break;
-    default: named_arrive<6, THREADS>(); break;
+    case 0: named_sync<4, THREADS, ARRIVE>(); break;
+    case 1: named_sync<5, THREADS, ARRIVE>(); break;
+    default: named_sync<6, THREADS, ARRIVE>(); break;
   }
 }
 #endif
@@ -565,7 +561,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
     // then the reducers may take buffer j % NB.
     const auto hand_over = [&](int64_t j) {
       named_sync<3, kHalf>();
-      buffer_arrive<2 * kHalf>(static_cast<int>(j % NB));
+      buffer_sync<2 * kHalf, true>(static_cast<int>(j % NB));
     };
 #pragma unroll
     for (int k = 0; k < NB; ++k) issue(k, k);
