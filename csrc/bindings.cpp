@@ -11,7 +11,7 @@ namespace {
 py::tuple to_py(const mhc::Plan& p) {
   return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
                         p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.staged_fn,
-                        p.split_streams, p.fn_ring);
+                        p.split_streams, p.fn_ring, p.evict_inputs);
 }
 mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;
@@ -76,6 +76,10 @@ PYBIND11_MODULE(_C, m) {
   // (plan.h; INT64_MAX: never). Returns the previous value.
   m.def("fn_ring_min_tokens", &mhc::fn_ring_min_tokens);
   m.def("set_fn_ring_min_tokens", &mhc::set_fn_ring_min_tokens, py::arg("num_tokens"));
+  // Benchmarks and tests only: up to how many bytes of residual_out the fused op's ring loads
+  // its inputs with L2 evict_first (plan.h; -1: never). Returns the previous value.
+  m.def("evict_inputs_max_bytes", &mhc::evict_inputs_max_bytes);
+  m.def("set_evict_inputs_max_bytes", &mhc::set_evict_inputs_max_bytes, py::arg("num_bytes"));
   m.def("launched_plans", [] {
     py::list out;
     for (const auto& r : mhc::launched_plans())

@@ -46,6 +46,8 @@ class Plan(NamedTuple):
     split_streams: bool = False  # fused, decode: work units of half a group's output streams
     fn_ring: bool = False  # main kernel's cp.async ring (large T): fn for pre / head, x and
     #                        the input streams for the fused op
+    evict_inputs: bool = False  # fused, ring, residual_out within L2-sized bytes: the ring's
+    #                             loads of x and the input streams go L2 evict_first
 
     @classmethod
     def _from_c(cls, t: tuple) -> "Plan":

@@ -493,6 +493,44 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
     h.check_pre_outputs(tuple(o[idx] for o in fused[1:]), fused[0][idx], p, what="fused")
 
 
+# The fused ring's loads with L2 evict_first (Plan.evict_inputs): a cache policy only, so the
+# same bits with it and without it, SPLIT_K and FULL_K, with and without the folded norm.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 4096])
+@pytest.mark.parametrize("T", [600, 5000])  # SPLIT_K, FULL_K
+def test_evict_inputs_is_bit_identical(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    g = _gen(h.seed_of("evict_inputs", T, H))
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
+    p = _pre_params(g, N_HC, H, norm=True)
+    plain = _sub(p, norm_weight=None)
+    calls = {
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb,
+                                                                          **plain),
+        "fused norm": lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, limit):
+        if isinstance(kind, KernelType):
+            assert plan.plan_of(kind, T, **kw).evict_inputs == (limit > 0)
+
+    try:
+        got = _runs_under(mhc_ops._C.set_evict_inputs_max_bytes, (-1, 2**62), calls, check)
+    finally:
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    _assert_same_bits(got)  # without the policy, with it
+    idx = _rows(T)
+    fused = got["fused norm"][1]
+    h.check_post_output(fused[0][idx], {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                                        "comb_mix": comb[idx]}, what="fused residual_out")
+    h.check_pre_outputs(tuple(o[idx] for o in fused[1:]), fused[0][idx], p, what="fused")
+
+
 # ----------------------------------------------------------------------------------------------
 # SPLIT_K epilogue chunks: a token's row over 1..H/1024 CTAs; each chunk reduces the partials
 # and computes the gates the same way, so every chunk count gives the same bits, and every

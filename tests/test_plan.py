@@ -170,14 +170,19 @@ def test_batch_invariant_plan_does_not_depend_on_t():
         # The reduction (split count, order) is one for every T; only how fn reaches the mma
         # changes with T (staged first, through the main kernel's ring), and those runs are
         # bit-identical (tests/test_cuda_kernels.py, test_staged_fn_is_bit_identical,
-        # test_fn_ring_is_bit_identical).
-        plans = {plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 4096, 16384)}
-        assert len({p._replace(staged_fn=False, fn_ring=False) for p in plans}) == 1
+        # test_fn_ring_is_bit_identical), and for the fused op the ring's L2 policy
+        # (test_evict_inputs_is_bit_identical).
+        plans = {plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 512, 4096, 16384)}
+        assert len({p._replace(staged_fn=False, fn_ring=False, evict_inputs=False)
+                    for p in plans}) == 1
         staged = kind != KernelType.HC_HEAD
         assert {p.staged_fn for p in plans} == {False, staged}
         assert {p.fn_ring for p in plans} == {False, True}
-        # pre / fused stage fn and ring from the same T: one plan below it, one from it
-        assert len(plan.token_count_representatives(kind, 16384, **kw)) == 2
+        fused = kind == KernelType.MHC_FUSED_POST_PRE
+        assert {p.evict_inputs for p in plans} == ({False, True} if fused else {False})
+        # pre / fused stage fn and ring from the same T: one plan below it, one from it; the
+        # fused op's inputs go evict_first from that T while its residual_out fits the limit
+        assert len(plan.token_count_representatives(kind, 16384, **kw)) == (3 if fused else 2)
 
 
 def test_cpu_has_one_plan_per_op():
@@ -256,6 +261,39 @@ def test_fn_ring_from_its_token_count():
     finally:
         _C.set_fn_ring_min_tokens(old)
     assert _C.fn_ring_min_tokens() == start
+
+
+def test_evict_inputs_for_the_fused_ring_within_its_bytes():
+    from mhc_ops._lib import _C
+
+    kw = dict(num_sms=132, batch_invariant=False, clusters=False)
+    limit = _C.evict_inputs_max_bytes()
+    assert limit > 0
+    ring = _C.fn_ring_min_tokens()
+    for hidden in (4096, 7168, 520):
+        last = limit // (4 * hidden * 2)  # the largest T whose residual_out fits the limit
+        fused = KernelType.MHC_FUSED_POST_PRE
+        if last >= ring:
+            assert plan.plan_of(fused, last, hidden_size=hidden, **kw).evict_inputs
+            assert plan.plan_of(fused, ring, hidden_size=hidden, **kw).evict_inputs
+        assert not plan.plan_of(fused, last + 1, hidden_size=hidden, **kw).evict_inputs
+        assert not plan.plan_of(fused, ring - 1, hidden_size=hidden, **kw).evict_inputs  # no ring
+        assert not plan.plan_of(fused, 8, hidden_size=hidden, **kw).evict_inputs
+        assert not plan.plan_of(fused, ring, hidden_size=hidden,
+                                **{**kw, "num_sms": 0}).evict_inputs  # CPU
+        for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD, KernelType.MHC_POST):
+            assert not any(plan.plan_of(kind, t, hidden_size=hidden, **kw).evict_inputs
+                           for t in (ring, last, 4096))
+    old = _C.set_evict_inputs_max_bytes(-1)
+    try:
+        assert not plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 512, hidden_size=4096,
+                                **kw).evict_inputs
+        _C.set_evict_inputs_max_bytes(2**62)
+        assert plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 16384, hidden_size=4096,
+                            **kw).evict_inputs
+    finally:
+        _C.set_evict_inputs_max_bytes(old)
+    assert _C.evict_inputs_max_bytes() == limit
 
 
 def test_split_streams_only_for_fused_decode():

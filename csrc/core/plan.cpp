@@ -74,6 +74,13 @@ constexpr int64_t kStagedFnTokens = 512;
 // 857.1 / 772.3; H = 7168 T = 512 55.3 / 54.5, 1024 99.6 / 95.5, 4096 366.0 / 333.7, 16384
 // 1502.0 / 1352.2.
 constexpr int64_t kFnRingTokens = 512;
+// Up to this many bytes of residual_out, the fused op's ring loads x and the input streams with
+// L2 evict_first (Plan::evict_inputs): they are read once, and residual_out, which the
+// epilogue reads again, then stays in L2. H100, cold fn (NOTES.md, v12), us, normal /
+// evict_first: T = 512 31.9 / 30.3 (H = 4096), 53.2 / 50.3 (H = 7168); T = 4096 196.1 / 202.5,
+// 333.2 / 353.0 (the ring's 256-byte pieces, whose neighbours other warps read next, leave L2
+// first there).
+constexpr int64_t kEvictInputsBytes = int64_t{64} << 20;
 // Up to this T the fused op's main kernel may take a K group with half of its output streams
 // as one work unit (twice the warps, half the serial post mix and mma each), where the doubled
 // units still fit the CTA's kMainWarps warps (2 * groups per split <= 8), so no warp takes two.
@@ -87,6 +94,7 @@ constexpr int64_t kSplitStreamTokens = kDecodeTokens;
 constexpr int64_t kMainWarps = 8;  // warps of a main-kernel CTA (csrc/cuda/hc_main.cuh)
 std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 std::atomic<int64_t> g_fn_ring_min_tokens{kFnRingTokens};
+std::atomic<int64_t> g_evict_inputs_max_bytes{kEvictInputsBytes};
 std::atomic<int64_t> g_epilogue_chunks{0};
 std::atomic<int64_t> g_cluster_buffers{0};
 
@@ -180,6 +188,9 @@ int64_t set_staged_fn_min_tokens(int64_t t) { return g_staged_fn_min_tokens.exch
 int64_t fn_ring_min_tokens() { return g_fn_ring_min_tokens.load(); }
 int64_t set_fn_ring_min_tokens(int64_t t) { return g_fn_ring_min_tokens.exchange(t); }
 
+int64_t evict_inputs_max_bytes() { return g_evict_inputs_max_bytes.load(); }
+int64_t set_evict_inputs_max_bytes(int64_t bytes) { return g_evict_inputs_max_bytes.exchange(bytes); }
+
 int64_t epilogue_chunks() { return g_epilogue_chunks.load(); }
 int64_t set_epilogue_chunks(int64_t chunks) { return g_epilogue_chunks.exchange(chunks); }
 
@@ -214,7 +225,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
   // The GEMMs see only K (prenorm) or nothing of the streams (linear): their plans carry no n.
   const bool gemm = kind == KernelType::PRENORM_GEMM || kind == KernelType::LINEAR_BF16_FP32;
   const int32_t n = gemm ? 0 : static_cast<int32_t>(hc_mult);
-  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm, false, false, false};
+  Plan p{kind, Variant::CPU, 1, 0, n, 0, norm, false, false, false, false};
   if (num_sms <= 0) return p;  // one CPU kernel per op, whatever T is
   p.hidden_spec = kind == KernelType::PRENORM_GEMM ? 0 : hidden_spec(hc_mult, hidden_size);
   switch (kind) {
@@ -279,6 +290,8 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
                         2 * ceil_div(groups, splits) <= kMainWarps;
       // The fused op's half units read from global memory (decode sizes): no ring with them.
       p.fn_ring = num_tokens >= g_fn_ring_min_tokens.load() && !p.split_streams;
+      p.evict_inputs = kind == KernelType::MHC_FUSED_POST_PRE && p.fn_ring &&
+                       num_tokens * hc_mult * hidden_size * 2 <= g_evict_inputs_max_bytes.load();
       return p;
     }
   }

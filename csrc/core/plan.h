@@ -48,11 +48,15 @@ struct Plan {
                          // pre / head stream fn through it with the activations (not one unit
                          // ahead in registers), the fused op x and the input streams (not
                          // plain loads)
+  bool evict_inputs;     // fused op with the ring, while its residual_out fits in L2 (plan.cpp,
+                         // kEvictInputsBytes): the ring loads x and the input streams (read
+                         // once) with L2 evict_first, so that residual_out stays in L2 for the
+                         // stream sum's second read
 
   auto key() const {
     return std::make_tuple(static_cast<int32_t>(kind), static_cast<int32_t>(variant), num_splits,
                            block_tokens, hc_mult, hidden_spec, norm, staged_fn, split_streams,
-                           fn_ring);
+                           fn_ring, evict_inputs);
   }
   bool operator==(const Plan& o) const { return key() == o.key(); }
   bool operator<(const Plan& o) const { return key() < o.key(); }
@@ -104,6 +108,12 @@ int64_t set_staged_fn_min_tokens(int64_t t);
 // previous value.
 int64_t fn_ring_min_tokens();
 int64_t set_fn_ring_min_tokens(int64_t t);
+
+// Up to how many bytes of residual_out (T * n * H * 2) the fused op's ring loads its inputs with
+// L2 evict_first (Plan::evict_inputs). For studies (benchmarks) and tests; -1: never. Returns
+// the previous value.
+int64_t evict_inputs_max_bytes();
+int64_t set_evict_inputs_max_bytes(int64_t bytes);
 
 // Benchmarks only: chunks of H per token for the SPLIT_K epilogue without the folded norm
 // (0, the default: the launcher's rule, csrc/cuda/hc_main.cuh; k > 0: min(k, H / 1024)).

@@ -83,6 +83,14 @@ __device__ __forceinline__ uint64_t l2_evict_first() {
 #endif
   return pol;
 }
+// cp_async16_pf256 with a policy.
+__device__ __forceinline__ void cp_async16_pf256_hint(void* smem, const void* gmem, bool valid,
+                                                      uint64_t pol) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;"
+               ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0), "l"(pol)
+               : "memory");
+}
 // 16-byte read-only (non-coherent) and coherent (.cg) loads and a 16-byte store, with a policy.
 __device__ __forceinline__ uint4 ldg16_hint(const uint16_t* p, uint64_t pol) {
   uint4 v;

@@ -112,6 +112,7 @@ struct MainParams {
   int H, G, S, gpc;        // hidden size, K groups, splits, groups per split
   float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;  // pre_eps is hc_eps for head
   int64_t repeat;
+  int evict_inputs;        // fused ring: x and the input streams L2 evict_first (Plan)
 };
 
 struct EpiParams {
@@ -539,6 +540,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
     // cp.async ring of FusedRing::kStages slots in shared memory (after red and coef), the
     // next unit's copies in flight while this one is mixed, stored and reduced.
     using FR = FusedRing<N, TT>;
+    const uint64_t pol_in = l2_evict_first();
     uint4* aring =
         reinterpret_cast<uint4*>(coef + BT * NC) + warp * FR::kStages * FR::kSlot + lane;
     const auto stage_acts = [&](int k) {  // the warp's k-th unit into slot k % kStages
@@ -554,10 +556,19 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
               const int64_t t = t0 + 16 * tt + g + 8 * hf;
               const bool ok = h < H && t < T;
               uint4* row = slot + (2 * tt + hf) * (N + 1) * 32;
-              cp_async16_pf256(row, ok ? p.x + t * H + h : p.x, ok);
+              if (p.evict_inputs) {  // Plan::evict_inputs
+                cp_async16_pf256_hint(row, ok ? p.x + t * H + h : p.x, ok, pol_in);
 #pragma unroll
-              for (int i = 0; i < N; ++i)
-                cp_async16_pf256(row + (i + 1) * 32, ok ? p.res + (t * N + i) * H + h : p.res, ok);
+                for (int i = 0; i < N; ++i)
+                  cp_async16_pf256_hint(row + (i + 1) * 32,
+                                        ok ? p.res + (t * N + i) * H + h : p.res, ok, pol_in);
+              } else {
+                cp_async16_pf256(row, ok ? p.x + t * H + h : p.x, ok);
+#pragma unroll
+                for (int i = 0; i < N; ++i)
+                  cp_async16_pf256(row + (i + 1) * 32, ok ? p.res + (t * N + i) * H + h : p.res,
+                                   ok);
+              }
             }
         }
         cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
@@ -929,7 +940,8 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 
   MainParams mp{a.res, a.x, a.post_in, a.comb_in, a.res_out, a.fn, nullptr, a.scale, a.base,
                 a.norm_w, nullptr, a.post_out, a.comb_out, a.out, a.T, a.H, G, S, gpc,
-                a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat};
+                a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat,
+                plan.evict_inputs ? 1 : 0};
 
   at::Tensor staged;  // kept alive until the main kernel is enqueued (stream-ordered reuse)
   TORCH_INTERNAL_ASSERT(!(plan.staged_fn && MODE == Mode::HEAD), "hc_head never stages fn");
