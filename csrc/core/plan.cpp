@@ -76,11 +76,12 @@ constexpr int64_t kStagedFnTokens = 512;
 constexpr int64_t kFnRingTokens = 512;
 // Up to this many bytes of residual_out, the fused op's ring loads x and the input streams with
 // L2 evict_first (Plan::evict_inputs): they are read once, and residual_out, which the
-// epilogue reads again, then stays in L2. H100, cold fn (NOTES.md, v12), us, normal /
-// evict_first: T = 512 31.9 / 30.3 (H = 4096), 53.2 / 50.3 (H = 7168); T = 4096 196.1 / 202.5,
-// 333.2 / 353.0 (the ring's 256-byte pieces, whose neighbours other warps read next, leave L2
-// first there).
-constexpr int64_t kEvictInputsBytes = int64_t{64} << 20;
+// epilogue reads again, then stays in L2 (50 MB on the H100). H100, cold fn (NOTES.md, v13),
+// normal / evict_first, us, with residual_out's MB: H = 4096 T = 512 34.1 / 32.5 (17),
+// 768 49.2 / 47.1 (25), 1024 56.5 / 53.9 (34), 1536 87.7 / 85.3 (50), 2048 100.1 / 103.4 (67);
+// H = 7168 T = 512 53.6 / 50.3 (29), 768 76.0 / 79.0 (44), 1024 91.5 / 93.8 (59), 2048
+// 171.1 / 181.9 (117). The limit sits between the 34 MB that gained and the 44 that lost.
+constexpr int64_t kEvictInputsBytes = int64_t{40} << 20;
 // Up to this T the fused op's main kernel may take a K group with half of its output streams
 // as one work unit (twice the warps, half the serial post mix and mma each), where the doubled
 // units still fit the CTA's kMainWarps warps (2 * groups per split <= 8), so no warp takes two.
