@@ -20,8 +20,9 @@
 // warp leaves its sums in its own shared-memory slice; one barrier, then the slices are added
 // in warp order.
 //  * SPLIT_K (T <= 32 * num_sms): the main kernel writes per-split partials [T, S, M + 1]; the
-//    epilogue kernel (launched with programmatic dependent launch, so it is resident and has
-//    prefetched the residual when the main kernel ends) adds them in split order, computes the
+//    epilogue kernel (launched with programmatic dependent launch, so it is resident and, for
+//    pre / head, has the residual in registers when the main kernel ends) adds them in split
+//    order, computes the
 //    gates (a dedicated warp runs the 20 Sinkhorn rounds in registers while the other four
 //    stream the weighted sum) and writes the outputs. The epilogue of one token is spread over
 //    several CTAs (chunks of H: ~2 vectors per stream thread, more CTAs at decode sizes).
@@ -64,6 +65,7 @@ constexpr int kMainThreads = 256;  // largest main-kernel CTA (8 warps: kMainWar
 constexpr int kRingBytes = 224 * 1024;  // pre / head: the largest fn ring of a main-kernel CTA
 constexpr int kRegStages = 4;  // pre / head without the fn ring: activation units in flight
 constexpr int kEpiThreads = 128;   // epilogue threads that stream the weighted sum
+constexpr int kEpiHeld = 2;        // residual vectors per epilogue thread held in registers
 
 // The per-warp cp.async ring of the pre / head main kernel: each slot holds one (group,
 // stream) unit, its activations [2 TT][32 lanes] and its fn [NT][kParts][32 lanes] (uint4
@@ -128,7 +130,7 @@ struct EpiParams {
   int H, S, HC, CW;        // hidden, splits, chunks per token, 8-column vectors per chunk
   float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;
   int64_t repeat;
-  int prefetch;            // src is an input (not written by the main kernel): prefetch it
+  int src_is_input;        // src is not written by the main kernel (pre, head): loaded early
 };
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -396,6 +398,24 @@ __device__ __forceinline__ uint4 combine8(const uint4 (&r)[N], const float (&pre
   return pack8(y);
 }
 
+// out8 = combine8(r, pre), stored evict_first (or plainly with NORM: norm_pass reads it back);
+// with NORM, ssq += Σ z² of z = bf16(y) in column order.
+template <int N, bool NORM>
+__device__ __forceinline__ void combine_store(const uint4 (&r)[N], const float (&pre)[N],
+                                              uint16_t* __restrict__ out8, uint64_t pol,
+                                              float& ssq) {
+  const uint4 o = combine8<N>(r, pre);
+  if constexpr (NORM) {
+    float z[8];
+    unpack8(o, z);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ssq = fmaf(z[e], z[e], ssq);
+    stg16(out8, o);
+  } else {
+    stg16_hint(out8, o, pol);
+  }
+}
+
 // Weighted stream sum of one token over the 8-column vectors v = v0, v0 + STRIDE, ... < v1:
 // out[8v..] = bf16(Σ_i pre[i] · src[i][8v..]) in stream order (SPEC §2.1 step 8). With NORM it
 // returns this thread's Σ z² of z = bf16(y), in its vector order (step 9 needs the whole row).
@@ -419,17 +439,7 @@ __device__ __forceinline__ float stream_pass(const uint16_t* src, const float (&
       const uint16_t* q = src + static_cast<int64_t>(i) * H + 8 * v;
       r[i] = COHERENT ? ldcg16_hint(q, pol) : ldg16_hint(q, pol);
     }
-    const uint4 o = combine8<N>(r, pre);
-    if constexpr (NORM) {
-      float z[8];
-      unpack8(o, z);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) ssq = fmaf(z[e], z[e], ssq);
-    }
-    if constexpr (NORM)  // norm_pass reads it back
-      stg16(out + 8 * v, o);
-    else
-      stg16_hint(out + 8 * v, o, pol);
+    combine_store<N, NORM>(r, pre, out + 8 * v, pol, ssq);
   };
   if constexpr (HS > 0) {
     constexpr int kIters = (HS / 8 + STRIDE - 1) / STRIDE;
@@ -837,10 +847,30 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   const int v0 = chunk * p.CW, v1 = min(H / 8, v0 + p.CW);
   const uint16_t* src = p.src + t * K;
 
-  if (p.prefetch && tid < kEpiThreads)
-    for (int v = v0 + tid; v < v1; v += kEpiThreads)
+  // pre / head: src is the residual, an input of the call. This grid starts only once every
+  // main-kernel CTA has triggered it, which each does after its own pdl_wait: the residual's
+  // writer has completed. So a chunk of at most kEpiHeld vectors per stream thread is loaded
+  // into registers here, its latency hidden behind the main kernel and the partials; longer
+  // chunks (the folded norm's whole rows) are prefetched into L2.
+  const uint64_t pol = l2_evict_first();
+  const bool held = p.src_is_input && v1 - v0 <= kEpiHeld * kEpiThreads;
+  uint4 r[kEpiHeld][N];
+  if (p.src_is_input && tid < kEpiThreads) {
+    if (held) {
 #pragma unroll
-      for (int i = 0; i < N; ++i) prefetch_l2(src + static_cast<int64_t>(i) * H + 8 * v);
+      for (int j = 0; j < kEpiHeld; ++j) {
+        const int v = v0 + tid + j * kEpiThreads;
+        if (v < v1)
+#pragma unroll
+          for (int i = 0; i < N; ++i)
+            r[j][i] = ldg16_hint(src + static_cast<int64_t>(i) * H + 8 * v, pol);
+      }
+    } else {
+      for (int v = v0 + tid; v < v1; v += kEpiThreads)
+#pragma unroll
+        for (int i = 0; i < N; ++i) prefetch_l2(src + static_cast<int64_t>(i) * H + 8 * v);
+    }
+  }
   pdl_wait();
   pdl_trigger();
 
@@ -880,7 +910,16 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   float pre[N];
   head_gates<N>(dsum, dsum[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
   uint16_t* out = p.out + t * H;
-  const float ssq = stream_pass<N, NORM, HS, kEpiThreads, false>(src, pre, out, H, v0 + tid, v1);
+  float ssq = 0.f;
+  if (held) {
+#pragma unroll
+    for (int j = 0; j < kEpiHeld; ++j) {
+      const int v = v0 + tid + j * kEpiThreads;
+      if (v < v1) combine_store<N, NORM>(r[j], pre, out + 8 * v, pol, ssq);
+    }
+  } else {
+    ssq = stream_pass<N, NORM, HS, kEpiThreads, false>(src, pre, out, H, v0 + tid, v1);
+  }
   if constexpr (NORM) {
     const float s = warp_sum(ssq);
     if ((tid & 31) == 0) wsum[tid >> 5] = s;
@@ -1026,7 +1065,7 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   EpiParams ep{MODE == Mode::FUSED ? a.res_out : a.res, ws.data_ptr<float>(), a.scale, a.base,
                a.norm_w, a.post_out, a.comb_out, a.out, a.T, a.H, S, HC, CW,
                a.rms_eps, a.pre_eps, a.sinkhorn_eps, a.post_mult, a.norm_eps, a.repeat,
-               MODE == Mode::FUSED ? 0 : 1};
+               MODE != Mode::FUSED};
   const dim3 grid(static_cast<unsigned>(a.T * HC));
   const dim3 block(kEpiThreads + (EM == Mode::HEAD ? 0 : 32));
   const size_t smem = sizeof(float) * (static_cast<size_t>(S) + 4) * Sh::MP;
