@@ -300,8 +300,14 @@ def test_split_streams_only_for_fused_decode():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
     fused = KernelType.MHC_FUSED_POST_PRE
     assert all(plan.plan_of(fused, t, **kw).split_streams for t in (1, 8, 32))
-    # from T = 33 a split holds 7 groups at H = 7168: 14 half units would not fit 8 warps
-    assert not any(plan.plan_of(fused, t, **kw).split_streams for t in (33, 64, 4096, 16384))
+    # from T = 33 (two token blocks) the CTA target would give a split 7 groups at H = 7168
+    # (14 half units for 8 warps): 56 splits of 4 instead, 112 CTAs within the 132 SMs
+    for t in (33, 48, 64):
+        p = plan.plan_of(fused, t, **kw)
+        assert p.split_streams and p.num_splits == 56
+        p = plan.plan_of(fused, t, **{**kw, "num_sms": 100})  # 112 CTAs would not fit
+        assert not p.split_streams and p.num_splits == 25  # 50 CTAs' count, 9 groups each
+    assert not any(plan.plan_of(fused, t, **kw).split_streams for t in (65, 4096, 16384))
     narrow = {**kw, "hidden_size": 4096}  # 4 groups per split at T = 33 .. 64
     assert all(plan.plan_of(fused, t, **narrow).split_streams for t in (1, 32, 33, 64))
     assert not any(plan.plan_of(fused, t, **narrow).split_streams for t in (65, 4096))

@@ -279,6 +279,18 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
                              : num_tokens <= kDecodeTokens ? num_sms / 2
                                                            : num_sms;
         splits = even_splits(groups, std::max<int64_t>(2, ctas / blocks));
+        // The fused op with two token blocks (T = 33 .. 64): where that count leaves a split
+        // more groups than its warps can take as half units, more splits, so that they fit,
+        // while the CTAs stay within one wave. H100, cold fn, H = 7168 (NOTES.md, v13), us,
+        // 32 splits of 7 groups (whole units) / 56 of 4 (half units): T = 48 18.45 / 16.53,
+        // T = 64 18.34 / 16.99. With one block (T <= 32) more splits mostly add partials for
+        // the epilogue to read (v6: fused T = 1, H = 7168, 66 / 132 CTAs 9.77 / 10.73 us).
+        if (kind == KernelType::MHC_FUSED_POST_PRE && target < 0 && hc_mult % 2 == 0 &&
+            blocks > 1 && num_tokens <= kSplitStreamTokens &&
+            2 * ceil_div(groups, splits) > kMainWarps) {
+          const int64_t fit = even_splits(groups, ceil_div(groups, kMainWarps / 2));
+          if (2 * ceil_div(groups, fit) <= kMainWarps && fit * blocks <= num_sms) splits = fit;
+        }
       }
       p.variant = full_k ? Variant::FULL_K : Variant::SPLIT_K;
       p.num_splits = static_cast<int32_t>(splits);
