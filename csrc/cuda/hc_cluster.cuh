@@ -250,7 +250,8 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   // unit), then their sum in warp order into slice 0.
   store_warp_partial<TT, NT, M, MP>(red + warp * BT * MP, acc, ss, BT);
   __syncthreads();
-  add_warp_partials<M, MP>(red, BT, BT, W);
+  add_warp_partials<M, MP, W>(red, BT, BT, W,
+                              [&](int row, int m, float a) { red[row * MP + m] = a; });
   cluster_arrive();  // every CTA's partial is complete and visible to the cluster
   cluster_wait();
 

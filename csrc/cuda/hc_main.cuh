@@ -66,6 +66,7 @@ constexpr int kRingBytes = 224 * 1024;  // pre / head: the largest fn ring of a 
 constexpr int kRegStages = 4;  // pre / head without the fn ring: activation units in flight
 constexpr int kEpiThreads = 128;   // epilogue threads that stream the weighted sum
 constexpr int kEpiHeld = 2;        // residual vectors per epilogue thread held in registers
+constexpr int kEpiLoads = 4;       // partials (float4) per epilogue thread loaded at once
 
 // The per-warp cp.async ring of the pre / head main kernel: each slot holds one (group,
 // stream) unit, its activations [2 TT][32 lanes] and its fn [NT][kParts][32 lanes] (uint4
@@ -169,15 +170,25 @@ template <int N, int NC>
 __device__ __forceinline__ void load_block_coefs(float* coef, const float* post_in,
                                                  const float* comb_in, int64_t t0, int64_t T,
                                                  int BT) {
-  for (int idx = threadIdx.x; idx < BT * NC; idx += blockDim.x) {
-    const int r = idx / NC, q = idx % NC;
-    const int64_t t = t0 + r;
-    float v = 0.f;
-    if (t < T) {
-      if (q < N) v = post_in[t * N + q];
-      else if (q < N + N * N) v = comb_in[t * N * N + (q - N)];
+  // kLoads values per thread in flight at once: as a loop of load, store, each iteration had
+  // waited for its own L2 round trip (3 for the fused op's 32 x 20 values on 256 threads).
+  constexpr int kLoads = 4;
+  const int stride = static_cast<int>(blockDim.x);
+  for (int base = threadIdx.x; base < BT * NC; base += kLoads * stride) {
+    float v[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int idx = base + j * stride, r = idx / NC, q = idx % NC;
+      const int64_t t = t0 + r;
+      v[j] = 0.f;
+      if (idx < BT * NC && t < T) {
+        if (q < N) v[j] = post_in[t * N + q];
+        else if (q < N + N * N) v[j] = comb_in[t * N * N + (q - N)];
+      }
     }
-    coef[idx] = v;
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j)
+      if (base + j * stride < BT * NC) coef[base + j * stride] = v[j];
   }
 }
 
@@ -370,15 +381,24 @@ __device__ __forceinline__ void copy_unit_acts(uint4* slot, const uint16_t* res,
     }
 }
 
-// Slices 1..nwork-1 of red [W][BT][MP] added to slice 0 in warp order, for the first `rows`
-// rows (M dots and the sum of squares each).
-template <int M, int MP>
-__device__ __forceinline__ void add_warp_partials(float* red, int BT, int rows, int nwork) {
+// Slices 1..nwork-1 (nwork <= WMAX) of red [W][BT][MP] added to slice 0 in warp order, for
+// the first `rows` rows (M dots and the sum of squares each); each sum goes to
+// dst(row, m, sum). The warp loop is unrolled with predicated loads, so a sum's loads are all
+// in flight before its adds (in the same order, so the same bits): as a loop over the
+// runtime warp count each slice cost a shared-memory load's latency in turn.
+template <int M, int MP, int WMAX, typename Dst>
+__device__ __forceinline__ void add_warp_partials(const float* red, int BT, int rows, int nwork,
+                                                  Dst&& dst) {
   for (int idx = threadIdx.x; idx < rows * (M + 1); idx += blockDim.x) {
     const int row = idx / (M + 1), m = idx % (M + 1);
-    float a = red[row * MP + m];
-    for (int w = 1; w < nwork; ++w) a += red[(w * BT + row) * MP + m];
-    red[row * MP + m] = a;
+    float v[WMAX];
+#pragma unroll
+    for (int w = 0; w < WMAX; ++w) v[w] = w < nwork ? red[(w * BT + row) * MP + m] : 0.f;
+    float a = v[0];
+#pragma unroll
+    for (int w = 1; w < WMAX; ++w)
+      if (w < nwork) a += v[w];
+    dst(row, m, a);
   }
 }
 
@@ -775,15 +795,20 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
   if constexpr (RING) __syncthreads();  // red overlays the other warps' rings
   if (warp < nwork) store_warp_partial<TT, NT, M, MP>(red + warp * BT * MP, acc, ss, rows);
   __syncthreads();
-  add_warp_partials<M, MP>(red, BT, rows, nwork);
-  __syncthreads();
 
-  if constexpr (!FULLK) {
-    for (int idx = threadIdx.x; idx < rows * MP; idx += blockDim.x) {
-      const int row = idx / MP, m = idx % MP;
-      p.ws[((t0 + row) * p.S + split) * MP + m] = m <= M ? red[idx] : 0.f;
-    }
+  if constexpr (!FULLK) {  // the sums straight into this split's partials (padding zeroed)
+    const auto to_ws = [&](int row, int m, float a) {
+      float* o = p.ws + ((t0 + row) * p.S + split) * MP;
+      o[m] = a;
+      if (m == M)
+#pragma unroll
+        for (int q = M + 1; q < MP; ++q) o[q] = 0.f;
+    };
+    add_warp_partials<M, MP, kMainThreads / 32>(red, BT, rows, nwork, to_ws);
   } else {
+    const auto in_place = [&](int row, int m, float a) { red[row * MP + m] = a; };
+    add_warp_partials<M, MP, kMainThreads / 32>(red, BT, rows, nwork, in_place);
+    __syncthreads();
     // Gates: lane l of every warp computes pre of token t0 + l (BT <= 32); the last warp also
     // runs pre_gates (Sinkhorn) for its lane's token and writes post / comb.
     static_assert(BT <= 32, "FULL_K gates take one token per lane");
@@ -871,13 +896,44 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
         for (int i = 0; i < N; ++i) prefetch_l2(src + static_cast<int64_t>(i) * H + 8 * v);
     }
   }
+  // hc_scale and hc_base are inputs of the call too (the main kernel never writes them): loaded
+  // here, not one more L2 round trip between the partials' sum and the gates.
+  float hbase[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) hbase[i] = p.base[i];
+  const float hscale = p.scale[0];
+  const bool gate_thread = MODE != Mode::HEAD && chunk == 0 && tid == kEpiThreads;
+  GateParams gp{};
+  float gbase[M];
+  if (gate_thread) {
+    gp = gate_params(p.scale, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
+#pragma unroll
+    for (int m = 0; m < M; ++m) gbase[m] = p.base[m];
+  }
   pdl_wait();
   pdl_trigger();
 
   // Partials of this token, then their sum in split order (kRuns contiguous runs, in order).
-  const float4* w4 = reinterpret_cast<const float4*>(p.ws + t * p.S * MP);
-  for (int idx = tid; idx < p.S * MP / 4; idx += blockDim.x)
-    reinterpret_cast<float4*>(part)[idx] = w4[idx];
+  // Up to kEpiLoads float4 per thread in flight at once (as a loop of load, store, each
+  // iteration had waited for its own L2 round trip: 3 at pre T = 1, H = 7168).
+  {
+    const float4* w4 = reinterpret_cast<const float4*>(p.ws + t * p.S * MP);
+    float4* part4 = reinterpret_cast<float4*>(part);
+    const int n4 = p.S * MP / 4;
+    for (int base = tid; base < n4; base += kEpiLoads * blockDim.x) {
+      float4 v[kEpiLoads];
+#pragma unroll
+      for (int j = 0; j < kEpiLoads; ++j) {
+        const int idx = base + j * blockDim.x;
+        if (idx < n4) v[j] = w4[idx];
+      }
+#pragma unroll
+      for (int j = 0; j < kEpiLoads; ++j) {
+        const int idx = base + j * blockDim.x;
+        if (idx < n4) part4[idx] = v[j];
+      }
+    }
+  }
   __syncthreads();
   const int parts = min(kRuns, p.S);
   if (tid < parts * MP) {
@@ -885,13 +941,16 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
     const int per = p.S / parts, rem = p.S % parts;
     const int s0 = q * per + min(q, rem), s1 = s0 + per + (q < rem ? 1 : 0);
     float a = part[s0 * MP + m];
-    for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + m];
+#pragma unroll 8
+    for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + m];  // the loads ahead of the adds
     psum[q * MP + m] = a;
   }
   __syncthreads();
   if (tid < MP) {
     float a = psum[tid];
-    for (int q = 1; q < parts; ++q) a += psum[q * MP + tid];
+#pragma unroll
+    for (int q = 1; q < kRuns; ++q)
+      if (q < parts) a += psum[q * MP + tid];
     dsum[tid] = a;
   }
   __syncthreads();
@@ -899,16 +958,12 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   const float inv_k = 1.0f / static_cast<float>(K);
   if (tid >= kEpiThreads) {  // the gate warp of pre / fused
     if constexpr (MODE != Mode::HEAD) {
-      if (chunk == 0 && tid == kEpiThreads) {
-        const GateParams gp =
-            gate_params(p.scale, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
-        write_gates<N>(dsum, inv_k, p.base, gp, t, p.post_out, p.comb_out);
-      }
+      if (gate_thread) write_gates<N>(dsum, inv_k, gbase, gp, t, p.post_out, p.comb_out);
     }
     return;
   }
   float pre[N];
-  head_gates<N>(dsum, dsum[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
+  head_gates<N>(dsum, dsum[M], inv_k, hbase, hscale, p.rms_eps, p.pre_eps, pre);
   uint16_t* out = p.out + t * H;
   float ssq = 0.f;
   if (held) {
