@@ -66,7 +66,6 @@ constexpr int kRingBytes = 224 * 1024;  // pre / head: the largest fn ring of a 
 constexpr int kRegStages = 4;  // pre / head without the fn ring: activation units in flight
 constexpr int kEpiThreads = 128;   // epilogue threads that stream the weighted sum
 constexpr int kEpiHeld = 2;        // residual vectors per epilogue thread held in registers
-constexpr int kEpiLoads = 4;       // partials (float4) per epilogue thread loaded at once
 
 // The per-warp cp.async ring of the pre / head main kernel: each slot holds one (group,
 // stream) unit, its activations [2 TT][32 lanes] and its fn [NT][kParts][32 lanes] (uint4
@@ -896,43 +895,26 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
         for (int i = 0; i < N; ++i) prefetch_l2(src + static_cast<int64_t>(i) * H + 8 * v);
     }
   }
-  // hc_scale and hc_base are inputs of the call too (the main kernel never writes them): loaded
-  // here, not one more L2 round trip between the partials' sum and the gates.
-  float hbase[N];
-#pragma unroll
-  for (int i = 0; i < N; ++i) hbase[i] = p.base[i];
-  const float hscale = p.scale[0];
-  const bool gate_thread = MODE != Mode::HEAD && chunk == 0 && tid == kEpiThreads;
-  GateParams gp{};
-  float gbase[M];
-  if (gate_thread) {
-    gp = gate_params(p.scale, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
-#pragma unroll
-    for (int m = 0; m < M; ++m) gbase[m] = p.base[m];
-  }
+  // hc_base and hc_scale are inputs of the call too (the main kernel never writes them): into
+  // shared memory here, not one more L2 round trip between the partials' sum and the gates
+  // (and not in registers, which the stream sum's occupancy needs).
+  constexpr int kScales = MODE == Mode::HEAD ? 1 : 3;
+  __shared__ float gsm[M + kScales];  // hc_base [M], hc_scale [kScales]
+  if (tid < M) gsm[tid] = p.base[tid];
+  else if (tid < M + kScales) gsm[tid] = p.scale[tid - M];
   pdl_wait();
   pdl_trigger();
 
   // Partials of this token, then their sum in split order (kRuns contiguous runs, in order).
-  // Up to kEpiLoads float4 per thread in flight at once (as a loop of load, store, each
-  // iteration had waited for its own L2 round trip: 3 at pre T = 1, H = 7168).
+  // Copied with cp.async, all in flight at once (a loop of load, store had waited one L2 round
+  // trip per iteration: 3 at pre T = 1, H = 7168).
   {
     const float4* w4 = reinterpret_cast<const float4*>(p.ws + t * p.S * MP);
     float4* part4 = reinterpret_cast<float4*>(part);
-    const int n4 = p.S * MP / 4;
-    for (int base = tid; base < n4; base += kEpiLoads * blockDim.x) {
-      float4 v[kEpiLoads];
-#pragma unroll
-      for (int j = 0; j < kEpiLoads; ++j) {
-        const int idx = base + j * blockDim.x;
-        if (idx < n4) v[j] = w4[idx];
-      }
-#pragma unroll
-      for (int j = 0; j < kEpiLoads; ++j) {
-        const int idx = base + j * blockDim.x;
-        if (idx < n4) part4[idx] = v[j];
-      }
-    }
+    for (int idx = tid; idx < p.S * MP / 4; idx += blockDim.x)
+      cp_async16(part4 + idx, w4 + idx, true);
+    cp_async_commit();
+    cp_async_wait<0>();
   }
   __syncthreads();
   const int parts = min(kRuns, p.S);
@@ -958,12 +940,16 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   const float inv_k = 1.0f / static_cast<float>(K);
   if (tid >= kEpiThreads) {  // the gate warp of pre / fused
     if constexpr (MODE != Mode::HEAD) {
-      if (gate_thread) write_gates<N>(dsum, inv_k, gbase, gp, t, p.post_out, p.comb_out);
+      if (chunk == 0 && tid == kEpiThreads) {
+        const GateParams gp =
+            gate_params(gsm + M, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
+        write_gates<N>(dsum, inv_k, gsm, gp, t, p.post_out, p.comb_out);
+      }
     }
     return;
   }
   float pre[N];
-  head_gates<N>(dsum, dsum[M], inv_k, hbase, hscale, p.rms_eps, p.pre_eps, pre);
+  head_gates<N>(dsum, dsum[M], inv_k, gsm, gsm[M], p.rms_eps, p.pre_eps, pre);
   uint16_t* out = p.out + t * H;
   float ssq = 0.f;
   if (held) {
