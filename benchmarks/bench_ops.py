@@ -313,6 +313,8 @@ KNOBS = (
      "SPLIT_K plans aim at {} CTAs"),
     ("epilogue_chunks", "chunks of H per token in the SPLIT_K epilogue (studies only; 0: the "
      "launcher's rule)", "epilogue chunks {}"),
+    ("epilogue_ctas_per_sm", "SPLIT_K epilogue CTAs per SM at most (studies only; 0: the "
+     "launcher's rule, -1: no cap)", "epilogue CTAs per SM at most {}"),
     ("staged_fn_min_tokens", "T from which pre / fused stage fn (studies only; 2**63-1: never)",
      "fn staged from T = {}"),
     ("fn_ring_min_tokens", "T from which pre / head / fused use the main kernel's cp.async ring "

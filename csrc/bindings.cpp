@@ -68,6 +68,10 @@ PYBIND11_MODULE(_C, m) {
   // default, the launcher's rule). Returns the previous value.
   m.def("epilogue_chunks", &mhc::epilogue_chunks);
   m.def("set_epilogue_chunks", &mhc::set_epilogue_chunks, py::arg("chunks"));
+  // Benchmarks and tests only: SPLIT_K epilogue CTAs per SM at most (plan.h; 0, the default,
+  // the launcher's rule; -1: no cap). Returns the previous value.
+  m.def("epilogue_ctas_per_sm", &mhc::epilogue_ctas_per_sm);
+  m.def("set_epilogue_ctas_per_sm", &mhc::set_epilogue_ctas_per_sm, py::arg("ctas"));
   // Studies and tests only: buffers of the persistent hc_head CLUSTER kernel (plan.h; 0, the
   // default, the launcher's; 1: the one-block-per-cluster kernel). Returns the previous value.
   m.def("cluster_buffers", &mhc::cluster_buffers);

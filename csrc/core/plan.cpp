@@ -97,6 +97,7 @@ std::atomic<int64_t> g_staged_fn_min_tokens{kStagedFnTokens};
 std::atomic<int64_t> g_fn_ring_min_tokens{kFnRingTokens};
 std::atomic<int64_t> g_evict_inputs_max_bytes{kEvictInputsBytes};
 std::atomic<int64_t> g_epilogue_chunks{0};
+std::atomic<int64_t> g_epilogue_ctas_per_sm{0};
 std::atomic<int64_t> g_cluster_buffers{0};
 
 // Token ranges [lo, hi] where the CLUSTER plan runs (H100, cold fn, CUDA-graph medians):
@@ -194,6 +195,9 @@ int64_t set_evict_inputs_max_bytes(int64_t bytes) { return g_evict_inputs_max_by
 
 int64_t epilogue_chunks() { return g_epilogue_chunks.load(); }
 int64_t set_epilogue_chunks(int64_t chunks) { return g_epilogue_chunks.exchange(chunks); }
+
+int64_t epilogue_ctas_per_sm() { return g_epilogue_ctas_per_sm.load(); }
+int64_t set_epilogue_ctas_per_sm(int64_t ctas) { return g_epilogue_ctas_per_sm.exchange(ctas); }
 
 int64_t cluster_buffers() { return g_cluster_buffers.load(); }
 int64_t set_cluster_buffers(int64_t buffers) { return g_cluster_buffers.exchange(buffers); }

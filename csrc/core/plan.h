@@ -121,6 +121,13 @@ int64_t set_evict_inputs_max_bytes(int64_t bytes);
 int64_t epilogue_chunks();
 int64_t set_epilogue_chunks(int64_t chunks);
 
+// Studies and tests only: at most this many SPLIT_K epilogue CTAs per SM, through their dynamic
+// shared memory, for every op and T (0, the default: the launcher's rule, 3 for the fused op up
+// to T = 64, csrc/cuda/hc_main.cuh; -1: no cap).
+// Returns the previous value.
+int64_t epilogue_ctas_per_sm();
+int64_t set_epilogue_ctas_per_sm(int64_t ctas);
+
 // Studies and tests only: shared-memory buffers of the persistent hc_head CLUSTER kernel (n = 4,
 // H = 4096 / 7168; csrc/cuda/hc_cluster.cuh): 0, the default, the launcher's (2 at H = 4096, 3
 // at 7168); 2 or 3; 1: the one-block-per-cluster kernel instead. Returns the previous value.
