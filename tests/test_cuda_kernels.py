@@ -532,73 +532,58 @@ def test_evict_inputs_is_bit_identical(T, H, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# SPLIT_K epilogue chunks: a token's row over 1..H/1024 CTAs; each chunk reduces the partials
-# and computes the gates the same way, so every chunk count gives the same bits, and every
-# element is written (outputs NaN-filled).
+# SPLIT_K epilogue launch shapes: each must give the same bits, with every element written
+# (outputs NaN-filled).
 
+def _epilogue_knob_runs(T: int, H: int, seed: str, setter, values) -> None:
+    """pre / fused / head at T (SPLIT_K, no CLUSTER plan) once per value of an epilogue knob:
+    every run's bits equal the first's, and pre's outputs match the float64 reference."""
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    g = _gen(h.seed_of(seed, T, H))
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
+    p = _sub(_pre_params(g, N_HC, H, norm=False), norm_weight=None)
+    hp = _head_params(p)
+    calls = {
+        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **p),
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
+        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, value):
+        assert plan.plan_of(kind, T, **kw).variant == "split_k"
+
+    try:
+        got = _runs_under(setter, values, calls, check)
+    finally:
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    _assert_same_bits(got)
+    idx = _rows(T)
+    h.check_pre_outputs(tuple(o[idx] for o in got[KernelType.MHC_PRE][-1]), res[idx], p)
+
+
+# Chunks: a token's row over 1..H/1024 CTAs; each chunk reduces the partials and computes the
+# gates the same way (0: the launcher's rule).
 @pytest.mark.usefixtures("nan_filled")
 @pytest.mark.parametrize("H", [520, 4096, 7168])
 @pytest.mark.parametrize("T", [300, 1000])  # SPLIT_K
 def test_epilogue_chunks_are_bit_identical(T, H, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
-    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
-    g = _gen(h.seed_of("epilogue_chunks", T, H))
-    x = _randn(g, T, H, dtype=torch.bfloat16)
-    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
-    post, comb = _post_gates(g, T, N_HC)
-    p = _sub(_pre_params(g, N_HC, H, norm=False), norm_weight=None)
-    hp = _head_params(p)
-    calls = {
-        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **p),
-        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
-        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
-    }
-    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
-
-    def check(kind, chunks):
-        assert plan.plan_of(kind, T, **kw).variant == "split_k"
-
-    try:  # chunks 0: the launcher's rule
-        got = _runs_under(mhc_ops._C.set_epilogue_chunks, (1, 2, 3, 4, 7, 0), calls, check)
-    finally:
-        mhc_ops._C.set_cluster_min_tokens(old_cluster)
-    _assert_same_bits(got)
-    idx = _rows(T)
-    h.check_pre_outputs(tuple(o[idx] for o in got[KernelType.MHC_PRE][-1]), res[idx], p)
+    _epilogue_knob_runs(T, H, "epilogue_chunks", mhc_ops._C.set_epilogue_chunks,
+                        (1, 2, 3, 4, 7, 0))
 
 
-# SPLIT_K epilogue CTAs per SM (the launcher caps the fused op's through shared memory up to
-# T = 64): a launch shape only, so every cap gives the same bits, and every element is written.
-
+# CTAs per SM (the launcher caps the fused op's through shared memory up to T = 64; 0: that
+# rule, -1: no cap).
 @pytest.mark.usefixtures("nan_filled")
 @pytest.mark.parametrize("H", [520, 7168])
-@pytest.mark.parametrize("T", [5, 64, 300])  # SPLIT_K, under the rule's T and above
+@pytest.mark.parametrize("T", [5, 64, 300])  # SPLIT_K, within the rule's T and above
 def test_epilogue_ctas_per_sm_are_bit_identical(T, H, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
-    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
-    g = _gen(h.seed_of("epilogue_ctas", T, H))
-    x = _randn(g, T, H, dtype=torch.bfloat16)
-    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
-    post, comb = _post_gates(g, T, N_HC)
-    p = _sub(_pre_params(g, N_HC, H, norm=False), norm_weight=None)
-    hp = _head_params(p)
-    calls = {
-        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **p),
-        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
-        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
-    }
-    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
-
-    def check(kind, ctas):
-        assert plan.plan_of(kind, T, **kw).variant == "split_k"
-
-    try:  # 0: the launcher's rule; -1: no cap
-        got = _runs_under(mhc_ops._C.set_epilogue_ctas_per_sm, (-1, 1, 2, 3, 0), calls, check)
-    finally:
-        mhc_ops._C.set_cluster_min_tokens(old_cluster)
-    _assert_same_bits(got)
-    idx = _rows(T)
-    h.check_pre_outputs(tuple(o[idx] for o in got[KernelType.MHC_PRE][-1]), res[idx], p)
+    _epilogue_knob_runs(T, H, "epilogue_ctas", mhc_ops._C.set_epilogue_ctas_per_sm,
+                        (-1, 1, 2, 3, 0))
 
 
 # ----------------------------------------------------------------------------------------------
