@@ -58,6 +58,16 @@ def _pre_params(g, n, H, norm):
             "norm_weight": _randn(g, H, std=0.1, mean=1.0, dtype=torch.bfloat16) if norm else None}
 
 
+def _call_inputs(seed: int, T: int, H: int, norm: bool):
+    """x [T, H], residual [T, n, H], post / comb gates and the pre parameters (norm_weight
+    when norm) of a pre / fused / head call, drawn from one generator in that order."""
+    g = _gen(seed)
+    x = _randn(g, T, H, dtype=torch.bfloat16)
+    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
+    post, comb = _post_gates(g, T, N_HC)
+    return x, res, post, comb, _pre_params(g, N_HC, H, norm=norm)
+
+
 def _post_gates(g, T, n):
     post = 2 * torch.sigmoid(_randn(g, T, n, 1))
     comb = mhc_ops.reference.sinkhorn(_randn(g, T, n, n), 1e-6, 20)
@@ -418,11 +428,7 @@ def test_linear_invalid_algo_warns_and_uses_cublas():
 def test_staged_fn_is_bit_identical(T, H, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
-    g = _gen(h.seed_of("staged", T, H))
-    x = _randn(g, T, H, dtype=torch.bfloat16)
-    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
-    post, comb = _post_gates(g, T, N_HC)
-    p = _pre_params(g, N_HC, H, norm=True)
+    x, res, post, comb, p = _call_inputs(h.seed_of("staged", T, H), T, H, norm=True)
     plain = _sub(p, norm_weight=None)
     calls = {
         KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **plain),
@@ -458,11 +464,7 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
     old_staged = mhc_ops._C.set_staged_fn_min_tokens(1 if staged else 2**63 - 1)
-    g = _gen(h.seed_of("fn_ring", T, H, staged))
-    x = _randn(g, T, H, dtype=torch.bfloat16)
-    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
-    post, comb = _post_gates(g, T, N_HC)
-    p = _pre_params(g, N_HC, H, norm=True)
+    x, res, post, comb, p = _call_inputs(h.seed_of("fn_ring", T, H, staged), T, H, norm=True)
     plain = _sub(p, norm_weight=None)
     hp = _head_params(p)
     calls = {
@@ -502,11 +504,7 @@ def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
 def test_evict_inputs_is_bit_identical(T, H, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
-    g = _gen(h.seed_of("evict_inputs", T, H))
-    x = _randn(g, T, H, dtype=torch.bfloat16)
-    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
-    post, comb = _post_gates(g, T, N_HC)
-    p = _pre_params(g, N_HC, H, norm=True)
+    x, res, post, comb, p = _call_inputs(h.seed_of("evict_inputs", T, H), T, H, norm=True)
     plain = _sub(p, norm_weight=None)
     calls = {
         KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb,
@@ -539,11 +537,8 @@ def _epilogue_knob_runs(T: int, H: int, seed: str, setter, values) -> None:
     """pre / fused / head at T (SPLIT_K, no CLUSTER plan) once per value of an epilogue knob:
     every run's bits equal the first's, and pre's outputs match the float64 reference."""
     old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
-    g = _gen(h.seed_of(seed, T, H))
-    x = _randn(g, T, H, dtype=torch.bfloat16)
-    res = _randn(g, T, N_HC, H, dtype=torch.bfloat16)
-    post, comb = _post_gates(g, T, N_HC)
-    p = _sub(_pre_params(g, N_HC, H, norm=False), norm_weight=None)
+    x, res, post, comb, p = _call_inputs(h.seed_of(seed, T, H), T, H, norm=False)
+    p = _sub(p, norm_weight=None)
     hp = _head_params(p)
     calls = {
         KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **p),
