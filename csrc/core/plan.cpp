@@ -5,8 +5,9 @@
 //    columns (all n streams of them). At decode sizes the op is bound by streaming fn (1.5-2.75
 //    MB) and by latency, so SPLIT_K gives about one CTA per two SMs up to T = 64 (num_splits ~
 //    num_sms / 2, groups divided evenly: the epilogue reads every split's partials, and more
-//    splits measured slower) and one per SM above; as T grows, token blocks take over the SMs
-//    and fewer splits are needed (num_splits ~ num_sms / blocks, at least 2). Partials are
+//    splits measured slower; the fused op at T = 33 .. 64 takes more where its warps then fit
+//    half units) and one per SM above; as T grows, token blocks take over the SMs and fewer
+//    splits are needed (num_splits ~ num_sms / blocks, at least 2). Partials are
 //    reduced in fixed order by an epilogue kernel chained with programmatic dependent launch.
 //    Once upstream's rule needs no split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs
 //    own 32 tokens each and do the whole pipeline (GEMM over all K, gates, stream sum) with no

@@ -16,16 +16,16 @@
 // cp.async ring (4 units in flight); fn travels in that ring too from T = 512 (Plan::fn_ring,
 // MainRing), and below it is prefetched one unit ahead in registers. The fused op loads x and
 // the input streams with plain loads at decode sizes and, from T = 512, through a per-warp
-// cp.async ring of two units (Plan::fn_ring, FusedRing). Each
-// warp leaves its sums in its own shared-memory slice; one barrier, then the slices are added
-// in warp order.
+// cp.async ring of two units (Plan::fn_ring, FusedRing; its loads L2 evict_first while
+// residual_out fits L2, Plan::evict_inputs). Each warp leaves its sums in its own shared-memory
+// slice; one barrier, then the slices are added in warp order (their loads all in flight).
 //  * SPLIT_K (T <= 32 * num_sms): the main kernel writes per-split partials [T, S, M + 1]; the
 //    epilogue kernel (launched with programmatic dependent launch, so it is resident and, for
 //    pre / head, has the residual in registers when the main kernel ends) adds them in split
-//    order, computes the
-//    gates (a dedicated warp runs the 20 Sinkhorn rounds in registers while the other four
-//    stream the weighted sum) and writes the outputs. The epilogue of one token is spread over
-//    several CTAs (chunks of H: ~2 vectors per stream thread, more CTAs at decode sizes).
+//    order, computes the gates (a dedicated warp runs the 20 Sinkhorn rounds in registers
+//    while the other four stream the weighted sum) and writes the outputs. The epilogue of
+//    one token is spread over several CTAs (chunks of H: ~2 vectors per stream thread, more
+//    CTAs at decode sizes; for the fused op at decode sizes at most 3 CTAs per SM).
 //  * FULL_K (larger T): one kernel; a CTA owns 32 tokens, reduces over all K, then each warp
 //    streams the weighted sum of whole tokens while one warp runs the Sinkhorns (one per lane).
 //  * CLUSTER (csrc/cuda/hc_cluster.cuh; the planner runs it only where it measured faster):
@@ -901,6 +901,7 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   // shared memory here, not one more L2 round trip between the partials' sum and the gates
   // (and not in registers, which the stream sum's occupancy needs).
   constexpr int kScales = MODE == Mode::HEAD ? 1 : 3;
+  static_assert(M + kScales <= kEpiThreads, "one stream thread per hc_base / hc_scale value");
   __shared__ float gsm[M + kScales];  // hc_base [M], hc_scale [kScales]
   if (tid < M) gsm[tid] = p.base[tid];
   else if (tid < M + kScales) gsm[tid] = p.scale[tid - M];
