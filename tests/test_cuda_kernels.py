@@ -570,8 +570,8 @@ def test_epilogue_chunks_are_bit_identical(T, H, monkeypatch):
                         (1, 2, 3, 4, 7, 0))
 
 
-# CTAs per SM (the launcher caps the fused op's through shared memory up to T = 64; 0: that
-# rule, -1: no cap).
+# CTAs per SM (the launcher caps the fused op's through shared memory when its plan has half
+# units, T <= 64; 0: that rule, -1: no cap).
 @pytest.mark.usefixtures("nan_filled")
 @pytest.mark.parametrize("H", [520, 7168])
 @pytest.mark.parametrize("T", [5, 64, 300])  # SPLIT_K, within the rule's T and above

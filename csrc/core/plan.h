@@ -122,8 +122,8 @@ int64_t epilogue_chunks();
 int64_t set_epilogue_chunks(int64_t chunks);
 
 // Studies and tests only: at most this many SPLIT_K epilogue CTAs per SM, through their dynamic
-// shared memory, for every op and T (0, the default: the launcher's rule, 3 for the fused op up
-// to T = 64, csrc/cuda/hc_main.cuh; -1: no cap).
+// shared memory, for every op and T (0, the default: the launcher's rule, 3 for the fused op's
+// plans with half units, Plan::split_streams, csrc/cuda/hc_main.cuh; -1: no cap).
 // Returns the previous value.
 int64_t epilogue_ctas_per_sm();
 int64_t set_epilogue_ctas_per_sm(int64_t ctas);

@@ -25,7 +25,7 @@
 //    order, computes the gates (a dedicated warp runs the 20 Sinkhorn rounds in registers
 //    while the other four stream the weighted sum) and writes the outputs. The epilogue of
 //    one token is spread over several CTAs (chunks of H: ~2 vectors per stream thread, more
-//    CTAs at decode sizes; for the fused op at decode sizes at most 3 CTAs per SM).
+//    CTAs at decode sizes; for the fused op with half units at most 3 CTAs per SM).
 //  * FULL_K (larger T): one kernel; a CTA owns 32 tokens, reduces over all K, then each warp
 //    streams the weighted sum of whole tokens while one warp runs the Sinkhorns (one per lane).
 //  * CLUSTER (csrc/cuda/hc_cluster.cuh; the planner runs it only where it measured faster):
@@ -66,8 +66,7 @@ constexpr int kRingBytes = 224 * 1024;  // pre / head: the largest fn ring of a 
 constexpr int kRegStages = 4;  // pre / head without the fn ring: activation units in flight
 constexpr int kEpiThreads = 128;   // epilogue threads that stream the weighted sum
 constexpr int kEpiHeld = 2;        // residual vectors per epilogue thread held in registers
-constexpr int64_t kEpiCapTokens = 64;  // fused, up to this T: at most kEpiCapCtas epilogue CTAs
-constexpr int64_t kEpiCapCtas = 3;     // per SM
+constexpr int64_t kEpiCapCtas = 3;  // epilogue CTAs per SM at most, fused op with half units
 
 // The per-warp cp.async ring of the pre / head main kernel: each slot holds one (group,
 // stream) unit, its activations [2 TT][32 lanes] and its fn [NT][kParts][32 lanes] (uint4
@@ -1113,16 +1112,17 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   const dim3 grid(static_cast<unsigned>(a.T * HC));
   const dim3 block(kEpiThreads + (EM == Mode::HEAD ? 0 : 32));
   size_t smem = sizeof(float) * (static_cast<size_t>(S) + 4) * Sh::MP;
-  // The fused op up to T = kEpiCapTokens: at most kEpiCapCtas epilogue CTAs per SM (through
-  // their shared memory). Launched early (PDL), the CTAs pile onto the few SMs that its main
-  // kernel leaves free (112 CTAs at H = 7168, T = 64), and each then streams its chunk with a
-  // share of one SM. H100, cold fn, us (NOTES.md, v13), no cap / 3: fused T = 64 14.19 / 12.81
-  // (H = 7168), 11.65 / 11.67 (H = 4096); pre and head lost with it (head T = 64 6.86 / 7.94 at
-  // H = 7168, pre 8.53 / 8.75 at H = 4096), so they keep every CTA the registers allow.
+  // The fused op with half units (Plan::split_streams, T <= 64): at most kEpiCapCtas epilogue
+  // CTAs per SM (through their shared memory), a launch shape of the plan. Launched early
+  // (PDL), the CTAs pile onto the few SMs that its main kernel leaves free (112 CTAs at
+  // H = 7168, T = 64), and each then streams its chunk with a share of one SM. H100, cold fn,
+  // us (NOTES.md, v13), no cap / 3: fused T = 64 14.19 / 12.81 (H = 7168), 11.65 / 11.67
+  // (H = 4096); pre and head lost with it (head T = 64 6.86 / 7.94 at H = 7168, pre 8.53 / 8.75
+  // at H = 4096), so they keep every CTA the registers allow.
   const int64_t cap_knob = epilogue_ctas_per_sm();  // studies (plan.h)
   const int64_t cap = cap_knob != 0 ? cap_knob
-                      : MODE == Mode::FUSED && a.T <= kEpiCapTokens ? kEpiCapCtas
-                                                                     : -1;
+                      : plan.split_streams ? kEpiCapCtas
+                                           : -1;
   if (cap > 0) {
     const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
     const size_t share = prop->sharedMemPerMultiprocessor / static_cast<size_t>(cap);
