@@ -70,6 +70,25 @@ def test_small_t_splits_large_t_does_not():
     assert plan.plan_of("MHC_PRE", 8, hidden_size=520, num_sms=132).hidden_spec == 0
 
 
+def test_decode_blocks_of_pre_and_head():
+    kw = dict(num_sms=132, batch_invariant=False, clusters=False)
+    for kind in ("MHC_PRE", "HC_HEAD"):
+        for hidden in (4096, 7168, 520):
+            plans = [plan.plan_of(kind, t, hidden_size=hidden, **kw) for t in (1, 32, 33, 64, 65)]
+            # 32-token blocks up to T = 64, each with the split count of one block (about half
+            # the SMs per block), then 64-token blocks
+            assert [p.block_tokens for p in plans] == [32, 32, 32, 32, 64]
+            assert len({p.num_splits for p in plans[:4]}) == 1
+            if hidden != 520:  # 17 K groups: at most 17 splits
+                assert 2 * plans[3].num_splits <= 132 < 4 * plans[3].num_splits
+        # n > 4 keeps one tile; batch invariance keeps its one plan
+        assert plan.plan_of(kind, 64, hidden_size=4096, hc_mult=8, **kw).block_tokens == 16
+        inv = [plan.plan_of(kind, t, hidden_size=4096, num_sms=132, batch_invariant=True)
+               for t in (1, 64, 65)]
+        assert {(p.block_tokens, p.num_splits) for p in inv} == {(64, 16)}
+    assert plan.plan_of("MHC_FUSED_POST_PRE", 64, hidden_size=7168, **kw).block_tokens == 32
+
+
 @pytest.fixture
 def clusters_from_64():
     from mhc_ops._lib import _C

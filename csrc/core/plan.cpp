@@ -5,16 +5,17 @@
 //    columns (all n streams of them). At decode sizes the op is bound by streaming fn (1.5-2.75
 //    MB) and by latency, so SPLIT_K gives about one CTA per two SMs up to T = 64 (num_splits ~
 //    num_sms / 2, groups divided evenly: the epilogue reads every split's partials, and more
-//    splits measured slower; the fused op at T = 33 .. 64 takes more where its warps then fit
-//    half units) and one per SM above; as T grows, token blocks take over the SMs and fewer
-//    splits are needed (num_splits ~ num_sms / blocks, at least 2). Partials are
-//    reduced in fixed order by an epilogue kernel chained with programmatic dependent launch.
-//    Once upstream's rule needs no split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs
-//    own 32 tokens each and do the whole pipeline (GEMM over all K, gates, stream sum) with no
-//    partial buffer. How fn reaches the mma changes with T but never the order of the sums:
-//    staged as ready fragments by a first kernel (pre / fused, T >= 512) and streamed through
-//    the main kernel's cp.async ring with the activations (pre / head, T >= 512; below, one
-//    unit ahead in registers). The constants below give the measurements.
+//    splits measured slower; pre / head there take 32-token blocks, each with that split count,
+//    and the fused op at T = 33 .. 64 more splits where its warps then fit half units) and one
+//    per SM above; as T grows, token blocks take over the SMs and fewer splits are needed
+//    (num_splits ~ num_sms / blocks, at least 2). Partials are reduced in fixed order by an
+//    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
+//    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
+//    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer. How fn
+//    reaches the mma changes with T but never the order of the sums: staged as ready
+//    fragments by a first kernel (pre / fused, T >= 512) and streamed through the main
+//    kernel's cp.async ring with the activations (pre / head, T >= 512; below, one unit ahead
+//    in registers). The constants below give the measurements.
 //  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
 //    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh); for hc_head at
 //    n = 4, H = 4096 / 7168 a persistent kernel whose clusters walk the token blocks
@@ -22,7 +23,8 @@
 //    measured faster on an H100 (cluster_window below; NOTES.md, v5 / v9).
 //  * block_tokens is the token block of one CTA: 16-row mma tiles, 4 of them where registers
 //    allow (fn is re-read from L2 once per block, so larger blocks save L2 traffic), 2 for the
-//    fused op and FULL_K, 1 for n > 4.
+//    fused op, FULL_K and pre / head up to T = 64 (more CTAs for a latency-bound size), 1 for
+//    n > 4.
 //  * MHC_BATCH_INVARIANT pins one plan for every T (SPLIT_K, 16 splits): a token's reduction
 //    tree, and therefore its bits, never depend on the batch it came in.
 //  * mhc_post is one streaming kernel for every T; hc_prenorm_gemm keeps upstream's split count
@@ -138,10 +140,22 @@ int32_t hidden_spec(int64_t hc_mult, int64_t hidden) {
   return hc_mult == 4 && (hidden == 4096 || hidden == 7168) ? static_cast<int32_t>(hidden) : 0;
 }
 
+// Pre / head SPLIT_K up to T = 64 (n <= 4): token blocks of 2 tiles (32 tokens) instead of 4,
+// each block with the split count of one block (num_sms / 2 CTAs per block, so T = 33 .. 64
+// fills the SMs), and never under batch invariance (its plan is one for every T). A CTA then
+// carries half the activations, and the main kernel 125 instead of 185 registers (pre, n = 4).
+// H100, cold fn, 4-tile / 2-tile blocks, us (NOTES.md, v14): pre T = 64 8.51 / 7.35 (H = 4096),
+// 11.24 / 9.79 (H = 7168), T = 8 5.73 / 5.47, 6.72 / 6.34; head T = 64 5.07 / 4.72, 6.82 / 6.08.
+bool small_blocks(KernelType kind, int64_t num_tokens, int64_t hc_mult, bool full_k,
+                  bool batch_invariant) {
+  return (kind == KernelType::MHC_PRE || kind == KernelType::HC_HEAD) && hc_mult <= 4 &&
+         !full_k && !batch_invariant && num_tokens <= kDecodeTokens;
+}
+
 // mma tiles per token block; must match tiles_per_block<>() in csrc/cuda/hc_main.cuh.
-int32_t tiles_per_block(KernelType kind, int64_t hc_mult, bool full_k) {
+int32_t tiles_per_block(KernelType kind, int64_t hc_mult, bool full_k, bool small = false) {
   if (hc_mult > 4) return 1;
-  return full_k || kind == KernelType::MHC_FUSED_POST_PRE ? 2 : 4;
+  return full_k || small || kind == KernelType::MHC_FUSED_POST_PRE ? 2 : 4;
 }
 
 // `want` splits of `groups` K groups, rounded so every split gets the same number of groups.
@@ -270,7 +284,9 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       }
       const bool full_k =
           !opt.batch_invariant && upstream_num_splits(num_tokens, k, num_sms) == 1;
-      const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, full_k);
+      const bool small =
+          small_blocks(kind, num_tokens, hc_mult, full_k, opt.batch_invariant);
+      const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, full_k, small);
       int64_t splits = 1;
       if (opt.batch_invariant) {
         splits = even_splits(groups, kInvariantSplits);
@@ -281,7 +297,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
         // per CTA (NOTES.md, v6: fused T = 1 10.6 -> 9.2 us at H = 4096).
         const int64_t target = g_split_target_ctas.load();
         const int64_t ctas = target >= 0                    ? target
-                             : num_tokens <= kDecodeTokens ? num_sms / 2
+                             : num_tokens <= kDecodeTokens ? num_sms / 2 * (small ? blocks : 1)
                                                            : num_sms;
         splits = even_splits(groups, std::max<int64_t>(2, ctas / blocks));
         // The fused op with two token blocks (T = 33 .. 64): where that count leaves a split

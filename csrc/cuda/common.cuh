@@ -126,6 +126,16 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// Bulk L2 prefetch (sm_90+, the TMA unit): `bytes` (a multiple of 16) from 16-byte aligned
+// `p` into L2, one instruction for a whole contiguous row, no registers, no completion to wait
+// for. A hint: it never faults the kernel on the rows it is given (callers pass rows inside
+// the tensor only).
+__device__ __forceinline__ void bulk_prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // bf16 helpers. Outputs are rounded with core/math.h f32_to_bf16_bits (the CPU's rounding).
 

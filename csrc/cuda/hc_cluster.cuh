@@ -309,7 +309,8 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
 //    not track them, NOTES.md v11), one block ahead of the stream sum (two with ROT and 3
 //    buffers: the rotated reducers take block il + 2 right after block il's gates; one ahead
 //    there serialised their mma behind the stream sum, 153 against 141 us at T = 4096,
-//    NOTES.md v12);
+//    NOTES.md v12), and the block after the newest one in flight pulled into L2 by bulk
+//    prefetches, so that the writers' wait for their copies is an L2 wait (v14);
 //  * one cluster barrier per block: every CTA pushes its partial sums (M dots and the sum of
 //    squares of each token) into a slot of every CTA's receive buffer (one slot per block
 //    parity), then each CTA adds the CS partials of all its tokens in rank order itself and
@@ -399,6 +400,16 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
   // reducers run one block further ahead, which a third buffer allows.
   constexpr int kAhead = ROT && NB >= 3 ? 2 : 1;
   constexpr int kRowsPerWriter = BT * N / RW;
+  // When the writers issue block il's copies they also pull block il + kPrefetch into L2 (a
+  // bulk prefetch per row: one instruction, no registers, nothing to wait for). Before it, a
+  // writer waited for the copies it had just issued, from HBM, before each block's stream sum
+  // (the hand-over above), with only one block's copies in flight per CTA; now they are L2 hits.
+  // H100, cold, T = 4096 / 16384, us (NOTES.md, v14), no prefetch / distance 1 / 2: H = 7168
+  // 175.8 / 150.3 / 150.9, 660.2 / 555.5 / 556.5; H = 4096 73.7 / 72.5 / 75.0, 273.4 / 260.4 /
+  // 270.4. Another H100, T = 4096, none / 2 / 3 / 5: H = 7168 139.5 / 128.5 / 152.8 / 172.7,
+  // H = 4096 77.2 / 78.9 / 90.4 / 93.6 (further ahead, the prefetched lines do not last).
+  constexpr int kPrefetch = 1;
+  static_assert(kRowsPerWriter <= 32, "one prefetched row per lane");
   constexpr int64_t K = static_cast<int64_t>(N) * HS;
   static_assert(kClusterTiles == 1, "one 16-token tile per block");
   static_assert(BT * N % RW == 0, "writer warps copy whole token-stream rows");
@@ -494,6 +505,11 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
       else
         cluster_arrive_relaxed();
     };
+    // hc_base / hc_scale once, for every block's gates (inputs: read after pdl_wait).
+    float base[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) base[i] = tid < BT ? p.base[i] : 0.0f;
+    const float scale = tid < BT ? p.scale[0] : 0.0f;
     // Block il's gates from the CS partials in rank order, for the writers.
     const auto gates_of = [&](int64_t il) {
       if (tid < BT) {
@@ -507,7 +523,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
           dd[m] = a;
         }
         float pre[N];
-        head_gates<N>(dd, dd[M], inv_k, p.base, p.scale[0], p.rms_eps, p.pre_eps, pre);
+        head_gates<N>(dd, dd[M], inv_k, base, scale, p.rms_eps, p.pre_eps, pre);
 #pragma unroll
         for (int i = 0; i < N; ++i) gates[((il & 1) * BT + tid) * N + i] = pre[i];
       }
@@ -557,6 +573,14 @@ __global__ void __launch_bounds__(kClusterWarps * 32,
         }
       }
       cp_async_commit();
+      // The block after it into L2, one bulk prefetch per token-stream row (see kPrefetch).
+      if (il + kPrefetch < nloc && lane < kRowsPerWriter) {
+        const int64_t pblk = first + (il + kPrefetch) * clusters;
+        const int row = kRowsPerWriter * ww + lane, t = row / N, i = row % N;
+        const int64_t tok = pblk * BT + t;
+        if (tok < T)
+          bulk_prefetch_l2(p.res + (tok * N + i) * HS + h0, static_cast<uint32_t>(SV * 16));
+      }
     };
     // Block j's copies have landed (each writer waited for its own): every writer sees them,
     // then the reducers may take buffer j % NB.

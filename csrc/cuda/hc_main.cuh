@@ -19,7 +19,8 @@
 // cp.async ring of two units (Plan::fn_ring, FusedRing; its loads L2 evict_first while
 // residual_out fits L2, Plan::evict_inputs). Each warp leaves its sums in its own shared-memory
 // slice; one barrier, then the slices are added in warp order (their loads all in flight).
-//  * SPLIT_K (T <= 32 * num_sms): the main kernel writes per-split partials [T, S, M + 1]; the
+//  * SPLIT_K (T <= 32 * num_sms; blocks of 32 tokens for pre / head up to T = 64, the SMALL
+//    instances): the main kernel writes per-split partials [T, S, M + 1]; the
 //    epilogue kernel (launched with programmatic dependent launch, so it is resident and, for
 //    pre / head, has the residual in registers when the main kernel ends) adds them in split
 //    order, computes the gates (a dedicated warp runs the 20 Sinkhorn rounds in registers
@@ -53,10 +54,11 @@ struct Shape {
   static constexpr int NC = (N + N * N + 3) / 4 * 4;                // fused: post, comb, pad
 };
 
-// mma tiles of 16 tokens per CTA; must match tiles_per_block() in csrc/core/plan.cpp.
-template <int N, Mode MODE, bool FULLK>
+// mma tiles of 16 tokens per CTA; must match tiles_per_block() in csrc/core/plan.cpp. SMALL:
+// the 32-token blocks of pre / head SPLIT_K at decode sizes.
+template <int N, Mode MODE, bool FULLK, bool SMALL = false>
 constexpr int tiles_per_block() {
-  return N > 4 ? 1 : (FULLK || MODE == Mode::FUSED ? 2 : 4);
+  return N > 4 ? 1 : (FULLK || MODE == Mode::FUSED || SMALL ? 2 : 4);
 }
 
 constexpr int kGroupCols = 32;     // hidden columns per K group
@@ -513,11 +515,13 @@ __device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
 // or the activation ring [W][kRegStages][2 TT][32] uint4 (pre / head); with RING
 // (Plan::fn_ring) for pre / head the ring of MainRing [W][kStages][kSlot] uint4, which red
 // overlays after it, and for the fused op red, coef, then FusedRing [W][kStages][kSlot] uint4.
-template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool HALF = false, bool RING = false>
+template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool HALF = false, bool RING = false,
+          bool SMALL = false>
 __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainParams p) {
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP, NC = Sh::NC;
-  constexpr int TT = tiles_per_block<N, MODE, FULLK>();
+  static_assert(!SMALL || (MODE != Mode::FUSED && !FULLK && !RING), "SMALL: pre / head SPLIT_K");
+  constexpr int TT = tiles_per_block<N, MODE, FULLK, SMALL>();
   constexpr int BT = 16 * TT;
   extern __shared__ float4 smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
@@ -1075,6 +1079,12 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     }
     if (plan.fn_ring)
       return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, true>, TT, warps, ws);
+    if constexpr (MODE != Mode::FUSED && !F && N <= 4) {
+      constexpr int kSmallTT = tiles_per_block<N, MODE, F, true>();
+      if (plan.block_tokens == 16 * kSmallTT && kSmallTT != TT)
+        return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, false, true>, kSmallTT,
+                           warps, ws);
+    }
     return main_launch(hc_main_kernel<N, MODE, F, NM, hs>, TT, warps, ws);
   };
   if (full) {
