@@ -89,6 +89,26 @@ def test_decode_blocks_of_pre_and_head():
     assert plan.plan_of("MHC_FUSED_POST_PRE", 64, hidden_size=7168, **kw).block_tokens == 32
 
 
+def test_pre_full_k_from_lower_t_at_4096():
+    kw = dict(num_sms=132, batch_invariant=False, clusters=False)
+
+    def variant(kind, t, hidden, **more):
+        return plan.plan_of(kind, t, hidden_size=hidden, **{**kw, **more}).variant
+
+    # pre at H = 4096: FULL_K once its 32-token CTAs cover 8 / 11 of the SMs (96 of 132)
+    assert variant("MHC_PRE", 3040, 4096) == "split_k"
+    assert variant("MHC_PRE", 3041, 4096) == "full_k"
+    assert variant("MHC_PRE", 4224, 4096) == "full_k"
+    assert variant("MHC_PRE", 2208, 4096, num_sms=78) == "full_k"  # 69 CTAs of 78
+    # not at other widths or n, not for the other ops, not under batch invariance
+    for kind, hidden, more in (("MHC_PRE", 7168, {}), ("MHC_PRE", 4096, {"hc_mult": 2}),
+                               ("MHC_FUSED_POST_PRE", 4096, {}), ("HC_HEAD", 4096, {}),
+                               ("MHC_PRE", 4096, {"batch_invariant": True})):
+        assert variant(kind, 4224, hidden, **more) == "split_k"
+        assert variant(kind, 4225, hidden, **more) == ("split_k" if more.get("batch_invariant")
+                                                       else "full_k")
+
+
 @pytest.fixture
 def clusters_from_64():
     from mhc_ops._lib import _C

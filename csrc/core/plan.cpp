@@ -10,12 +10,12 @@
 //    per SM above; as T grows, token blocks take over the SMs and fewer splits are needed
 //    (num_splits ~ num_sms / blocks, at least 2). Partials are reduced in fixed order by an
 //    epilogue kernel chained with programmatic dependent launch. Once upstream's rule needs no
-//    split (T > 32 * num_sms), FULL_K runs one kernel whose CTAs own 32 tokens each and do the
-//    whole pipeline (GEMM over all K, gates, stream sum) with no partial buffer. How fn
-//    reaches the mma changes with T but never the order of the sums: staged as ready
-//    fragments by a first kernel (pre / fused, T >= 512) and streamed through the main
-//    kernel's cp.async ring with the activations (pre / head, T >= 512; below, one unit ahead
-//    in registers). The constants below give the measurements.
+//    split (T > 32 * num_sms; pre at H = 4096 from T = 3041), FULL_K runs one kernel whose CTAs
+//    own 32 tokens each and do the whole pipeline (GEMM over all K, gates, stream sum) with no
+//    partial buffer. How fn reaches the mma changes with T but never the order of the sums:
+//    staged as ready fragments by a first kernel (pre / fused, T >= 512) and streamed through
+//    the main kernel's cp.async ring with the activations (pre / head, T >= 512; below, one
+//    unit ahead in registers). The constants below give the measurements.
 //  * CLUSTER (sm_90+, n <= 4, no folded norm, not batch-invariant): one kernel, a cluster of
 //    CTAs per token block reading the residual once (csrc/cuda/hc_cluster.cuh); for hc_head at
 //    n = 4, H = 4096 / 7168 a persistent kernel whose clusters walk the token blocks
@@ -152,6 +152,18 @@ bool small_blocks(KernelType kind, int64_t num_tokens, int64_t hc_mult, bool ful
          !full_k && !batch_invariant && num_tokens <= kDecodeTokens;
 }
 
+// mhc_pre at H = 4096 (n = 4) runs FULL_K below upstream's switch (T > 32 * num_sms), once its
+// 32-token CTAs cover 8 / 11 of the SMs (from T = 3041 at 132). H100, cold fn, SPLIT_K /
+// FULL_K, us (NOTES.md, v14): T = 3072 89.7 / 86.8, 3840 107.8 / 100.1, 4096 112.9 / 106.2,
+// 4224 115.5 / 108.5. At H = 7168 FULL_K lost there (T = 3072 147.6 / 163.7, 3840 183.3 /
+// 186.2, 4096 193.7 / 194.0), and the fused op gained at most 0.7 us (H = 4096) or lost
+// (H = 7168, T = 4096 332.3 / 337.9), so they keep upstream's switch.
+bool pre_full_k_early(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidden_size,
+                      int64_t num_sms) {
+  return kind == KernelType::MHC_PRE && hidden_spec(hc_mult, hidden_size) == 4096 &&
+         ceil_div(num_tokens, 2 * kTileTokens) * 11 >= num_sms * 8;
+}
+
 // mma tiles per token block; must match tiles_per_block<>() in csrc/cuda/hc_main.cuh.
 int32_t tiles_per_block(KernelType kind, int64_t hc_mult, bool full_k, bool small = false) {
   if (hc_mult > 4) return 1;
@@ -283,7 +295,9 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
         }
       }
       const bool full_k =
-          !opt.batch_invariant && upstream_num_splits(num_tokens, k, num_sms) == 1;
+          !opt.batch_invariant && (upstream_num_splits(num_tokens, k, num_sms) == 1 ||
+                                   pre_full_k_early(kind, num_tokens, hc_mult, hidden_size,
+                                                    num_sms));
       const bool small =
           small_blocks(kind, num_tokens, hc_mult, full_k, opt.batch_invariant);
       const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, full_k, small);

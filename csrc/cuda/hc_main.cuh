@@ -1102,16 +1102,18 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 
   // Epilogue: a token's row in chunks of H, one CTA each (the folded norm needs the whole row
   // in one CTA). Chunks of ~2 vectors of 8 columns per stream thread for pre / fused and 1 for
-  // head, and at decode sizes as many as give about two CTAs per SM in all. Whole rows per CTA
-  // (7 vectors per thread at H = 7168) had streamed the second read at ~2.3 TB/s; with these
-  // chunks, H100, cold fn, us (NOTES.md, v8): pre T = 4096 125.7 -> 117.3 (H = 4096),
+  // head, and at decode sizes as many as give about two CTAs per SM in all (2 num_sms / T,
+  // rounded to the nearest: pre T = 64, H = 7168 4 chunks, not 5, 9.81 -> 9.26 us, while T = 48
+  // keeps 6 (8.66 against 8.83 with 4) and T = 56 5 (9.05 either); NOTES.md, v14). Whole rows
+  // per CTA (7 vectors per thread at H = 7168) had streamed the second read at ~2.3 TB/s; with
+  // these chunks, H100, cold fn, us (NOTES.md, v8): pre T = 4096 125.7 -> 117.3 (H = 4096),
   // 228.9 -> 194.3 (H = 7168); head T = 4096 123.1 -> 109.9 (H = 4096).
   constexpr Mode EM = MODE == Mode::HEAD ? Mode::HEAD : Mode::PRE;
   const int H8 = a.H / 8;
   const int max_chunks = std::max(1, H8 / kEpiThreads);
   const int per_chunk = (MODE == Mode::HEAD ? 1 : 2) * kEpiThreads;  // 8-column vectors
   const int64_t want = std::max<int64_t>((H8 + per_chunk - 1) / per_chunk,
-                                         (2 * static_cast<int64_t>(num_sms(device)) + a.T - 1) / a.T);
+                                         (2 * static_cast<int64_t>(num_sms(device)) + a.T / 2) / a.T);
   const int64_t forced = epilogue_chunks();  // benchmarks only (plan.h)
   const int HC = norm ? 1 : static_cast<int>(std::min<int64_t>(max_chunks, forced > 0 ? forced : want));
   const int CW = (H8 + HC - 1) / HC;
