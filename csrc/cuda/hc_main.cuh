@@ -626,6 +626,27 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
         else load_fn_unit<NT, M>(p.fn, K, H, h, j0 + q, g, fr[q]);
       }
       if constexpr (RING) cp_async_wait<FR::kStages - 1>();  // this unit's copies (this lane's)
+      // Half units (decode sizes, no ring) issue the x and input-stream loads of all their rows
+      // before the first post mix: the loads may not pass the residual_out stores of the row
+      // before, so row by row each row had waited for HBM in turn (230 registers). Whole units
+      // without the ring (T = 65 .. 511) keep loading row by row: with all rows in registers
+      // they spill. H100, cold fn, us (NOTES.md, v14), row by row -> all first: fused T = 32
+      // 11.1 -> 9.77 (H = 4096), 11.88 -> 10.50 (H = 7168); T = 64 11.55 -> 10.62, 12.72 -> 11.98.
+      uint4 xin[HALF ? TT : 1][2], oin[HALF ? TT : 1][2][N];
+      if constexpr (HALF) {
+#pragma unroll
+        for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int64_t t = t0 + 16 * tt + g + 8 * hf;
+            if (hv && t < T) {
+              xin[tt][hf] = ldg16_pf256(p.x + t * H + h);
+#pragma unroll
+              for (int i = 0; i < N; ++i)
+                oin[tt][hf][i] = ldg16_pf256(p.res + (t * N + i) * H + h);
+            }
+          }
+      }
       // New residual of this lane's 8 columns, the unit's streams, both rows of each tile.
       uint4 r[TT][2][NS];
 #pragma unroll
@@ -641,6 +662,10 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_main_kernel(const MainPara
               xv = rrow[0];
 #pragma unroll
               for (int i = 0; i < N; ++i) old[i] = rrow[(i + 1) * 32];
+            } else if constexpr (HALF) {
+              xv = xin[tt][hf];
+#pragma unroll
+              for (int i = 0; i < N; ++i) old[i] = oin[tt][hf][i];
             } else {
               xv = ldg16_pf256(p.x + t * H + h);
 #pragma unroll
