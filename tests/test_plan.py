@@ -89,6 +89,22 @@ def test_decode_blocks_of_pre_and_head():
     assert plan.plan_of("MHC_FUSED_POST_PRE", 64, hidden_size=7168, **kw).block_tokens == 32
 
 
+def test_decode_blocks_under_a_ring_study():
+    from mhc_ops._lib import _C
+
+    # the 32-token blocks have no ring kernel: a study that starts the ring at T <= 64 gets the
+    # 64-token blocks, which have one
+    kw = dict(hidden_size=4096, num_sms=132, batch_invariant=False, clusters=False)
+    old = _C.set_fn_ring_min_tokens(1)
+    try:
+        for kind in ("MHC_PRE", "HC_HEAD"):
+            p = plan.plan_of(kind, 40, **kw)
+            assert p.fn_ring and p.block_tokens == 64
+    finally:
+        _C.set_fn_ring_min_tokens(old)
+    assert plan.plan_of("MHC_PRE", 40, **kw).block_tokens == 32
+
+
 def test_pre_full_k_from_lower_t_at_4096():
     kw = dict(num_sms=132, batch_invariant=False, clusters=False)
 

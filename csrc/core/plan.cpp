@@ -298,8 +298,10 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
           !opt.batch_invariant && (upstream_num_splits(num_tokens, k, num_sms) == 1 ||
                                    pre_full_k_early(kind, num_tokens, hc_mult, hidden_size,
                                                     num_sms));
-      const bool small =
-          small_blocks(kind, num_tokens, hc_mult, full_k, opt.batch_invariant);
+      // (32-token blocks have no ring instance: where a study starts the ring at T <= 64, the
+      // 64-token block takes it.)
+      const bool small = small_blocks(kind, num_tokens, hc_mult, full_k, opt.batch_invariant) &&
+                         num_tokens < g_fn_ring_min_tokens.load();
       const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, full_k, small);
       int64_t splits = 1;
       if (opt.batch_invariant) {
