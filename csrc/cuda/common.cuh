@@ -128,8 +128,7 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 
 // Bulk L2 prefetch (sm_90+, the TMA unit): `bytes` (a multiple of 16) from 16-byte aligned
 // `p` into L2, one instruction for a whole contiguous row, no registers, no completion to wait
-// for. A hint: it never faults the kernel on the rows it is given (callers pass rows inside
-// the tensor only).
+// for. Callers pass only rows that lie inside the tensor.
 __device__ __forceinline__ void bulk_prefetch_l2(const void* p, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
