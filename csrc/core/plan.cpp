@@ -146,10 +146,13 @@ int32_t hidden_spec(int64_t hc_mult, int64_t hidden) {
 // carries half the activations, and the main kernel 125 instead of 185 registers (pre, n = 4).
 // H100, cold fn, 4-tile / 2-tile blocks, us (NOTES.md, v14): pre T = 64 8.51 / 7.35 (H = 4096),
 // 11.24 / 9.79 (H = 7168), T = 8 5.73 / 5.47, 6.72 / 6.34; head T = 64 5.07 / 4.72, 6.82 / 6.08.
+// 32-token blocks have no ring instance: where a study starts the ring at T <= 64 (Plan::fn_ring,
+// set_fn_ring_min_tokens), the 64-token block takes it.
 bool small_blocks(KernelType kind, int64_t num_tokens, int64_t hc_mult, bool full_k,
                   bool batch_invariant) {
   return (kind == KernelType::MHC_PRE || kind == KernelType::HC_HEAD) && hc_mult <= 4 &&
-         !full_k && !batch_invariant && num_tokens <= kDecodeTokens;
+         !full_k && !batch_invariant && num_tokens <= kDecodeTokens &&
+         num_tokens < g_fn_ring_min_tokens.load();
 }
 
 // mhc_pre at H = 4096 (n = 4) runs FULL_K below upstream's switch (T > 32 * num_sms), once its
@@ -165,7 +168,7 @@ bool pre_full_k_early(KernelType kind, int64_t num_tokens, int64_t hc_mult, int6
 }
 
 // mma tiles per token block; must match tiles_per_block<>() in csrc/cuda/hc_main.cuh.
-int32_t tiles_per_block(KernelType kind, int64_t hc_mult, bool full_k, bool small = false) {
+int32_t tiles_per_block(KernelType kind, int64_t hc_mult, bool full_k, bool small) {
   if (hc_mult > 4) return 1;
   return full_k || small || kind == KernelType::MHC_FUSED_POST_PRE ? 2 : 4;
 }
@@ -298,10 +301,7 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
           !opt.batch_invariant && (upstream_num_splits(num_tokens, k, num_sms) == 1 ||
                                    pre_full_k_early(kind, num_tokens, hc_mult, hidden_size,
                                                     num_sms));
-      // (32-token blocks have no ring instance: where a study starts the ring at T <= 64, the
-      // 64-token block takes it.)
-      const bool small = small_blocks(kind, num_tokens, hc_mult, full_k, opt.batch_invariant) &&
-                         num_tokens < g_fn_ring_min_tokens.load();
+      const bool small = small_blocks(kind, num_tokens, hc_mult, full_k, opt.batch_invariant);
       const int32_t block = kTileTokens * tiles_per_block(kind, hc_mult, full_k, small);
       int64_t splits = 1;
       if (opt.batch_invariant) {

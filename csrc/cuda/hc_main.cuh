@@ -1106,7 +1106,7 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
       return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, true>, TT, warps, ws);
     if constexpr (MODE != Mode::FUSED && !F && N <= 4) {
       constexpr int kSmallTT = tiles_per_block<N, MODE, F, true>();
-      if (plan.block_tokens == 16 * kSmallTT && kSmallTT != TT)
+      if (plan.block_tokens == 16 * kSmallTT)
         return main_launch(hc_main_kernel<N, MODE, F, NM, hs, false, false, true>, kSmallTT,
                            warps, ws);
     }
