@@ -77,35 +77,9 @@ MHC_UNROLL
   return acc;
 }
 
-// eps + sum_i v[i] * s[i], the normaliser of one Sinkhorn step over the matrix v scaled by s:
-// pairs of terms through one multiply-add each (eps folded into the last pair), then the pairs
-// added pairwise, so that the critical path is ceil(log2(N / 2)) + 2 operations instead of a
-// chain of N adds, eps and the scaling multiply (NOTES.md, v11).
+// Row softmax + eps of an N x N matrix of logits, in place (SPEC §2.6 step 1).
 template <int N>
-MHC_HD float sinkhorn_normaliser(const float (&v)[N], const float (&s)[N], float eps) {
-  constexpr int P = (N + 1) / 2;
-  float q[P];
-MHC_UNROLL
-  for (int m = 0; m < P; ++m) {
-    const int i = 2 * m;
-    float a = m == P - 1 ? v[i] * s[i] + eps : v[i] * s[i];
-    if (i + 1 < N) a = v[i + 1] * s[i + 1] + a;
-    q[m] = a;
-  }
-MHC_UNROLL
-  for (int w = 1; w < P; w *= 2)
-MHC_UNROLL
-    for (int m = 0; m + w < P; m += 2 * w) q[m] += q[m + w];
-  return q[0];
-}
-
-// Sinkhorn-Knopp on an N x N matrix of logits, in place (SPEC §2.6). Row softmax + eps, a
-// column step, then (repeat - 1) x (row step, column step). repeat 0 and 1 both mean one column
-// step. The fixed N keeps the matrix in registers on the GPU. Each step's scales multiply the
-// matrix alongside the next step's normalisers, which take the scales as factors, so the
-// dependency chain of a step is its normaliser and one reciprocal.
-template <int N>
-MHC_HD void sinkhorn(float (&c)[N][N], float eps, int64_t repeat) {
+MHC_HD void softmax_eps(float (&c)[N][N], float eps) {
 MHC_UNROLL
   for (int j = 0; j < N; ++j) {
     float mx = c[j][0];
@@ -117,42 +91,68 @@ MHC_UNROLL
       c[j][k] = expf(c[j][k] - mx);
       s += c[j][k];
     }
-    const float inv = 1.0f / s;
+    const float inv = sinkhorn_rcp(s);  // s in [1, N]
 MHC_UNROLL
     for (int k = 0; k < N; ++k) c[j][k] = c[j][k] * inv + eps;
   }
-  // The matrix is c scaled by the last step's factors: columns by sc, or rows by rs.
-  float sc[N], rs[N], col[N];
+}
+
+// Sinkhorn-Knopp on an N x N matrix of logits, in place (SPEC §2.6): row softmax + eps (the
+// matrix C0), a column step, then (repeat - 1) x (row step, column step); repeat 0 and 1 both
+// mean one column step. The fixed N keeps everything in registers on the GPU.
+//
+// C0 itself is never rescaled: the current matrix is diag(r) C0 diag(s), and only the scale
+// vectors move. A row step sets r_j = 1 / (e_j + sum_k C0[j][k] s_k) with e_j = eps / r_j,
+// which is the reference's C[j][k] / (sum_k C[j][k] + eps) for C = diag(r) C0 diag(s); the
+// column step likewise sets s_k. A step's denominator is 1 / r_j for the next one (u_j), so
+// e_j costs one multiply off the critical path.
+//
+// The dependency chain of a step is one reciprocal and the normaliser's multiply-adds, in
+// index order: a step issues its N reciprocals in index order, and each normaliser of the
+// next step takes them in that order, so it has done all but its last multiply-add when the
+// last reciprocal lands; all N of its reciprocals then issue back to back, and each step
+// waits for the reciprocal's latency once. (The v11 form rescaled the matrix by each step's
+// scales, and its normalisers were trees over them: ptxas put those multiplies right behind
+// the first reciprocal, and in-order issue held the other normalisers behind it, two
+// reciprocal latencies a step; NOTES.md, v15.)
+template <int N>
+MHC_HD void sinkhorn(float (&c)[N][N], float eps, int64_t repeat) {
+  softmax_eps<N>(c, eps);
+  float r[N], s[N], u[N], w[N];  // u = 1 / r, w = 1 / s
 MHC_UNROLL
-  for (int j = 0; j < N; ++j) rs[j] = 1.0f;
+  for (int k = 0; k < N; ++k) {  // the first column step: r = 1
+    float a = c[0][k] + eps;
 MHC_UNROLL
-  for (int k = 0; k < N; ++k) {
-MHC_UNROLL
-    for (int j = 0; j < N; ++j) col[j] = c[j][k];
-    sc[k] = sinkhorn_rcp(sinkhorn_normaliser<N>(col, rs, eps));
+    for (int j = 1; j < N; ++j) a += c[j][k];
+    w[k] = a;
+    s[k] = sinkhorn_rcp(a);
   }
-  for (int64_t r = 1; r < repeat; ++r) {
 MHC_UNROLL
-    for (int j = 0; j < N; ++j) rs[j] = sinkhorn_rcp(sinkhorn_normaliser<N>(c[j], sc, eps));
+  for (int j = 0; j < N; ++j) r[j] = u[j] = 1.0f;
+  for (int64_t it = 1; it < repeat; ++it) {
 MHC_UNROLL
-    for (int j = 0; j < N; ++j)
+    for (int j = 0; j < N; ++j) {
+      float a = eps * u[j];
 MHC_UNROLL
-      for (int k = 0; k < N; ++k) c[j][k] *= sc[k];
-MHC_UNROLL
-    for (int k = 0; k < N; ++k) {
-MHC_UNROLL
-      for (int j = 0; j < N; ++j) col[j] = c[j][k];
-      sc[k] = sinkhorn_rcp(sinkhorn_normaliser<N>(col, rs, eps));
+      for (int k = 0; k < N; ++k) a = c[j][k] * s[k] + a;
+      u[j] = a;
     }
 MHC_UNROLL
-    for (int j = 0; j < N; ++j)
+    for (int j = 0; j < N; ++j) r[j] = sinkhorn_rcp(u[j]);
 MHC_UNROLL
-      for (int k = 0; k < N; ++k) c[j][k] *= rs[j];
+    for (int k = 0; k < N; ++k) {
+      float a = eps * w[k];
+MHC_UNROLL
+      for (int j = 0; j < N; ++j) a = c[j][k] * r[j] + a;
+      w[k] = a;
+    }
+MHC_UNROLL
+    for (int k = 0; k < N; ++k) s[k] = sinkhorn_rcp(w[k]);
   }
 MHC_UNROLL
   for (int j = 0; j < N; ++j)
 MHC_UNROLL
-    for (int k = 0; k < N; ++k) c[j][k] *= sc[k];
+    for (int k = 0; k < N; ++k) c[j][k] = c[j][k] * r[j] * s[k];
 }
 
 // Parameters of the gate epilogue of mhc_pre / fused (SPEC §2.1 steps 3-7).
