@@ -1,7 +1,9 @@
 // Gate math shared by the CPU and CUDA kernels (SPEC §2.1, §2.2, §2.4, §2.6).
 //
 // Everything here is fp32 and header-only so that both backends, and the fused and unfused
-// paths of one backend, run literally the same arithmetic. The contract requires residual_out
+// paths of one backend, run the same operations in the same order (the GPU's reciprocal, exp
+// and rsqrt of the gates are its one-instruction approximations, the CPU's the exact forms;
+// every kernel of one backend runs the same ones). The contract requires residual_out
 // of the fused op to be bit-identical to mhc_post on the same device; that holds because both
 // call post_mix_element() below.
 #pragma once
@@ -23,8 +25,6 @@ namespace mhc {
 // Largest hc_mult any backend accepts (SPEC §2.8: n in 1..8).
 constexpr int kMaxHcMult = 8;
 
-MHC_HD float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
-
 // 1 / v for the Sinkhorn normalisers. On the GPU one MUFU.RCP (rcp.approx.ftz, within 1 ulp);
 // the plain division there (rcp.approx without ftz under -prec-div=false) adds a denormal check
 // and a branch around a slow path, which split the 20 rounds into basic blocks and put ~2.2 us
@@ -39,6 +39,39 @@ MHC_HD float sinkhorn_rcp(float v) {
   return 1.0f / v;
 #endif
 }
+
+// exp, 1 / v and 1 / sqrt(v) of the gates (rms, sigmoid, softmax). On the GPU one MUFU op
+// each (ex2.approx of v·log2(e), rcp.approx.ftz, rsqrt.approx.ftz; a few ulp), where expf,
+// IEEE sqrtf and the division's denormal scaling had put ~20 dependent instructions on the
+// epilogue's path to the gates (NOTES.md, v15). The gates' bound is 1e-3 (SPEC §3), the stream
+// sums' 5e-4·Σ pre·|res|; the CPU keeps the exact forms.
+MHC_HD float gate_exp(float v) {
+#if defined(__CUDA_ARCH__)
+  return __expf(v);
+#else
+  return expf(v);
+#endif
+}
+
+MHC_HD float gate_rcp(float v) {
+#if defined(__CUDA_ARCH__)
+  return sinkhorn_rcp(v);
+#else
+  return 1.0f / v;
+#endif
+}
+
+MHC_HD float gate_rsqrt(float v) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+#else
+  return 1.0f / sqrtf(v);
+#endif
+}
+
+MHC_HD float sigmoidf_(float v) { return gate_rcp(1.0f + gate_exp(-v)); }
 
 // Round-to-nearest-even fp32 -> bf16 bits; NaN stays a quiet NaN of the same sign.
 MHC_HD uint16_t f32_to_bf16_bits(float v) {
@@ -88,7 +121,7 @@ MHC_UNROLL
     float s = 0.f;
 MHC_UNROLL
     for (int k = 0; k < N; ++k) {
-      c[j][k] = expf(c[j][k] - mx);
+      c[j][k] = gate_exp(c[j][k] - mx);
       s += c[j][k];
     }
     const float inv = sinkhorn_rcp(s);  // s in [1, N]
@@ -171,7 +204,7 @@ template <int N>
 MHC_HD void pre_gates(const float* d, float sqrsum, float inv_k, const float* base,
                       const GateParams& p, float (&pre)[N], float (&post)[N],
                       float (&comb)[N][N]) {
-  const float r = 1.0f / sqrtf(sqrsum * inv_k + p.rms_eps);
+  const float r = gate_rsqrt(sqrsum * inv_k + p.rms_eps);
 MHC_UNROLL
   for (int i = 0; i < N; ++i) {
     pre[i] = sigmoidf_(d[i] * r * p.scale[0] + base[i]) + p.pre_eps;
@@ -189,7 +222,7 @@ MHC_UNROLL
 template <int N>
 MHC_HD void head_gates(const float* d, float sqrsum, float inv_k, const float* base,
                        float scale, float rms_eps, float eps, float (&pre)[N]) {
-  const float r = 1.0f / sqrtf(sqrsum * inv_k + rms_eps);
+  const float r = gate_rsqrt(sqrsum * inv_k + rms_eps);
 MHC_UNROLL
   for (int i = 0; i < N; ++i) pre[i] = sigmoidf_(d[i] * r * scale + base[i]) + eps;
 }

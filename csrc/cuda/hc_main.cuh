@@ -933,6 +933,12 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   __shared__ float gsm[M + kScales];  // hc_base [M], hc_scale [kScales]
   if (tid < M) gsm[tid] = p.base[tid];
   else if (tid < M + kScales) gsm[tid] = p.scale[tid - M];
+  // This thread's run of the partials (integer divisions by the split count) before the wait,
+  // off the path from the main kernel's end to the gates.
+  const int parts = min(kRuns, p.S);
+  const int pm = tid % MP, pq = tid / MP;
+  const int s0 = pq * (p.S / parts) + min(pq, p.S % parts);
+  const int s1 = s0 + p.S / parts + (pq < p.S % parts ? 1 : 0);
   pdl_wait();
   pdl_trigger();
 
@@ -948,15 +954,11 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
     cp_async_wait<0>();
   }
   __syncthreads();
-  const int parts = min(kRuns, p.S);
   if (tid < parts * MP) {
-    const int m = tid % MP, q = tid / MP;
-    const int per = p.S / parts, rem = p.S % parts;
-    const int s0 = q * per + min(q, rem), s1 = s0 + per + (q < rem ? 1 : 0);
-    float a = part[s0 * MP + m];
+    float a = part[s0 * MP + pm];
 #pragma unroll 8
-    for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + m];  // the loads ahead of the adds
-    psum[q * MP + m] = a;
+    for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + pm];  // the loads ahead of the adds
+    psum[pq * MP + pm] = a;
   }
   __syncthreads();
   if (tid < MP) {
