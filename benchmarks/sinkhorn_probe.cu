@@ -20,7 +20,7 @@
 
 namespace {
 
-using mhc::sinkhorn_rcp;
+using mhc::gate_rcp;
 
 // eps + sum_i v[i] * s[i] as v11's tree: pairs through one multiply-add each, eps folded into
 // the last pair, pairs added pairwise.
@@ -53,11 +53,11 @@ __device__ __forceinline__ void sinkhorn_v11(float (&c)[N][N], float eps, int64_
   for (int k = 0; k < N; ++k) {
 #pragma unroll
     for (int j = 0; j < N; ++j) col[j] = c[j][k];
-    sc[k] = sinkhorn_rcp(tree_normaliser<N>(col, rs, eps));
+    sc[k] = gate_rcp(tree_normaliser<N>(col, rs, eps));
   }
   for (int64_t r = 1; r < repeat; ++r) {
 #pragma unroll
-    for (int j = 0; j < N; ++j) rs[j] = sinkhorn_rcp(tree_normaliser<N>(c[j], sc, eps));
+    for (int j = 0; j < N; ++j) rs[j] = gate_rcp(tree_normaliser<N>(c[j], sc, eps));
 #pragma unroll
     for (int j = 0; j < N; ++j)
 #pragma unroll
@@ -66,7 +66,7 @@ __device__ __forceinline__ void sinkhorn_v11(float (&c)[N][N], float eps, int64_
     for (int k = 0; k < N; ++k) {
 #pragma unroll
       for (int j = 0; j < N; ++j) col[j] = c[j][k];
-      sc[k] = sinkhorn_rcp(tree_normaliser<N>(col, rs, eps));
+      sc[k] = gate_rcp(tree_normaliser<N>(col, rs, eps));
     }
 #pragma unroll
     for (int j = 0; j < N; ++j)
@@ -90,13 +90,13 @@ __device__ __forceinline__ void sinkhorn_tree(float (&c)[N][N], float eps, int64
 #pragma unroll
     for (int j = 0; j < N; ++j) col[j] = c[j][k];
     w[k] = tree_normaliser<N>(col, r, eps);
-    s[k] = sinkhorn_rcp(w[k]);
+    s[k] = gate_rcp(w[k]);
   }
   for (int64_t it = 1; it < repeat; ++it) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       u[j] = tree_normaliser<N>(c[j], s, eps * u[j]);
-      r[j] = sinkhorn_rcp(u[j]);
+      r[j] = gate_rcp(u[j]);
     }
 #pragma unroll
     for (int k = 0; k < N; ++k) e[k] = eps * w[k];
@@ -105,7 +105,7 @@ __device__ __forceinline__ void sinkhorn_tree(float (&c)[N][N], float eps, int64
 #pragma unroll
       for (int j = 0; j < N; ++j) col[j] = c[j][k];
       w[k] = tree_normaliser<N>(col, r, e[k]);
-      s[k] = sinkhorn_rcp(w[k]);
+      s[k] = gate_rcp(w[k]);
     }
   }
 #pragma unroll

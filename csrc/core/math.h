@@ -25,51 +25,31 @@ namespace mhc {
 // Largest hc_mult any backend accepts (SPEC §2.8: n in 1..8).
 constexpr int kMaxHcMult = 8;
 
-// 1 / v for the Sinkhorn normalisers. On the GPU one MUFU.RCP (rcp.approx.ftz, within 1 ulp);
-// the plain division there (rcp.approx without ftz under -prec-div=false) adds a denormal check
-// and a branch around a slow path, which split the 20 rounds into basic blocks and put ~2.2 us
-// on the critical path of the decode epilogue (benchmarks/NOTES.md, v7). The normalisers are
-// sums of positive terms plus eps, never denormal in practice.
-MHC_HD float sinkhorn_rcp(float v) {
+// exp, 1 / v and 1 / sqrt(v) of the gates (rms, sigmoid, softmax, the Sinkhorn's
+// normalisers). On the GPU one MUFU instruction each (ex2.approx of v·log2(e), rcp.approx.ftz,
+// rsqrt.approx.ftz; a few ulp). expf, IEEE sqrtf and the division's denormal scaling had put
+// ~20 dependent instructions on the epilogue's path to the gates (NOTES.md, v15), and the
+// plain division's branch around its slow path had split the Sinkhorn's 20 rounds into basic
+// blocks (~2.2 us on the decode epilogue's critical path, v7). Nothing here reaches denormals
+// in practice (normalisers are sums of positive terms plus eps); the gates' bound is 1e-3
+// (SPEC §3), the stream sums' 5e-4·Σ pre·|res|. The CPU keeps the exact forms.
 #if defined(__CUDA_ARCH__)
+MHC_HD float gate_exp(float v) { return __expf(v); }
+MHC_HD float gate_rcp(float v) {
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
   return r;
-#else
-  return 1.0f / v;
-#endif
 }
-
-// exp, 1 / v and 1 / sqrt(v) of the gates (rms, sigmoid, softmax). On the GPU one MUFU op
-// each (ex2.approx of v·log2(e), rcp.approx.ftz, rsqrt.approx.ftz; a few ulp), where expf,
-// IEEE sqrtf and the division's denormal scaling had put ~20 dependent instructions on the
-// epilogue's path to the gates (NOTES.md, v15). The gates' bound is 1e-3 (SPEC §3), the stream
-// sums' 5e-4·Σ pre·|res|; the CPU keeps the exact forms.
-MHC_HD float gate_exp(float v) {
-#if defined(__CUDA_ARCH__)
-  return __expf(v);
-#else
-  return expf(v);
-#endif
-}
-
-MHC_HD float gate_rcp(float v) {
-#if defined(__CUDA_ARCH__)
-  return sinkhorn_rcp(v);
-#else
-  return 1.0f / v;
-#endif
-}
-
 MHC_HD float gate_rsqrt(float v) {
-#if defined(__CUDA_ARCH__)
   float r;
   asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
   return r;
-#else
-  return 1.0f / sqrtf(v);
-#endif
 }
+#else
+MHC_HD float gate_exp(float v) { return expf(v); }
+MHC_HD float gate_rcp(float v) { return 1.0f / v; }
+MHC_HD float gate_rsqrt(float v) { return 1.0f / sqrtf(v); }
+#endif
 
 MHC_HD float sigmoidf_(float v) { return gate_rcp(1.0f + gate_exp(-v)); }
 
@@ -124,7 +104,7 @@ MHC_UNROLL
       c[j][k] = gate_exp(c[j][k] - mx);
       s += c[j][k];
     }
-    const float inv = sinkhorn_rcp(s);  // s in [1, N]
+    const float inv = gate_rcp(s);  // s in [1, N]
 MHC_UNROLL
     for (int k = 0; k < N; ++k) c[j][k] = c[j][k] * inv + eps;
   }
@@ -158,7 +138,7 @@ MHC_UNROLL
 MHC_UNROLL
     for (int j = 1; j < N; ++j) a += c[j][k];
     w[k] = a;
-    s[k] = sinkhorn_rcp(a);
+    s[k] = gate_rcp(a);
   }
 MHC_UNROLL
   for (int j = 0; j < N; ++j) r[j] = u[j] = 1.0f;
@@ -171,7 +151,7 @@ MHC_UNROLL
       u[j] = a;
     }
 MHC_UNROLL
-    for (int j = 0; j < N; ++j) r[j] = sinkhorn_rcp(u[j]);
+    for (int j = 0; j < N; ++j) r[j] = gate_rcp(u[j]);
 MHC_UNROLL
     for (int k = 0; k < N; ++k) {
       float a = eps * w[k];
@@ -180,7 +160,7 @@ MHC_UNROLL
       w[k] = a;
     }
 MHC_UNROLL
-    for (int k = 0; k < N; ++k) s[k] = sinkhorn_rcp(w[k]);
+    for (int k = 0; k < N; ++k) s[k] = gate_rcp(w[k]);
   }
 MHC_UNROLL
   for (int j = 0; j < N; ++j)
