@@ -68,6 +68,22 @@ def test_sinkhorn_repeat_zero_is_one(device):
     assert not torch.equal(a[1], _call(inp, sinkhorn_repeat=3)[1])
 
 
+@pytest.mark.parametrize("eps", [1e-6, 0.0], ids=["eps", "eps0"])
+def test_sinkhorn_peaky_logits(device, eps):
+    # comb logits spread over ~±30 (hc_base std 10): softmax rows close to one-hot, entries
+    # down to ~1e-26, so the Sinkhorn's scale vectors span many orders of magnitude (the
+    # kernels keep the matrix after the softmax fixed and iterate only those vectors,
+    # core/math.h). Still within the §3 bound of the float64 reference, with and without eps.
+    inp = h.pre_inputs(64, 4, 64, seed=h.seed_of("peaky", eps), device=device)
+    g = torch.Generator().manual_seed(h.seed_of("peaky-base", eps))
+    inp["hc_base"][8:] = (torch.randn(16, generator=g) * 10.0).to(device)
+    outs = _call(inp, hc_sinkhorn_eps=eps)
+    h.check_pre_outputs(outs, inp["residual"], {k: v for k, v in inp.items() if k != "residual"},
+                        hc_sinkhorn_eps=eps)
+    logits = inp["hc_base"][8:].reshape(4, 4).cpu()
+    assert float((logits.max(1).values - logits.min(1).values).max()) > 20  # the case is peaky
+
+
 @pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
 def test_non_default_scalars(device, norm):
     # Every float argument away from its default, large enough to move the result: a kernel
