@@ -53,7 +53,9 @@ MHC_HD float gate_rsqrt(float v) { return 1.0f / sqrtf(v); }
 
 MHC_HD float sigmoidf_(float v) { return gate_rcp(1.0f + gate_exp(-v)); }
 
-// Round-to-nearest-even fp32 -> bf16 bits; NaN stays a quiet NaN of the same sign.
+// Round-to-nearest-even fp32 -> bf16 bits; NaN stays a quiet NaN of the same sign. The CUDA
+// kernels pack their outputs with cvt.rn.bf16x2.f32 instead (cuda/bf16.cuh): the same bits for
+// every input but NaN, whose sign and payload they do not keep.
 MHC_HD uint16_t f32_to_bf16_bits(float v) {
   uint32_t u;
 #if defined(__CUDA_ARCH__)

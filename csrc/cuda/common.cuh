@@ -1,6 +1,7 @@
-// Helpers shared by the CUDA kernels of every family: programmatic dependent launch, bf16
-// packing, the bf16 hi/lo tensor-core dot product, the post element of mhc_post / fused, and
-// the host side (launch with PDL, SM count per device, alignment checks).
+// Helpers shared by the CUDA kernels of every family: programmatic dependent launch, 16-byte
+// loads and stores (their bf16 packing: cuda/bf16.cuh), the bf16 hi/lo tensor-core dot
+// product, the post element of mhc_post / fused, and the host side (launch with PDL, SM count
+// per device, alignment checks).
 //
 // The skinny GEMMs (x [T, K] bf16 against fn [M, K] fp32, M <= 80) run on mma.sync.m16n8k16
 // with fp32 accumulation: x (bf16) is the A operand as is; fn is split into hi = bf16(fn) and
@@ -27,6 +28,7 @@
 #include <utility>
 
 #include "core/math.h"
+#include "cuda/bf16.cuh"
 
 namespace mhc::cuda {
 
@@ -136,26 +138,7 @@ __device__ __forceinline__ void bulk_prefetch_l2(const void* p, uint32_t bytes) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// bf16 helpers. Outputs are rounded with core/math.h f32_to_bf16_bits (the CPU's rounding).
-
-__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
-
-__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
-  f[0] = bf16_lo(v.x); f[1] = bf16_hi(v.x);
-  f[2] = bf16_lo(v.y); f[3] = bf16_hi(v.y);
-  f[4] = bf16_lo(v.z); f[5] = bf16_hi(v.z);
-  f[6] = bf16_lo(v.w); f[7] = bf16_hi(v.w);
-}
-
-__device__ __forceinline__ uint32_t pack2(float a, float b) {
-  return static_cast<uint32_t>(f32_to_bf16_bits(a)) |
-         (static_cast<uint32_t>(f32_to_bf16_bits(b)) << 16);
-}
-
-__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
-  return make_uint4(pack2(f[0], f[1]), pack2(f[2], f[3]), pack2(f[4], f[5]), pack2(f[6], f[7]));
-}
+// 16-byte global loads and stores of 8 bf16 (their packing: cuda/bf16.cuh).
 
 __device__ __forceinline__ uint4 ldg16(const uint16_t* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));

@@ -39,8 +39,11 @@ __device__ __forceinline__ uint4 load8(const uint16_t* p) {
   }
 }
 
+// Launch bounds of 8 CTAs per SM (64 registers): without them ptxas, free to take more, had
+// issued the last of the ten 16-byte loads after the first stream's mix, a second DRAM round
+// trip at decode sizes (T = 1 ~0.2 us slower, NOTES.md v16); at 64 all ten go out together.
 template <int N, bool VEC>
-__global__ void __launch_bounds__(kPostThreads) mhc_post_kernel(const PostParams p) {
+__global__ void __launch_bounds__(kPostThreads, 8) mhc_post_kernel(const PostParams p) {
   const int64_t t = blockIdx.x;
   const int v = blockIdx.y * kPostThreads + threadIdx.x;
   pdl_wait();
