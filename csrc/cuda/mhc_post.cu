@@ -39,11 +39,19 @@ __device__ __forceinline__ uint4 load8(const uint16_t* p) {
   }
 }
 
-// Launch bounds of 8 CTAs per SM (64 registers): without them ptxas, free to take more, had
-// issued the last of the ten 16-byte loads after the first stream's mix, a second DRAM round
-// trip at decode sizes (T = 1 ~0.2 us slower, NOTES.md v16); at 64 all ten go out together.
+// Launch bounds of 8 CTAs per SM (64 registers) up to n = 4: without them ptxas had taken 61
+// registers for n = 4 and issued the last of its ten 16-byte loads after the first stream's
+// mix, a second DRAM round trip at decode sizes (T = 1 ~0.2 us slower, NOTES.md v16); at 64 all
+// ten go out together. Larger n needs more registers than 64 (n = 8 spilled 944 bytes there),
+// so it keeps the compiler's choice.
+template <int N>
+constexpr int post_min_blocks() {
+  return N <= 4 ? 8 : 1;
+}
+
 template <int N, bool VEC>
-__global__ void __launch_bounds__(kPostThreads, 8) mhc_post_kernel(const PostParams p) {
+__global__ void __launch_bounds__(kPostThreads, post_min_blocks<N>()) mhc_post_kernel(
+    const PostParams p) {
   const int64_t t = blockIdx.x;
   const int v = blockIdx.y * kPostThreads + threadIdx.x;
   pdl_wait();
