@@ -19,7 +19,6 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -185,10 +184,6 @@ struct FnFrag {
   uint32_t part[PARTS][4];
 };
 
-__device__ __forceinline__ uint32_t bits(__nv_bfloat162 v) {
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
 // From the 8 fp32 fn values this lane owns (row 8*nt + g, k = chunk + 8c .. + 7).
 template <int PARTS>
 __device__ __forceinline__ FnFrag<PARTS> make_frag(const float (&f)[8]) {
@@ -198,11 +193,10 @@ __device__ __forceinline__ FnFrag<PARTS> make_frag(const float (&f)[8]) {
     float a = f[2 * q], b = f[2 * q + 1];
 #pragma unroll
     for (int k = 0; k < PARTS; ++k) {
-      const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-      const float2 hf = __bfloat1622float2(h);
-      r.part[k][q] = bits(h);
-      a -= hf.x;  // exact: hf.x is a rounding of a
-      b -= hf.y;
+      const uint32_t h = pack2(a, b);
+      r.part[k][q] = h;
+      a -= bf16_lo(h);  // exact: bf16_lo(h) is a rounding of a
+      b -= bf16_hi(h);
     }
   }
   return r;
