@@ -1,9 +1,11 @@
 // The Python module mhc_ops._C. Importing it loads the library, which registers the ops
 // (registration.cpp); the bindings here are only what is not an op: the planner and the
-// registry of launched plans (mhc_ops.plan, mhc_ops.warmup).
+// registry of launched plans (mhc_ops.plan, mhc_ops.warmup), and in a study build the study
+// knobs (core/study.h).
 #include <torch/extension.h>
 
 #include "core/plan.h"
+#include "core/study.h"
 
 namespace py = pybind11;
 
@@ -11,7 +13,9 @@ namespace {
 py::tuple to_py(const mhc::Plan& p) {
   return py::make_tuple(static_cast<int>(p.kind), mhc::variant_name(p.variant), p.num_splits,
                         p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.staged_fn,
-                        p.split_streams, p.fn_ring, p.evict_inputs);
+                        p.split_streams, p.fn_ring, p.evict_inputs, p.main_warps,
+                        p.epilogue_chunks, p.epilogue_ctas_per_sm, p.cluster_buffers,
+                        p.cluster_rotated);
 }
 mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;
@@ -52,38 +56,45 @@ PYBIND11_MODULE(_C, m) {
       py::arg("kind"), py::arg("max_tokens"), py::arg("hc_mult"), py::arg("hidden_size"),
       py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"),
       py::arg("clusters"));
-  // Tests and benchmarks only: CLUSTER plans from this T on (plan.h; below 0, the default,
-  // the measured windows). Returns the previous value.
-  m.def("cluster_min_tokens", &mhc::cluster_min_tokens);
-  m.def("set_cluster_min_tokens", &mhc::set_cluster_min_tokens, py::arg("num_tokens"));
-  // Benchmarks only: the CTAs SPLIT_K plans aim at (plan.h; below 0, the default, the
-  // planner's choice). Returns the previous value.
-  m.def("split_target_ctas", &mhc::split_target_ctas);
-  m.def("set_split_target_ctas", &mhc::set_split_target_ctas, py::arg("ctas"));
-  // Benchmarks and tests only: from which T pre / fused stage fn (plan.h; INT64_MAX: never).
-  // Returns the previous value.
-  m.def("staged_fn_min_tokens", &mhc::staged_fn_min_tokens);
-  m.def("set_staged_fn_min_tokens", &mhc::set_staged_fn_min_tokens, py::arg("num_tokens"));
-  // Benchmarks and tests only: chunks of H per token in the SPLIT_K epilogue (plan.h; 0, the
-  // default, the launcher's rule). Returns the previous value.
-  m.def("epilogue_chunks", &mhc::epilogue_chunks);
-  m.def("set_epilogue_chunks", &mhc::set_epilogue_chunks, py::arg("chunks"));
-  // Benchmarks and tests only: SPLIT_K epilogue CTAs per SM at most (plan.h; 0, the default,
-  // the launcher's rule; -1: no cap). Returns the previous value.
-  m.def("epilogue_ctas_per_sm", &mhc::epilogue_ctas_per_sm);
-  m.def("set_epilogue_ctas_per_sm", &mhc::set_epilogue_ctas_per_sm, py::arg("ctas"));
-  // Studies and tests only: buffers of the persistent hc_head CLUSTER kernel (plan.h; 0, the
-  // default, the launcher's; 1: the one-block-per-cluster kernel). Returns the previous value.
-  m.def("cluster_buffers", &mhc::cluster_buffers);
-  m.def("set_cluster_buffers", &mhc::set_cluster_buffers, py::arg("buffers"));
-  // Benchmarks and tests only: from which T pre / head / fused use the main kernel's ring
-  // (plan.h; INT64_MAX: never). Returns the previous value.
-  m.def("fn_ring_min_tokens", &mhc::fn_ring_min_tokens);
-  m.def("set_fn_ring_min_tokens", &mhc::set_fn_ring_min_tokens, py::arg("num_tokens"));
-  // Benchmarks and tests only: up to how many bytes of residual_out the fused op's ring loads
-  // its inputs with L2 evict_first (plan.h; -1: never). Returns the previous value.
-  m.def("evict_inputs_max_bytes", &mhc::evict_inputs_max_bytes);
-  m.def("set_evict_inputs_max_bytes", &mhc::set_evict_inputs_max_bytes, py::arg("num_bytes"));
+  // The launches of plan_of(...) at T: (kernel, grid_x, grid_y, block, smem, cluster) each
+  // (core/plan.h launches_of; tests/test_launch_table.py).
+  m.def(
+      "launches_of",
+      [](int kind, int64_t t, int64_t n, int64_t h, int64_t sms, bool norm, bool bi, bool fp32,
+         bool clusters, int64_t resident_clusters) {
+        const auto k = static_cast<mhc::KernelType>(kind);
+        const bool prenorm = k == mhc::KernelType::PRENORM_GEMM;
+        // The prenorm GEMM is planned on K and launched with its fn rows n (n + 2).
+        const mhc::Plan plan = mhc::plan_of(k, t, prenorm ? 1 : n, prenorm ? n * h : h, sms,
+                                            options(norm, bi, fp32, clusters));
+        mhc::DeviceLimits limits;
+        limits.resident_clusters = resident_clusters;
+        const int64_t rows = prenorm ? n * (n + 2) : n;
+        const mhc::Launches ls = mhc::launches_of(plan, t, rows, prenorm ? n * h : h, limits);
+        py::list out;
+        for (int i = 0; i < ls.count; ++i) {
+          const mhc::Launch& l = ls.step[i];
+          out.append(py::make_tuple(mhc::kernel_name(plan, l, rows), l.grid_x, l.grid_y, l.block,
+                                    l.smem, l.cluster));
+        }
+        return out;
+      },
+      py::arg("kind"), py::arg("num_tokens"), py::arg("hc_mult"), py::arg("hidden_size"),
+      py::arg("num_sms"), py::arg("norm"), py::arg("batch_invariant"), py::arg("fp32_gemm"),
+      py::arg("clusters"), py::arg("resident_clusters"));
+#ifdef MHC_STUDY
+  // Study build only: each knob as `name()` and `set_name(value)` (returns the previous value).
+  m.attr("study_build") = true;
+  for (int i = 0; i < static_cast<int>(mhc::study::Knob::COUNT); ++i) {
+    const auto k = static_cast<mhc::study::Knob>(i);
+    const std::string name = mhc::study::knob_name(k);
+    m.def(name.c_str(), [k] { return mhc::study::knob(k); });
+    m.def(("set_" + name).c_str(), [k](int64_t v) { return mhc::study::set_knob(k, v); },
+          py::arg("value"));
+  }
+#else
+  m.attr("study_build") = false;
+#endif
   m.def("launched_plans", [] {
     py::list out;
     for (const auto& r : mhc::launched_plans())

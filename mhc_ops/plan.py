@@ -48,6 +48,11 @@ class Plan(NamedTuple):
     #                        the input streams for the fused op
     evict_inputs: bool = False  # fused, ring, residual_out within L2-sized bytes: the ring's
     #                             loads of x and the input streams go L2 evict_first
+    main_warps: int = 0  # SPLIT_K / FULL_K: warps of a main-kernel CTA
+    epilogue_chunks: int = 0  # SPLIT_K: epilogue CTAs per token (chunks of H)
+    epilogue_ctas_per_sm: int = 0  # SPLIT_K: epilogue CTAs per SM at most (0: no cap)
+    cluster_buffers: int = 0  # CLUSTER: buffers of the persistent hc_head kernel (0: one-block)
+    cluster_rotated: bool = False  # CLUSTER, persistent: next block's mma behind the barrier
 
     @classmethod
     def _from_c(cls, t: tuple) -> "Plan":

@@ -89,22 +89,6 @@ def test_decode_blocks_of_pre_and_head():
     assert plan.plan_of("MHC_FUSED_POST_PRE", 64, hidden_size=7168, **kw).block_tokens == 32
 
 
-def test_decode_blocks_under_a_ring_study():
-    from mhc_ops._lib import _C
-
-    # the 32-token blocks have no ring kernel: a study that starts the ring at T <= 64 gets the
-    # 64-token blocks, which have one
-    kw = dict(hidden_size=4096, num_sms=132, batch_invariant=False, clusters=False)
-    old = _C.set_fn_ring_min_tokens(1)
-    try:
-        for kind in ("MHC_PRE", "HC_HEAD"):
-            p = plan.plan_of(kind, 40, **kw)
-            assert p.fn_ring and p.block_tokens == 64
-    finally:
-        _C.set_fn_ring_min_tokens(old)
-    assert plan.plan_of("MHC_PRE", 40, **kw).block_tokens == 32
-
-
 def test_pre_full_k_from_lower_t_at_4096():
     kw = dict(num_sms=132, batch_invariant=False, clusters=False)
 
@@ -123,15 +107,6 @@ def test_pre_full_k_from_lower_t_at_4096():
         assert variant(kind, 4224, hidden, **more) == "split_k"
         assert variant(kind, 4225, hidden, **more) == ("split_k" if more.get("batch_invariant")
                                                        else "full_k")
-
-
-@pytest.fixture
-def clusters_from_64():
-    from mhc_ops._lib import _C
-
-    old = _C.set_cluster_min_tokens(64)
-    yield
-    _C.set_cluster_min_tokens(old)
 
 
 def test_cluster_plans_in_their_measured_windows():
@@ -160,59 +135,6 @@ def test_cluster_plans_in_their_measured_windows():
                         batch_invariant=False).variant != "cluster"
 
 
-@pytest.mark.usefixtures("clusters_from_64")
-def test_cluster_plans_at_prefill_sizes():
-    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False)
-    for kind, block in (("MHC_PRE", 16), ("HC_HEAD", 16), ("MHC_FUSED_POST_PRE", 16)):
-        p = plan.plan_of(kind, 16384, **kw)
-        # 224 K groups of 32 columns over 16 CTAs of 14 groups, blocks of 16 tokens; hc_head's
-        # persistent kernel is specialised for its width
-        spec = 7168 if kind == "HC_HEAD" else 0
-        got = (p.variant, p.num_splits, p.block_tokens, p.hidden_spec)
-        assert got == ("cluster", 16, block, spec)
-        assert plan.plan_of(kind, 1, **kw).variant == "split_k"  # decode keeps the split plan
-        assert plan.plan_of(kind, 16384, clusters=False, **kw).variant == "full_k"
-        # no cluster plan for the folded norm, for n > 4, or with batch invariance
-        if kind != "HC_HEAD":
-            assert plan.plan_of(kind, 16384, norm=True, **kw).variant == "full_k"
-        assert plan.plan_of(kind, 16384, hc_mult=8, **kw).variant == "full_k"
-    assert plan.plan_of("MHC_PRE", 16384, hidden_size=7168, num_sms=132,
-                        batch_invariant=True).variant == "split_k"
-    # small hidden sizes: fewer, smaller CTAs (H = 64: 2 groups, a cluster of 2)
-    assert plan.plan_of("MHC_PRE", 4096, hidden_size=64, num_sms=132).num_splits == 2
-    # too much shared memory per CTA for a cluster of 16: the other plans
-    assert plan.plan_of("MHC_PRE", 16384, hidden_size=32768, num_sms=132).variant == "full_k"
-
-
-def test_split_target_ctas_moves_split_counts():
-    from mhc_ops._lib import _C
-
-    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
-    assert _C.split_target_ctas() < 0  # the planner's choice unless a study sets one
-    old = _C.set_split_target_ctas(264)
-    try:
-        assert plan.plan_of("MHC_PRE", 8, **kw).num_splits == 224  # one group per split
-        assert plan.plan_of("MHC_PRE", 8, **{**kw, "batch_invariant": True}).num_splits == 16
-    finally:
-        _C.set_split_target_ctas(old)
-    assert _C.split_target_ctas() == old
-
-
-def test_cluster_threshold_moves_every_plan_together():
-    from mhc_ops._lib import _C
-
-    kw = dict(hidden_size=4096, num_sms=132, batch_invariant=False)
-    old = _C.set_cluster_min_tokens(8)
-    try:
-        assert plan.plan_of("MHC_PRE", 8, **kw).variant == "cluster"
-        assert plan.plan_of("MHC_PRE", 7, **kw).variant == "split_k"
-        reps = plan.token_count_representatives("MHC_PRE", 64, **kw)
-        assert reps[-1] == 64 and 7 in reps
-    finally:
-        _C.set_cluster_min_tokens(old)
-    assert _C.cluster_min_tokens() == old
-
-
 def test_norm_is_part_of_the_plan_only_where_it_applies():
     kw = dict(hidden_size=4096, num_sms=132)
     assert plan.plan_of("MHC_PRE", 8, norm=True, **kw) != plan.plan_of("MHC_PRE", 8, **kw)
@@ -224,12 +146,13 @@ def test_batch_invariant_plan_does_not_depend_on_t():
     for kind in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE, KernelType.HC_HEAD):
         # The reduction (split count, order) is one for every T; only how fn reaches the mma
         # changes with T (staged first, through the main kernel's ring), and those runs are
-        # bit-identical (tests/test_cuda_kernels.py, test_staged_fn_is_bit_identical,
-        # test_fn_ring_is_bit_identical), and for the fused op the ring's L2 policy
-        # (test_evict_inputs_is_bit_identical).
+        # bit-identical (tools/study/test_study_kernels.py, which runs each way at one T), and
+        # for the fused op the ring's L2 policy.
         plans = {plan.plan_of(kind, t, **kw) for t in (1, 7, 64, 512, 4096, 16384)}
-        assert len({p._replace(staged_fn=False, fn_ring=False, evict_inputs=False)
-                    for p in plans}) == 1
+        # (the epilogue's chunks of H change with T too: each chunk's CTA adds the same
+        # partials in the same order, so a token's bits do not depend on them)
+        assert len({p._replace(staged_fn=False, fn_ring=False, evict_inputs=False,
+                               epilogue_chunks=0) for p in plans}) == 1
         staged = kind != KernelType.HC_HEAD
         assert {p.staged_fn for p in plans} == {False, staged}
         assert {p.fn_ring for p in plans} == {False, True}
@@ -237,7 +160,9 @@ def test_batch_invariant_plan_does_not_depend_on_t():
         assert {p.evict_inputs for p in plans} == ({False, True} if fused else {False})
         # pre / fused stage fn and ring from the same T: one plan below it, one from it; the
         # fused op's inputs go evict_first from that T while its residual_out fits the limit
-        assert len(plan.token_count_representatives(kind, 16384, **kw)) == (3 if fused else 2)
+        reps = plan.token_count_representatives(kind, 16384, **kw)
+        assert len({plan.plan_of(kind, t, **kw)._replace(epilogue_chunks=0) for t in reps}) == (
+            3 if fused else 2)
 
 
 def test_cpu_has_one_plan_per_op():
@@ -254,8 +179,9 @@ def test_kind_by_name_and_bad_kind():
 def test_plan_follows_flags_unless_given(monkeypatch):
     kw = dict(hidden_size=4096, num_sms=132)
     monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
-    assert (plan.plan_of("MHC_PRE", 5000, **kw)._replace(staged_fn=False, fn_ring=False)
-            == plan.plan_of("MHC_PRE", 1, **kw))
+    assert (plan.plan_of("MHC_PRE", 5000, **kw)._replace(staged_fn=False, fn_ring=False,
+                                                         epilogue_chunks=0)
+            == plan.plan_of("MHC_PRE", 1, **kw)._replace(epilogue_chunks=0))
     assert plan.plan_of("MHC_PRE", 5000, batch_invariant=False, **kw).num_splits == 1
     monkeypatch.setenv("MHC_BF16_FP32_GEMM_ALGO", "fp32")
     assert plan.plan_of("LINEAR_BF16_FP32", 8, **kw).variant == "fp32_gemm"
@@ -272,61 +198,39 @@ def _flag_from(field, start, kinds, kw):
         assert not getattr(plan.plan_of(kind, 16384, **{**kw, "num_sms": 0}), field)  # CPU
 
 
-def test_staged_fn_from_its_token_count():
-    from mhc_ops._lib import _C
+# The thresholds of the installed library (csrc/core/plan.cpp; docs/performance.md, "Staged
+# fn", "The fn ring", "L2 evict-first inputs"). A study build moves them (tools/study/).
+STAGED_FN_TOKENS = FN_RING_TOKENS = 512
+EVICT_INPUTS_BYTES = 40 << 20
 
+
+def test_staged_fn_from_its_token_count():
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
-    start = _C.staged_fn_min_tokens()
-    assert 1 < start <= 4096
-    _flag_from("staged_fn", start, (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE), kw)
+    _flag_from("staged_fn", STAGED_FN_TOKENS,
+               (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE), kw)
     for kind in (KernelType.HC_HEAD, KernelType.MHC_POST):  # n rows of fn / no fn
-        assert not any(plan.plan_of(kind, t, **kw).staged_fn for t in (start, 4096, 16384))
-    old = _C.set_staged_fn_min_tokens(2**63 - 1)
-    try:
-        assert not plan.plan_of(KernelType.MHC_PRE, 16384, **kw).staged_fn
-    finally:
-        _C.set_staged_fn_min_tokens(old)
-    assert _C.staged_fn_min_tokens() == start
+        assert not any(plan.plan_of(kind, t, **kw).staged_fn
+                       for t in (STAGED_FN_TOKENS, 4096, 16384))
 
 
 def test_fn_ring_from_its_token_count():
-    from mhc_ops._lib import _C
-
     kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
-    start = _C.fn_ring_min_tokens()
-    assert 1 < start <= 4096
     kinds = (KernelType.MHC_PRE, KernelType.HC_HEAD, KernelType.MHC_FUSED_POST_PRE)
-    _flag_from("fn_ring", start, kinds, kw)
+    _flag_from("fn_ring", FN_RING_TOKENS, kinds, kw)
     for kind in kinds:
         assert plan.plan_of(kind, 16384, **{**kw, "norm": True}).fn_ring
-    # CLUSTER plans and mhc_post have no such ring, nor the fused op's half units (decode)
+    # CLUSTER plans and mhc_post have no such ring
     assert not plan.plan_of(KernelType.MHC_POST, 4096, **kw).fn_ring
-    old = _C.set_fn_ring_min_tokens(1)
-    try:
-        half = plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 8, **kw)
-        assert half.split_streams and not half.fn_ring
-    finally:
-        _C.set_fn_ring_min_tokens(old)
     cluster = plan.plan_of(KernelType.HC_HEAD, 4096, hidden_size=7168, num_sms=132,
                            batch_invariant=False)
     assert cluster.variant == "cluster" and not cluster.fn_ring
-    old = _C.set_fn_ring_min_tokens(2**63 - 1)
-    try:
-        assert not plan.plan_of(KernelType.MHC_PRE, 16384, **kw).fn_ring
-    finally:
-        _C.set_fn_ring_min_tokens(old)
-    assert _C.fn_ring_min_tokens() == start
 
 
 def test_evict_inputs_for_the_fused_ring_within_its_bytes():
-    from mhc_ops._lib import _C
-
     kw = dict(num_sms=132, batch_invariant=False, clusters=False)
-    limit = _C.evict_inputs_max_bytes()
-    assert limit > 0
-    ring = _C.fn_ring_min_tokens()
+    ring = FN_RING_TOKENS
     for hidden in (4096, 7168, 520):
-        last = limit // (4 * hidden * 2)  # the largest T whose residual_out fits the limit
+        last = EVICT_INPUTS_BYTES // (4 * hidden * 2)  # the largest T whose residual_out fits
         fused = KernelType.MHC_FUSED_POST_PRE
         if last >= ring:
             assert plan.plan_of(fused, last, hidden_size=hidden, **kw).evict_inputs
@@ -339,16 +243,28 @@ def test_evict_inputs_for_the_fused_ring_within_its_bytes():
         for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD, KernelType.MHC_POST):
             assert not any(plan.plan_of(kind, t, hidden_size=hidden, **kw).evict_inputs
                            for t in (ring, last, 4096))
-    old = _C.set_evict_inputs_max_bytes(-1)
-    try:
-        assert not plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 512, hidden_size=4096,
-                                **kw).evict_inputs
-        _C.set_evict_inputs_max_bytes(2**62)
-        assert plan.plan_of(KernelType.MHC_FUSED_POST_PRE, 16384, hidden_size=4096,
-                            **kw).evict_inputs
-    finally:
-        _C.set_evict_inputs_max_bytes(old)
-    assert _C.evict_inputs_max_bytes() == limit
+
+
+def test_launch_shape_fields_are_planned():
+    kw = dict(num_sms=132, batch_invariant=False, clusters=True)
+    # SPLIT_K: epilogue chunks of H (2 num_sms / T at decode, capped at H / 1024; one with the
+    # folded norm), the fused op's half units capping the epilogue at 3 CTAs per SM
+    p = plan.plan_of("MHC_PRE", 1, hidden_size=7168, **kw)
+    assert (p.variant, p.main_warps, p.epilogue_chunks, p.epilogue_ctas_per_sm) == (
+        "split_k", 8, 7, 0)
+    assert plan.plan_of("MHC_PRE", 1, hidden_size=7168, norm=True, **kw).epilogue_chunks == 1
+    assert plan.plan_of("MHC_PRE", 4096, hidden_size=7168, **kw).epilogue_chunks == 4
+    f = plan.plan_of("MHC_FUSED_POST_PRE", 8, hidden_size=7168, **kw)
+    assert f.split_streams and f.epilogue_ctas_per_sm == 3
+    # FULL_K: eight warps, no epilogue
+    full = plan.plan_of("MHC_PRE", 16384, hidden_size=7168, **kw)
+    assert (full.variant, full.main_warps, full.epilogue_chunks) == ("full_k", 8, 0)
+    # the persistent hc_head kernel: 2 buffers at H = 4096, 3 and the rotated reduction at 7168
+    for hidden, buffers, rotated in ((4096, 2, False), (7168, 3, True)):
+        h = plan.plan_of("HC_HEAD", 4096, hidden_size=hidden, **kw)
+        assert (h.variant, h.cluster_buffers, h.cluster_rotated) == ("cluster", buffers, rotated)
+    one = plan.plan_of("HC_HEAD", 4096, hidden_size=5120, **kw)
+    assert (one.variant, one.cluster_buffers) == ("cluster", 0)
 
 
 def test_split_streams_only_for_fused_decode():

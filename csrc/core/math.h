@@ -27,10 +27,10 @@ constexpr int kMaxHcMult = 8;
 
 // exp, 1 / v and 1 / sqrt(v) of the gates (rms, sigmoid, softmax, the Sinkhorn's
 // normalisers). On the GPU one MUFU instruction each (ex2.approx of v·log2(e), rcp.approx.ftz,
-// rsqrt.approx.ftz; a few ulp). expf, IEEE sqrtf and the division's denormal scaling had put
-// ~20 dependent instructions on the epilogue's path to the gates (NOTES.md, v15), and the
-// plain division's branch around its slow path had split the Sinkhorn's 20 rounds into basic
-// blocks (~2.2 us on the decode epilogue's critical path, v7). Nothing here reaches denormals
+// rsqrt.approx.ftz; a few ulp). expf, IEEE sqrtf and the division's denormal scaling put ~20
+// dependent instructions on the epilogue's path to the gates, and the plain division's branch
+// around its slow path splits the Sinkhorn's 20 rounds into basic blocks (docs/performance.md,
+// "Gate math and the Sinkhorn chain"). Nothing here reaches denormals
 // in practice (normalisers are sums of positive terms plus eps); the gates' bound is 1e-3
 // (SPEC §3), the stream sums' 5e-4·Σ pre·|res|. The CPU keeps the exact forms.
 #if defined(__CUDA_ARCH__)
@@ -126,10 +126,10 @@ MHC_UNROLL
 // index order: a step issues its N reciprocals in index order, and each normaliser of the
 // next step takes them in that order, so it has done all but its last multiply-add when the
 // last reciprocal lands; all N of its reciprocals then issue back to back, and each step
-// waits for the reciprocal's latency once. (The v11 form rescaled the matrix by each step's
-// scales, and its normalisers were trees over them: ptxas put those multiplies right behind
-// the first reciprocal, and in-order issue held the other normalisers behind it, two
-// reciprocal latencies a step; NOTES.md, v15.)
+// waits for the reciprocal's latency once. (Rescaling the matrix by each step's scales, with
+// normalisers as trees over them, lets ptxas put those multiplies right behind the first
+// reciprocal, and in-order issue holds the other normalisers behind it: two reciprocal
+// latencies a step; docs/performance.md, "Gate math and the Sinkhorn chain".)
 template <int N>
 MHC_HD void sinkhorn(float (&c)[N][N], float eps, int64_t repeat) {
   softmax_eps<N>(c, eps);

@@ -21,8 +21,6 @@ namespace {
 constexpr int64_t kBlockTokens = 64;
 constexpr int64_t kBlockRows = 256;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // The kernel reads rows with unit stride along K; any row stride is fine.
 Tensor rows_unit_stride(const Tensor& t) {
   return t.size(1) <= 1 || t.stride(1) == 1 ? t : t.contiguous();

@@ -1,11 +1,12 @@
 // bf16 packing of the CUDA kernels: 8 bf16 in a uint4 <-> 8 floats. No torch here, so that a
-// standalone probe (benchmarks/bf16_cvt_probe.cu) checks the very functions the kernels run.
+// standalone probe (tools/bf16_cvt_probe.cu) checks the very functions the kernels run.
 //
 // Outputs are rounded to nearest even, as core/math.h f32_to_bf16_bits rounds on the CPU, by one
 // cvt.rn.bf16x2.f32 per pair of values (sm_80+). Bit-identical to f32_to_bf16_bits for every
 // input that is not a NaN (the probe checks all 2^32 of them); a NaN comes out as a NaN, though
 // not with the CPU's sign and payload. The integer form (f32_to_bf16_bits on the GPU) had cost
-// ~6 instructions per value: a quarter of the fused main kernel's instructions (NOTES.md, v16).
+// ~6 instructions per value: a quarter of the fused main kernel's instructions
+// (docs/performance.md, "bf16 packing").
 #pragma once
 
 #include <cuda_runtime.h>

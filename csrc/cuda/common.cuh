@@ -59,7 +59,7 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 // cp_async16 / 16 read-only bytes whose L2 miss fetches the 256 bytes around the request
 // (the .L2::256B prefetch-size hint). The main kernels read 64-byte pieces of many token rows,
 // and the neighbouring pieces of the same rows are read by other warps of the CTA moments
-// later: 2-6% off mhc_pre / hc_head at T >= 4096 (benchmarks/NOTES.md, v8).
+// later (docs/performance.md, "The fn ring").
 __device__ __forceinline__ void cp_async16_pf256(void* smem, const void* gmem, bool valid) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),

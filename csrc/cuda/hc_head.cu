@@ -1,10 +1,11 @@
-// hc_head on CUDA (SPEC §2.4): the mhc_pre pipeline of csrc/cuda/hc_main.cuh with n GEMM rows,
-// sigmoid gates and no Sinkhorn. Same split of the work and the same bounds as mhc_pre
-// (latency and streaming fn at decode, HBM bytes at prefill).
+// hc_head on CUDA (docs/spec.md §2.4): validate, allocate, plan, and run the plan's kernels
+// (cuda/hc_launch.cuh): the mhc_pre pipeline with n GEMM rows, sigmoid gates and no Sinkhorn
+// at decode sizes, and from T = 256 a CLUSTER plan that reads the residual once (at n = 4,
+// H = 4096 / 7168 the persistent kernel of cuda/hc_head_persistent.cuh).
 #include "core/flags.h"
 #include "core/plan.h"
 #include "core/validate.h"
-#include "cuda/hc_main.cuh"
+#include "cuda/hc_launch.cuh"
 #include "ops.h"
 
 namespace mhc {
@@ -29,13 +30,19 @@ Tensor hc_head_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_s
                              cuda::supports_clusters(dev)});
   record_plan(dev, plan);
 
-  const cuda::HcCall call{cuda::Mode::HEAD, d.T, static_cast<int>(d.n), static_cast<int>(d.H),
-                          cuda::bf16_ptr(res), nullptr, nullptr, nullptr, nullptr,
-                          w.const_data_ptr<float>(), scale.const_data_ptr<float>(),
-                          base.const_data_ptr<float>(), nullptr, nullptr, nullptr,
-                          cuda::bf16_mut(out), static_cast<float>(rms_eps),
-                          static_cast<float>(hc_eps), 0.f, 0.f, 0.f, 0};
-  cuda::run_hc<cuda::Mode::HEAD>(plan, call, fopts, dev, stream);
+  cuda::HcCall call;
+  call.mode = Mode::HEAD;
+  call.T = d.T;
+  call.n = static_cast<int>(d.n);
+  call.H = static_cast<int>(d.H);
+  call.res = cuda::bf16_ptr(res);
+  call.fn = w.const_data_ptr<float>();
+  call.scale = scale.const_data_ptr<float>();
+  call.base = base.const_data_ptr<float>();
+  call.out = cuda::bf16_mut(out);
+  call.rms_eps = static_cast<float>(rms_eps);
+  call.pre_eps = static_cast<float>(hc_eps);
+  cuda::run_hc<Mode::HEAD>(plan, call, fopts, dev, stream);
   return out;
 }
 

@@ -1,4 +1,4 @@
-// hc_prenorm_gemm / tf32_hc_prenorm_gemm on CUDA (SPEC §2.5), a drop-in for DeepGEMM's on any
+// hc_prenorm_gemm / tf32_hc_prenorm_gemm on CUDA (docs/spec.md §2.5), a drop-in for DeepGEMM's on any
 // sm_80+ GPU. For each split s (contiguous 64-wide K blocks, split_range) and row m:
 // out[s, m, :] = x[m, Ks] · fn[:, Ks]ᵀ and sqrsum[s, m] = Σ x[m, Ks]², with fn split into three
 // bf16 terms on tensor cores (common.cuh): ~2^-27 per product, as good as exact fp32, where
@@ -17,11 +17,11 @@ namespace mhc {
 namespace cuda {
 namespace {
 
-constexpr int kTiles = 4;          // 16-row mma tiles per CTA
-constexpr int kRows = 16 * kTiles; // must equal the PRENORM_GEMM plan's block_tokens
-constexpr int kWarps = 8;
+constexpr int kTiles = kPrenormTiles;  // 16-row mma tiles per CTA (core/geometry.h)
+constexpr int kRows = kPrenormRows;
+constexpr int kWarps = kPrenormWarps;
 // fn as three bf16 terms: ~2^-27 per product, so even a single 64-wide split whose dot product
-// cancels to almost nothing stays within the per-split bound of SPEC §3.
+// cancels to almost nothing stays within the per-split bound of docs/spec.md §3.
 constexpr int kParts = 3;
 
 struct PrenormParams {
@@ -189,16 +189,19 @@ void prenorm_into(const Tensor& x, const Tensor& fn, int64_t S, const Tensor& ou
   TORCH_INTERNAL_ASSERT(plan.block_tokens == kRows);
   plan.num_splits = static_cast<int32_t>(S);  // the caller's split count is what runs
   record_plan(dev, plan);
+  const Launch l = launches_of(plan, M, N, K, {}).step[0];
 
   const Tensor xc = x.contiguous(), w = fn.contiguous();
   const PrenormParams p{bf16_ptr(xc), w.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
                         sqrsum.mutable_data_ptr<float>(), M, static_cast<int>(N),
                         static_cast<int>(K), static_cast<int>(S)};
   const bool vec = K % 8 == 0 && aligned16(p.x) && aligned16(p.fn);
-  const dim3 grid(static_cast<unsigned>((M + kRows - 1) / kRows), static_cast<unsigned>(S));
-  const dim3 block(kWarps * 32);
+  const dim3 grid(static_cast<unsigned>(l.grid_x), static_cast<unsigned>(l.grid_y));
+  const dim3 block(static_cast<unsigned>(l.block));
   const int nt = static_cast<int>((N + 7) / 8);
-  const size_t smem = kWarps * kRows * (sizeof(double) + sizeof(float) * 8 * nt);
+  const size_t smem = static_cast<size_t>(l.smem);
+  TORCH_INTERNAL_ASSERT(l.role == KernelRole::PRENORM && l.block == kWarps * 32 &&
+                        smem == kWarps * kRows * (sizeof(double) + sizeof(float) * 8 * nt));
   const auto go = [&](auto kernel) { launch(kernel, dev, grid, block, smem, stream, p); };
   switch (nt) {
     case 1: return vec ? go(prenorm_kernel<1, true>) : go(prenorm_kernel<1, false>);

@@ -1,14 +1,13 @@
-// mhc_fused_post_pre on CUDA (SPEC §2.3): mhc_post and the next mhc_pre in one pass over the
-// residual. The main kernel of csrc/cuda/hc_main.cuh computes each new residual element with
-// post_vec8 (the device function mhc_post uses, so residual_out is bit-identical to mhc_post),
-// stores it and feeds the same registers to the pre GEMM; the epilogue (SPLIT_K) or the rest
-// of the FULL_K kernel computes the gates and the stream sum from residual_out. Bound: HBM
-// bytes at prefill (x and the residual read once, residual_out written once and read back for
-// the stream sum), latency at decode.
+// mhc_fused_post_pre on CUDA (docs/spec.md §2.3): validate, allocate, plan, and run the plan's
+// kernels (cuda/hc_launch.cuh). The fused main kernel (cuda/hc_main_fused.cuh) computes each
+// new residual element with post_vec8 (the device function mhc_post uses, so residual_out is
+// bit-identical to mhc_post), stores it and feeds the same registers to the pre GEMM; the
+// epilogue (SPLIT_K) or the rest of the FULL_K kernel computes the gates and the stream sum
+// from residual_out.
 #include "core/flags.h"
 #include "core/plan.h"
 #include "core/validate.h"
-#include "cuda/hc_main.cuh"
+#include "cuda/hc_launch.cuh"
 #include "ops.h"
 
 namespace mhc {
@@ -48,16 +47,30 @@ Fused4 mhc_fused_post_pre_cuda(const Tensor& x, const Tensor& residual, const Te
                              cuda::supports_clusters(dev)});
   record_plan(dev, plan);
 
-  const cuda::HcCall call{
-      cuda::Mode::FUSED, d.T, static_cast<int>(d.n), static_cast<int>(d.H), cuda::bf16_ptr(res),
-      cuda::bf16_ptr(xc), post_in.const_data_ptr<float>(), comb_in.const_data_ptr<float>(),
-      cuda::bf16_mut(residual_out), w.const_data_ptr<float>(), scale.const_data_ptr<float>(),
-      base.const_data_ptr<float>(), norm ? cuda::bf16_ptr(nw) : nullptr,
-      post_out.mutable_data_ptr<float>(), comb_out.mutable_data_ptr<float>(),
-      cuda::bf16_mut(layer_input), static_cast<float>(rms_eps), static_cast<float>(hc_pre_eps),
-      static_cast<float>(hc_sinkhorn_eps), static_cast<float>(hc_post_mult_value),
-      static_cast<float>(norm_eps), sinkhorn_repeat};
-  cuda::run_hc<cuda::Mode::FUSED>(plan, call, fopts, dev, stream);
+  cuda::HcCall call;
+  call.mode = Mode::FUSED;
+  call.T = d.T;
+  call.n = static_cast<int>(d.n);
+  call.H = static_cast<int>(d.H);
+  call.res = cuda::bf16_ptr(res);
+  call.x = cuda::bf16_ptr(xc);
+  call.post_in = post_in.const_data_ptr<float>();
+  call.comb_in = comb_in.const_data_ptr<float>();
+  call.res_out = cuda::bf16_mut(residual_out);
+  call.fn = w.const_data_ptr<float>();
+  call.scale = scale.const_data_ptr<float>();
+  call.base = base.const_data_ptr<float>();
+  call.norm_w = norm ? cuda::bf16_ptr(nw) : nullptr;
+  call.post_out = post_out.mutable_data_ptr<float>();
+  call.comb_out = comb_out.mutable_data_ptr<float>();
+  call.out = cuda::bf16_mut(layer_input);
+  call.rms_eps = static_cast<float>(rms_eps);
+  call.pre_eps = static_cast<float>(hc_pre_eps);
+  call.sinkhorn_eps = static_cast<float>(hc_sinkhorn_eps);
+  call.post_mult = static_cast<float>(hc_post_mult_value);
+  call.norm_eps = static_cast<float>(norm_eps);
+  call.repeat = sinkhorn_repeat;
+  cuda::run_hc<Mode::FUSED>(plan, call, fopts, dev, stream);
   return {residual_out, post_out, comb_out, layer_input};
 }
 

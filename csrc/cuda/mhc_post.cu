@@ -1,4 +1,4 @@
-// mhc_post on CUDA (SPEC §2.2): new[t, j, h] = bf16(post[t, j]·x[t, h] + Σ_i comb[t, i, j]·
+// mhc_post on CUDA (docs/spec.md §2.2): new[t, j, h] = bf16(post[t, j]·x[t, h] + Σ_i comb[t, i, j]·
 // residual[t, i, h]), each element through post_vec8 (common.cuh), the function the fused op
 // uses too. Grid (tokens, chunks of 128 threads x 8 columns): every thread reads the 8 columns
 // of x and of the n old streams with 16-byte loads and writes the n new streams; the token's
@@ -14,7 +14,7 @@ namespace mhc {
 namespace cuda {
 namespace {
 
-constexpr int kPostThreads = 128;
+using mhc::kPostThreads;  // core/geometry.h
 
 struct PostParams {
   const uint16_t* x;    // [T, H] bf16
@@ -41,7 +41,7 @@ __device__ __forceinline__ uint4 load8(const uint16_t* p) {
 
 // Launch bounds of 8 CTAs per SM (64 registers) up to n = 4: without them ptxas had taken 61
 // registers for n = 4 and issued the last of its ten 16-byte loads after the first stream's
-// mix, a second DRAM round trip at decode sizes (T = 1 ~0.2 us slower, NOTES.md v16); at 64 all
+// mix, a second DRAM round trip at decode sizes (docs/performance.md, "mhc_post launch bounds"); at 64 all
 // ten go out together. Larger n needs more registers than 64 (n = 8 spilled 944 bytes there),
 // so it keeps the compiler's choice.
 template <int N>
@@ -102,15 +102,17 @@ Tensor mhc_post_cuda(const Tensor& x, const Tensor& residual, const Tensor& post
   const Tensor xc = x.contiguous(), res = residual.contiguous();
   const Tensor post = cuda::aligned_contiguous(post_mix);
   const Tensor comb = cuda::aligned_contiguous(comb_mix);
-  record_plan(dev, plan_of(KernelType::MHC_POST, d.T, d.n, d.H, cuda::num_sms(dev), {}));
+  const Plan plan = plan_of(KernelType::MHC_POST, d.T, d.n, d.H, cuda::num_sms(dev), {});
+  record_plan(dev, plan);
 
   const cuda::PostParams p{cuda::bf16_ptr(xc), cuda::bf16_ptr(res), post.const_data_ptr<float>(),
                            comb.const_data_ptr<float>(), cuda::bf16_mut(out),
                            static_cast<int>(d.H)};
   const bool vec = cuda::aligned16(p.x) && cuda::aligned16(p.res);
-  const dim3 grid(static_cast<unsigned>(d.T),
-                  static_cast<unsigned>((d.H / 8 + cuda::kPostThreads - 1) / cuda::kPostThreads));
-  const dim3 block(cuda::kPostThreads);
+  const Launch l = launches_of(plan, d.T, d.n, d.H, {}).step[0];
+  TORCH_INTERNAL_ASSERT(l.role == KernelRole::POST && l.block == cuda::kPostThreads);
+  const dim3 grid(static_cast<unsigned>(l.grid_x), static_cast<unsigned>(l.grid_y));
+  const dim3 block(static_cast<unsigned>(l.block));
   MHC_DISPATCH_HC_MULT(d.n, N, [&] {
     if (vec)
       cuda::launch(cuda::mhc_post_kernel<N, true>, dev, grid, block, 0, stream, p);

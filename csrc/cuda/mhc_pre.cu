@@ -1,11 +1,10 @@
-// mhc_pre on CUDA (SPEC §2.1): validation, plan, and the kernels of csrc/cuda/hc_main.cuh
-// (split-K GEMM on tensor cores + epilogue with the gates and the weighted stream sum, or the
-// single FULL_K kernel at large T). Designed against latency at decode sizes and HBM bytes at
-// prefill sizes; see hc_main.cuh for the split of the work over the grid.
+// mhc_pre on CUDA (docs/spec.md §2.1): validate, allocate, plan, and run the plan's kernels
+// (cuda/hc_launch.cuh): a split-K GEMM on tensor cores and an epilogue with the gates and the
+// weighted stream sum at decode sizes, one FULL_K kernel at prefill sizes.
 #include "core/flags.h"
 #include "core/plan.h"
 #include "core/validate.h"
-#include "cuda/hc_main.cuh"
+#include "cuda/hc_launch.cuh"
 #include "ops.h"
 
 namespace mhc {
@@ -39,16 +38,26 @@ Pre3 mhc_pre_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_sca
                              cuda::supports_clusters(dev)});
   record_plan(dev, plan);
 
-  const cuda::HcCall call{cuda::Mode::PRE, d.T, static_cast<int>(d.n), static_cast<int>(d.H),
-                          cuda::bf16_ptr(res), nullptr, nullptr, nullptr, nullptr,
-                          w.const_data_ptr<float>(), scale.const_data_ptr<float>(),
-                          base.const_data_ptr<float>(), norm ? cuda::bf16_ptr(nw) : nullptr,
-                          post_mix.mutable_data_ptr<float>(), comb_mix.mutable_data_ptr<float>(),
-                          cuda::bf16_mut(layer_input), static_cast<float>(rms_eps),
-                          static_cast<float>(hc_pre_eps), static_cast<float>(hc_sinkhorn_eps),
-                          static_cast<float>(hc_post_mult_value), static_cast<float>(norm_eps),
-                          sinkhorn_repeat};
-  cuda::run_hc<cuda::Mode::PRE>(plan, call, fopts, dev, stream);
+  cuda::HcCall call;
+  call.mode = Mode::PRE;
+  call.T = d.T;
+  call.n = static_cast<int>(d.n);
+  call.H = static_cast<int>(d.H);
+  call.res = cuda::bf16_ptr(res);
+  call.fn = w.const_data_ptr<float>();
+  call.scale = scale.const_data_ptr<float>();
+  call.base = base.const_data_ptr<float>();
+  call.norm_w = norm ? cuda::bf16_ptr(nw) : nullptr;
+  call.post_out = post_mix.mutable_data_ptr<float>();
+  call.comb_out = comb_mix.mutable_data_ptr<float>();
+  call.out = cuda::bf16_mut(layer_input);
+  call.rms_eps = static_cast<float>(rms_eps);
+  call.pre_eps = static_cast<float>(hc_pre_eps);
+  call.sinkhorn_eps = static_cast<float>(hc_sinkhorn_eps);
+  call.post_mult = static_cast<float>(hc_post_mult_value);
+  call.norm_eps = static_cast<float>(norm_eps);
+  call.repeat = sinkhorn_repeat;
+  cuda::run_hc<Mode::PRE>(plan, call, fopts, dev, stream);
   return {post_mix, comb_mix, layer_input};
 }
 

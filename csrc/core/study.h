@@ -1,0 +1,27 @@
+// Study knobs: overrides of planner thresholds, for crossover measurements and the tests of the
+// plans they reach. They exist only in a study build (MHC_STUDY=1 at build time, see setup.py);
+// the library a user installs has none, and there every threshold is the constant in plan.cpp.
+#pragma once
+
+#include <cstdint>
+
+#ifdef MHC_STUDY
+namespace mhc::study {
+
+enum class Knob : int {
+  SPLIT_TARGET_CTAS = 0,    // CTAs a SPLIT_K plan aims at; below 0: the planner's
+  CLUSTER_MIN_TOKENS,       // hc_head CLUSTER plans from this T on; below 0: measured windows
+  STAGED_FN_MIN_TOKENS,     // pre / fused stage fn from this T on
+  FN_RING_MIN_TOKENS,       // main kernels use their cp.async ring from this T on
+  EVICT_INPUTS_MAX_BYTES,   // fused op: evict_first inputs up to this residual_out size; -1 never
+  EPILOGUE_CHUNKS,          // SPLIT_K epilogue chunks per token; 0: the planner's
+  EPILOGUE_CTAS_PER_SM,     // SPLIT_K epilogue CTAs per SM at most; 0: planner's, -1: no cap
+  COUNT
+};
+const char* knob_name(Knob k);
+int64_t knob(Knob k);
+// Sets a knob and returns its previous value.
+int64_t set_knob(Knob k, int64_t value);
+
+}  // namespace mhc::study
+#endif

@@ -1,0 +1,320 @@
+// Executes a Plan of mhc_pre, mhc_fused_post_pre or hc_head: the only launcher of the kernels
+// in hc_stage_fn.cuh, hc_main_prehead.cuh, hc_main_fused.cuh, hc_epilogue.cuh, hc_cluster.cuh
+// and hc_head_persistent.cuh. It decides nothing: the kernels and their launch shapes are those
+// of launches_of(plan) (core/launches.cpp); here each launch gets its template instance, its
+// parameters and its buffers. The op entry points (mhc_pre.cu, mhc_fused_post_pre.cu,
+// hc_head.cu) validate, allocate the outputs, plan and call run_hc.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <type_traits>
+
+#include "core/geometry.h"
+#include "core/plan.h"
+#include "cuda/common.cuh"
+#include "cuda/hc_args.cuh"
+#include "cuda/hc_cluster.cuh"
+#include "cuda/hc_epilogue.cuh"
+#include "cuda/hc_head_persistent.cuh"
+#include "cuda/hc_main_fused.cuh"
+#include "cuda/hc_main_prehead.cuh"
+#include "cuda/hc_stage_fn.cuh"
+
+namespace mhc::cuda {
+
+// Shared-memory limits of `device` that launch shapes depend on (launches_of).
+inline DeviceLimits device_limits(int device) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
+  DeviceLimits lim;
+  lim.smem_per_sm = static_cast<int64_t>(prop->sharedMemPerMultiprocessor);
+  lim.smem_reserved_per_block = static_cast<int64_t>(prop->reservedSharedMemPerBlock);
+  lim.smem_optin_per_block = static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  return lim;
+}
+
+// Raises a cluster kernel's dynamic shared memory limit to smem and allows clusters of more
+// than 8 CTAs, once per kernel, device and size (smem_limit_below, common.cuh) rather than two
+// driver calls on every launch.
+template <typename Kernel>
+void raise_cluster_limits(Kernel kernel, int device, size_t smem) {
+  if (!smem_limit_below(reinterpret_cast<const void*>(kernel), device, smem)) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+}
+
+// Launches a cluster kernel as `l` says (grid, block, smem, cluster size), with programmatic
+// stream serialisation where supported.
+template <typename Kernel>
+void launch_cluster(Kernel kernel, int device, const Launch& l, cudaStream_t stream,
+                    const ClusterParams& cp) {
+  const size_t smem = static_cast<size_t>(l.smem);
+  raise_cluster_limits(kernel, device, smem);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(l.grid_x));
+  cfg.blockDim = dim3(static_cast<unsigned>(l.block));
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(l.cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_supported(device) ? 2 : 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, cp));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Clusters of `kernel` (cs CTAs, smem bytes each) resident on `device` at once, asked once per
+// kernel and device (cudaOccupancyMaxActiveClusters honours the raised limits).
+template <typename Kernel>
+int64_t resident_clusters(Kernel kernel, int device, int cs, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, int64_t> fit;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
+  auto it = fit.find(key);
+  if (it != fit.end()) return it->second;
+  raise_cluster_limits(kernel, device, smem);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(cs * 64));
+  cfg.blockDim = dim3(kClusterWarps * 32);
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cs);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &cfg));
+  TORCH_CHECK(n > 0, "hc_head: no cluster of ", cs, " CTAs with ", smem,
+              " bytes of shared memory fits on device ", device);
+  return fit.emplace(key, n).first->second;
+}
+
+// The persistent hc_head instance of a plan: (H = 4096, 2 buffers) or (H = 7168, 3 buffers,
+// rotated), the two the planner chooses; f(kernel, shape) is called with it.
+template <int N, int HS, typename F>
+void with_head_persist_kernel(const Plan& plan, F&& f) {
+  if constexpr (N == 4 && HS == 4096) {
+    if (plan.cluster_buffers == 2 && !plan.cluster_rotated)
+      return f(hc_head_persist_kernel<4, 4096, 2, false>, HeadPersistShape<4, 4096>{});
+  } else if constexpr (N == 4 && HS == 7168) {
+    if (plan.cluster_buffers == 3 && plan.cluster_rotated)
+      return f(hc_head_persist_kernel<4, 7168, 3, true>, HeadPersistShape<4, 7168>{});
+  }
+  TORCH_INTERNAL_ASSERT(false, "no persistent hc_head kernel for n ", N, ", H ", HS, ", ",
+                        plan.cluster_buffers, " buffers");
+}
+
+template <int N, Mode MODE, int HS>
+void run_cluster_plan(const Plan& plan, const HcCall& a, int device, cudaStream_t stream) {
+  static_assert(MODE == Mode::HEAD && N <= 4, "CLUSTER plans: hc_head, n <= 4");
+  const ClusterShape cs = head_cluster_shape(N, a.H);
+  TORCH_INTERNAL_ASSERT(cs.size > 0 && cs.size == plan.num_splits &&
+                            cs.block_tokens == plan.block_tokens,
+                        "hc_head: cluster plan does not match the kernel's geometry");
+  ClusterParams cp{};
+  cp.res = a.res;
+  cp.fn = a.fn;
+  cp.scale = a.scale;
+  cp.base = a.base;
+  cp.out = a.out;
+  cp.T = a.T;
+  cp.H = a.H;
+  cp.G = static_cast<int>(ceil_div(a.H, kGroupCols));
+  cp.gpc = cs.groups;
+  cp.CS = cs.size;
+  cp.stages = std::min(kClusterMaxStages, cs.groups);
+  cp.rms_eps = a.rms_eps;
+  cp.pre_eps = a.pre_eps;
+  DeviceLimits lim = device_limits(device);
+  if (plan.cluster_buffers == 0) {
+    const Launches ls = launches_of(plan, a.T, N, a.H, lim);
+    return launch_cluster(hc_cluster_kernel<N>, device, ls.step[0], stream, cp);
+  }
+  with_head_persist_kernel<N, HS>(plan, [&](auto kernel, auto shape) {
+    using PS = decltype(shape);
+    static_assert(PS::CS > 0, "persistent geometry");
+    const size_t smem = PS::bytes(plan.cluster_buffers, plan.cluster_rotated ? 3 : 2);
+    lim.resident_clusters = resident_clusters(kernel, device, PS::CS, smem);
+    const Launches ls = launches_of(plan, a.T, N, a.H, lim);
+    TORCH_INTERNAL_ASSERT(static_cast<size_t>(ls.step[0].smem) == smem,
+                          "hc_head: persistent kernel's shared memory differs from its plan's");
+    launch_cluster(kernel, device, ls.step[0], stream, cp);
+  });
+}
+
+// The main-kernel instance of a plan (launches_of's MAIN step names the same one): FULL_K
+// (whole K, hidden_spec HS, the folded norm for pre / fused) or SPLIT_K (any H), with half units
+// (fused, Plan::split_streams), the ring (Plan::fn_ring) or 32-token blocks (pre / head).
+template <int N, Mode MODE, int HS, typename F>
+void with_main_kernel(const Plan& plan, F&& f) {
+  const bool full = plan.variant == Variant::FULL_K;
+  const bool norm = full && plan.norm && MODE != Mode::HEAD;
+  const auto pick = [&](auto fullk, auto normk) {
+    constexpr bool FK = decltype(fullk)::value, NM = decltype(normk)::value;
+    constexpr int hs = FK ? HS : 0;
+    if constexpr (MODE == Mode::FUSED) {
+      if constexpr (!FK && N % 2 == 0) {
+        if (plan.split_streams) return f(hc_fused_main_kernel<N, FK, NM, hs, true, false>);
+      }
+      if (plan.fn_ring) return f(hc_fused_main_kernel<N, FK, NM, hs, false, true>);
+      return f(hc_fused_main_kernel<N, FK, NM, hs, false, false>);
+    } else {
+      if (plan.fn_ring) return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, true, false>);
+      if constexpr (!FK && N <= 4) {
+        if (plan.block_tokens == kTileTokens * tiles_per_block(N, MODE, false, true))
+          return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, false, true>);
+      }
+      return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, false, false>);
+    }
+  };
+  if (full) {
+    if constexpr (MODE != Mode::HEAD) {
+      if (norm) return pick(std::true_type{}, std::true_type{});
+    }
+    return pick(std::true_type{}, std::false_type{});
+  }
+  return pick(std::false_type{}, std::false_type{});
+}
+
+template <int N, Mode MODE, int HS>
+void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
+                 cudaStream_t stream) {
+  if (plan.variant == Variant::CLUSTER) {
+    if constexpr (MODE == Mode::HEAD && N <= 4) return run_cluster_plan<N, MODE, HS>(plan, a, device, stream);
+    TORCH_INTERNAL_ASSERT(false, "no cluster kernel for this op and hc_mult ", N);
+  }
+  using Sh = Shape<N, MODE>;
+  const bool full = plan.variant == Variant::FULL_K;
+  const bool norm = a.norm_w != nullptr;
+  TORCH_INTERNAL_ASSERT(norm == plan.norm, "plan and call disagree on the folded norm");
+  const int G = static_cast<int>(ceil_div(a.H, kGroupCols));
+  const int S = plan.num_splits;
+  const int gpc = static_cast<int>(ceil_div(G, S));
+  TORCH_INTERNAL_ASSERT(S >= 1 && (S - 1) * gpc < G, "plan splits ", S, " leave a split of ", G,
+                        " K groups empty");
+  const Launches ls = launches_of(plan, a.T, N, a.H, device_limits(device));
+
+  MainParams mp{};
+  mp.res = a.res;
+  mp.x = a.x;
+  mp.post_in = a.post_in;
+  mp.comb_in = a.comb_in;
+  mp.res_out = a.res_out;
+  mp.fn = a.fn;
+  mp.fnf = nullptr;
+  mp.scale = a.scale;
+  mp.base = a.base;
+  mp.norm_w = a.norm_w;
+  mp.ws = nullptr;
+  mp.post_out = a.post_out;
+  mp.comb_out = a.comb_out;
+  mp.out = a.out;
+  mp.T = a.T;
+  mp.H = a.H;
+  mp.G = G;
+  mp.S = S;
+  mp.gpc = gpc;
+  mp.rms_eps = a.rms_eps;
+  mp.pre_eps = a.pre_eps;
+  mp.sinkhorn_eps = a.sinkhorn_eps;
+  mp.post_mult = a.post_mult;
+  mp.norm_eps = a.norm_eps;
+  mp.repeat = a.repeat;
+  mp.evict_inputs = plan.evict_inputs ? 1 : 0;
+
+  at::Tensor staged;  // kept alive until the main kernel is enqueued (stream-ordered reuse)
+  at::Tensor ws;      // SPLIT_K partials [T, S, MP]
+  for (int i = 0; i < ls.count; ++i) {
+    const Launch& l = ls.step[i];
+    const dim3 grid(static_cast<unsigned>(l.grid_x), static_cast<unsigned>(l.grid_y));
+    const dim3 block(static_cast<unsigned>(l.block));
+    const size_t smem = static_cast<size_t>(l.smem);
+    switch (l.role) {
+      case KernelRole::STAGE_FN:
+        if constexpr (MODE != Mode::HEAD) {
+          const int64_t items = static_cast<int64_t>(G) * N * Sh::NT;  // one warp each
+          staged = at::empty({items * kParts * 32 * 4}, fopts);         // uint4 per lane, part
+          uint4* fnf = reinterpret_cast<uint4*>(staged.data_ptr<float>());
+          mp.fnf = fnf;
+          launch(hc_stage_fn_kernel<N, MODE>, device, grid, block, smem, stream, a.fn, fnf, a.H,
+                 G);
+          break;
+        }
+        TORCH_INTERNAL_ASSERT(false, "hc_head never stages fn");
+      case KernelRole::MAIN:
+        if (!full) {
+          ws = at::empty({a.T, S, Sh::MP}, fopts);
+          mp.ws = ws.data_ptr<float>();
+        }
+        with_main_kernel<N, MODE, HS>(plan, [&](auto kernel) {
+          launch(kernel, device, grid, block, smem, stream, mp);
+        });
+        break;
+      case KernelRole::EPILOGUE: {
+        constexpr Mode EM = MODE == Mode::HEAD ? Mode::HEAD : Mode::PRE;
+        const int HC = plan.epilogue_chunks;
+        EpiParams ep{};
+        ep.src = MODE == Mode::FUSED ? a.res_out : a.res;
+        ep.ws = ws.data_ptr<float>();
+        ep.scale = a.scale;
+        ep.base = a.base;
+        ep.norm_w = a.norm_w;
+        ep.post_out = a.post_out;
+        ep.comb_out = a.comb_out;
+        ep.out = a.out;
+        ep.T = a.T;
+        ep.H = a.H;
+        ep.S = S;
+        ep.HC = HC;
+        ep.CW = static_cast<int>(ceil_div(a.H / 8, HC));
+        ep.rms_eps = a.rms_eps;
+        ep.pre_eps = a.pre_eps;
+        ep.sinkhorn_eps = a.sinkhorn_eps;
+        ep.post_mult = a.post_mult;
+        ep.norm_eps = a.norm_eps;
+        ep.repeat = a.repeat;
+        ep.src_is_input = MODE != Mode::FUSED;
+        if constexpr (EM != Mode::HEAD) {
+          if (norm) {
+            launch(hc_epilogue_kernel<N, EM, true, HS>, device, grid, block, smem, stream, ep);
+            break;
+          }
+        }
+        launch(hc_epilogue_kernel<N, EM, false, HS>, device, grid, block, smem, stream, ep);
+        break;
+      }
+      default:
+        TORCH_INTERNAL_ASSERT(false, "unexpected launch in a SPLIT_K / FULL_K plan");
+    }
+  }
+}
+
+// Runs the plan's kernels for hc_mult a.n (compile-time N) and the plan's hidden_spec.
+template <Mode MODE>
+void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
+            cudaStream_t stream) {
+  MHC_DISPATCH_HC_MULT(a.n, N, [&] {
+    if constexpr (N == 4) {
+      if (plan.hidden_spec == 4096) return run_hc_spec<4, MODE, 4096>(plan, a, fopts, device, stream);
+      if (plan.hidden_spec == 7168) return run_hc_spec<4, MODE, 7168>(plan, a, fopts, device, stream);
+    }
+    return run_hc_spec<N, MODE, 0>(plan, a, fopts, device, stream);
+  });
+}
+
+}  // namespace mhc::cuda
