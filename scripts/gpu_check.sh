@@ -6,11 +6,11 @@
 #   build     MAX_JOBS=16 setup.py build_ext --inplace with MHC_BUILD_CUDA=1
 #   test      the whole suite (pytest tests: cpu and cuda parameters, tests/test_cuda_*.py)
 #   slow      the suite's slow tests on CUDA (pytest -m slow -k cuda)
-#   trace     benchmarks/trace_ops.py: kernel by kernel inside the benchmark's CUDA graphs
-#   sanitize  scripts/sanitize.sh (memcheck, racecheck, initcheck, synccheck)
+#   trace     tools/trace_ops.py: kernel by kernel inside the benchmark's CUDA graphs
+#   sanitize  tools/sanitize.sh (memcheck, racecheck, initcheck, synccheck)
 #   ncu       ncu's speed-of-light, occupancy and memory workload sections for the kernels of
-#             mhc_pre at T = 4096, H = 7168 (where the SPLIT_K main kernel runs at ~58% of DRAM
-#             bandwidth; benchmarks/NOTES.md, v6), into $OUT/ncu.log
+#             mhc_pre at T = 4096, H = 7168 (the main kernel's DRAM throughput;
+#             docs/performance.md, "The fn ring"), into $OUT/ncu.log
 #   stalls    ncu's warp-stall samples per SASS instruction for the kernels named by
 #             STALLS_KERNEL (default regex:hc_head_persist) of STALLS_ARGS (default: hc_head at
 #             T = 4096, H = 7168), summarised by profile_ops.py --stalls into $OUT/stalls.log
@@ -66,20 +66,20 @@ print('mhc_ops', mhc_ops.__version__, 'torch', torch.__version__, torch.cuda.get
       ;;
     test) run test "$PY" -m pytest -q -p no:cacheprovider -rfE "${xdist[@]}" tests ;;
     slow) run slow "$PY" -m pytest -q -p no:cacheprovider -rfE "${xdist[@]}" -m slow -k cuda tests ;;
-    trace) run trace "$PY" benchmarks/trace_ops.py --tokens 1,64,4096,16384 --widths 7168 ;;
-    sanitize) run sanitize bash scripts/sanitize.sh ;;
+    trace) run trace "$PY" tools/trace_ops.py --tokens 1,64,4096,16384 --widths 7168 ;;
+    sanitize) run sanitize bash tools/sanitize.sh ;;
     ncu)
       run ncu ncu --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
         --section MemoryWorkloadAnalysis_Tables -k regex:hc_main_kernel -c 1 \
-        "$PY" benchmarks/profile_ops.py --ops mhc_pre --tokens 4096 --widths 7168
+        "$PY" tools/profile_ops.py --ops mhc_pre --tokens 4096 --widths 7168
       ;;
     stalls)
       # shellcheck disable=SC2086
       run stalls-ncu ncu --section WarpStateStats --section SourceCounters --section SpeedOfLight \
         -k "${STALLS_KERNEL:-regex:hc_head_persist}" -c 1 -o "$OUT/stalls" -f \
-        "$PY" benchmarks/profile_ops.py ${STALLS_ARGS:---ops hc_head --tokens 4096 --widths 7168} &&
+        "$PY" tools/profile_ops.py ${STALLS_ARGS:---ops hc_head --tokens 4096 --widths 7168} &&
         ncu -i "$OUT/stalls.ncu-rep" --page source --csv --print-source sass > "$OUT/stalls.csv" &&
-        run stalls "$PY" benchmarks/profile_ops.py --stalls "$OUT/stalls.csv"
+        run stalls "$PY" tools/profile_ops.py --stalls "$OUT/stalls.csv"
       rm -f "$OUT/stalls.ncu-rep"
       ;;
     cold) run cold "$PY" benchmarks/cold_start.py --out "$OUT/cold_start_$tag.json" ;;

@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # `import helpers` from the test modules
 
 import mhc_ops  # noqa: E402
+from cuda_helpers import nan_filled  # noqa: E402,F401  (CUDA tests: NaN-filled outputs)
 
 
 def _cuda_skip_reason() -> str | None:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import cuda_helpers as ch
 import mhc_ops
 
 H = 64
@@ -77,3 +78,40 @@ def test_linear_rows_do_not_depend_on_the_batch():
         assert torch.equal(mhc_ops.linear_bf16_fp32(pool, weight), alone), "thread count"
     finally:
         torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA, at real widths: a token's bits do not depend on its batch.
+
+@ch.cuda_test
+@pytest.mark.parametrize("H", ch.WIDTHS)
+def test_batch_invariant_real_widths(H, monkeypatch):
+    monkeypatch.setenv("MHC_BATCH_INVARIANT", "1")
+    g = ch.gen(7)
+    pool = 4096
+    x = ch.randn(g, pool, H, dtype=torch.bfloat16)
+    res = ch.randn(g, pool, ch.N_HC, H, dtype=torch.bfloat16)
+    post, comb = ch.post_gates(g, pool, ch.N_HC)
+    p = ch.pre_params(g, ch.N_HC, H, norm=True)
+    hp = {"fn": p["fn"][:ch.N_HC], "hc_scale": p["hc_scale"][:1], "hc_base": p["hc_base"][:ch.N_HC]}
+
+    def run(rows):
+        a = mhc_ops.mhc_pre(res[rows], **p)
+        b = mhc_ops.mhc_pre(res[rows], **ch.sub(p, norm_weight=None))
+        c = mhc_ops.mhc_fused_post_pre(x[rows], res[rows], post[rows], comb[rows], **p)
+        d = mhc_ops.hc_head(res[rows], **hp)
+        return (*a, *b, *c, d)
+
+    probe = 0
+    want = [o[0] for o in run(torch.tensor([probe], device="cuda"))]
+    for T in (7, 64, 4096):
+        rows = torch.arange(1, T, device="cuda")
+        rows = torch.cat([rows[: T // 2], torch.tensor([probe], device="cuda"), rows[T // 2:]])
+        for w, o in zip(want, run(rows)):
+            assert torch.equal(o[T // 2], w), f"batch of {T}"
+
+
+# ----------------------------------------------------------------------------------------------
+# T·n·H > 2^31 at the Pro width: the last tokens start past 2^31 elements.
+
+BIG_T, BIG_H = 74_900, 7168

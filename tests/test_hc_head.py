@@ -9,8 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cuda_helpers as ch
 import helpers as h
 import mhc_ops
+from mhc_ops import plan
+from mhc_ops.plan import KernelType
 
 CASES = [
     (1, 4, 4096),   # decode, one token at Flash width
@@ -119,3 +122,35 @@ def test_token_index_past_2_31(device):
     out = _call(inp)
     idx = torch.tensor(h.BIG_CHECKED, device=device)
     h.check_head_output(out[idx], {**inp, "residual": inp["residual"][idx]})
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernels: every plan the planner reaches; the cluster plan's NaN isolation.
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", ch.WIDTHS)
+def test_every_plan_head(H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    for T in sorted(set(ch.reps(KernelType.HC_HEAD, H)) | {1, 7}):
+        ch.check_head(T, H, seed=h.seed_of("head", T, H))
+    assert len(ch.launched(KernelType.HC_HEAD)) >= len(ch.reps(KernelType.HC_HEAD, H))
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+def test_cuda_cluster_nan_token_isolated_and_repeatable(monkeypatch):
+    # T = 300 at H = 4096 runs the persistent cluster kernel (hc_head_persistent.cuh)
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    T, H = 300, 4096
+    assert plan.plan_of(KernelType.HC_HEAD, T, hidden_size=H, num_sms=plan.device_num_sms("cuda"),
+                        batch_invariant=False).variant == "cluster"
+    g = ch.gen(11)
+    res = ch.randn(g, T, ch.N_HC, H, dtype=torch.bfloat16)
+    hp = ch.head_params(ch.pre_params(g, ch.N_HC, H, norm=False))
+    bad = res.clone()
+    bad[37, 2, 100] = float("nan")
+    others = torch.arange(T, device="cuda") != 37
+    clean, first, again = (mhc_ops.hc_head(r, **hp) for r in (res, bad, bad))
+    torch.testing.assert_close(first, again, rtol=0, atol=0, equal_nan=True)  # to the bit
+    assert torch.equal(clean[others], first[others])  # one token's NaN stays in its row
+    assert torch.isnan(first[37]).any()

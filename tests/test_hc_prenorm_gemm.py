@@ -10,9 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cuda_helpers as ch
 import helpers as h
 import mhc_ops
+from mhc_ops import plan
 from mhc_ops import reference
+from mhc_ops.plan import KernelType
 
 K_REM = 64 * 7 + 5  # K not a multiple of 64: B = 8 blocks, the last one 5 wide
 
@@ -206,3 +209,46 @@ def test_matches_reference_large(device, M, N, K, S):
     inp = h.prenorm_inputs(M, N, K, seed=h.seed_of("prenorm-large", M, N, K, S), device=device)
     out, sq = torch.ops.mhc.hc_prenorm_gemm(inp["x"], inp["fn"], S)
     h.check_prenorm_outputs(out, sq, inp["x"], inp["fn"], S)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernels: every plan, shapes, misaligned x and the DeepGEMM form.
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", ch.WIDTHS)
+def test_every_plan_prenorm(H):
+    sms = plan.device_num_sms("cuda")
+    for T in sorted(set(ch.reps(KernelType.PRENORM_GEMM, H)) | {1}):
+        S = plan.plan_of(KernelType.PRENORM_GEMM, T, hidden_size=H, num_sms=sms).num_splits
+        ch.check_prenorm(T, ch.N_HC * H, S, seed=h.seed_of("prenorm", T, H))
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("K", [24, 100, 4 * 520 + 6, 16384])
+@pytest.mark.parametrize("N", [1, 8, 24, 32])
+def test_prenorm_shapes(N, K):
+    blocks = -(-K // 64)
+    for M in (1, 70, 300):
+        for S in sorted({1, min(3, blocks), blocks}):
+            ch.check_prenorm(M, K, S, seed=h.seed_of("pn", M, N, K, S), N=N)
+
+@ch.cuda_test
+def test_prenorm_misaligned_x_and_deepgemm_form():
+    g = ch.gen(6)
+    M, N, K = 33, 24, 4096
+    x = ch.randn(g, M, K, dtype=torch.bfloat16)
+    fn = ch.randn(g, N, K, std=1 / 64)
+    want_o, want_s = mhc_ops.hc_prenorm_gemm(x, fn, 1)
+    xo = h.odd_view(x, "offset")
+    got_o, got_s = mhc_ops.hc_prenorm_gemm(xo, fn, 1)
+    assert torch.equal(got_o, want_o) and torch.equal(got_s, want_s)
+    out = torch.full((M, N), float("nan"), device="cuda")
+    sq = torch.full((M,), float("nan"), device="cuda")
+    mhc_ops.tf32_hc_prenorm_gemm(x, fn, out, sq)
+    assert torch.equal(out, want_o[0]) and torch.equal(sq, want_s[0])
+    # non-contiguous out / sqrsum of the split form are written through a temporary
+    out = torch.full((1, N, M), float("nan"), device="cuda").transpose(1, 2)
+    sq = torch.full((1, 2 * M), float("nan"), device="cuda")[:, ::2]
+    mhc_ops.tf32_hc_prenorm_gemm(x, fn, out, sq, 1)
+    assert torch.equal(out, want_o) and torch.equal(sq, want_s)

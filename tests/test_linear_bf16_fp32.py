@@ -7,11 +7,15 @@ rounded its output (or accumulated) in bf16 lands near 1e-3 and fails.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+import cuda_helpers as ch
 import helpers as h
 import mhc_ops
+from mhc_ops.plan import KernelType
 from mhc_ops import reference
 
 # (M, N, K): why the case is here.
@@ -107,3 +111,40 @@ def test_algo_flag(device, algo):
 def test_matches_reference_large(device, M, N, K):
     inp = h.linear_inputs(M, N, K, seed=h.seed_of("linear-large", M, N, K), device=device)
     _check(torch.ops.mhc.linear_bf16_fp32(inp["x"], inp["weight"]), inp["x"], inp["weight"])
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA backends (docs/spec.md §2.7, §5).
+
+@ch.cuda_test
+@pytest.mark.parametrize("algo", ["cublas", "fp32"])
+def test_linear_backends(algo, monkeypatch):
+    monkeypatch.setenv("MHC_BF16_FP32_GEMM_ALGO", algo)
+    g = ch.gen(9)
+    for M, N, K in ((1, 256, 7168), (77, 512, 4096), (4096, 64, 1000)):
+        x = ch.randn(g, M, K, dtype=torch.bfloat16)
+        w = ch.randn(g, N, K, std=1 / math.sqrt(K), dtype=torch.bfloat16)
+        out = mhc_ops.linear_bf16_fp32(x, w)
+        ref = x.double() @ w.double().t()
+        err = float((out.double() - ref).norm() / ref.norm())
+        assert err <= 1e-5, f"{algo} {M}x{N}x{K}: normwise error {err:.2e}"
+    variant = "fp32_gemm" if algo == "fp32" else "cublas"
+    assert any(p.variant == variant for p in ch.launched(KernelType.LINEAR_BF16_FP32))
+
+
+@ch.cuda_test
+def test_linear_invalid_algo_warns_and_uses_cublas():
+    # TORCH_WARN_ONCE fires once per process: run it in a fresh one.
+    import subprocess
+    import sys
+    code = ("import torch, mhc_ops\n"
+            "x = torch.randn(4, 64, device='cuda').bfloat16()\n"
+            "w = torch.randn(8, 64, device='cuda').bfloat16()\n"
+            "mhc_ops.linear_bf16_fp32(x, w)\n"
+            "print(sorted({p[1] for _, p, _ in mhc_ops._C.launched_plans()}))\n")
+    env = {**__import__("os").environ, "MHC_BF16_FP32_GEMM_ALGO": "tf32"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "MHC_BF16_FP32_GEMM_ALGO=tf32 is not one of" in r.stderr
+    assert r.stdout.strip() == "['cublas']"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cuda_helpers as ch
 import helpers as h
 import mhc_ops
+from mhc_ops.plan import KernelType
 
 CASES = [
     (1, 4, 4096),   # decode, one token at Flash width
@@ -168,3 +170,14 @@ def test_matches_reference_large(device, T, n, H, norm):
     inp = h.fused_inputs(T, n, H, seed=h.seed_of("fused-large", T, n, H, norm), norm=norm,
                          device=device)
     _check(_call(inp), inp, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernels: every plan the planner reaches, at both DeepSeek-V4 widths.
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", ch.WIDTHS)
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
+def test_every_cuda_plan(norm, H, monkeypatch):
+    ch.every_plan(KernelType.MHC_FUSED_POST_PRE, norm, H, monkeypatch)

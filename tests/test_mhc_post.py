@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cuda_helpers as ch
 import helpers as h
 import mhc_ops
 
@@ -151,3 +152,27 @@ def test_token_index_past_2_31(device):
         inp[k][idx] = small[k]
     out = _call(inp)
     h.check_post_output(out[idx], {k: v[idx] for k, v in inp.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernels at the sizes they are built for; the scalar fallback.
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", ch.WIDTHS)
+@pytest.mark.parametrize("T", [1, 8, 64, 4096, 16384])
+def test_post_sizes(T, H):
+    ch.check_post(T, H, seed=h.seed_of("post", T, H))
+
+@ch.cuda_test
+def test_post_scalar_fallback_is_bit_identical():
+    g = ch.gen(5)
+    T, n, H = 37, 4, 520
+    x = ch.randn(g, T, H, dtype=torch.bfloat16)
+    res = ch.randn(g, T, n, H, dtype=torch.bfloat16)
+    post, comb = ch.post_gates(g, T, n)
+    want = mhc_ops.mhc_post(x, res, post, comb)
+    for name in ("x", "residual"):
+        a = {"x": x, "residual": res}
+        a[name] = h.odd_view(a[name], "offset")  # contiguous, 2 bytes past alignment
+        assert torch.equal(mhc_ops.mhc_post(a["x"], a["residual"], post, comb), want)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cuda_helpers as ch
 import helpers as h
 import mhc_ops
+from mhc_ops.plan import KernelType
 from mhc_ops import reference
 
 # (T, n, H): why the case is here.
@@ -271,3 +273,14 @@ def test_token_index_past_2_31(device):
     outs = torch.ops.mhc.mhc_pre(res, **p)
     idx = torch.tensor(h.BIG_CHECKED, device=device)
     h.check_pre_outputs(tuple(o[idx] for o in outs), res[idx], p)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA kernels: every plan the planner reaches, at both DeepSeek-V4 widths.
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", ch.WIDTHS)
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "norm"])
+def test_every_cuda_plan(norm, H, monkeypatch):
+    ch.every_plan(KernelType.MHC_PRE, norm, H, monkeypatch)

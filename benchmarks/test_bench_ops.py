@@ -12,8 +12,8 @@ import torch
 
 import mhc_ops
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.join(os.path.dirname(_HERE), "tests")]  # bench_ops, helpers
 bench_ops = pytest.importorskip("bench_ops")
 
 import helpers as h  # noqa: E402

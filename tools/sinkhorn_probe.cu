@@ -1,14 +1,15 @@
 // Latency of the 20-round Sinkhorn on one thread, the tail of the SPLIT_K epilogue at decode
-// sizes (benchmarks/NOTES.md, v15): clock64 around 32 chained calls (each input the logits
-// plus 1e-3 of the last output, so none can be hoisted) on 64 random 4 x 4 logit matrices,
+// sizes (docs/performance.md, "Gate math and the Sinkhorn chain"): clock64 around 32 chained
+// calls (each input the logits plus 1e-3 of the last output, so none can be hoisted) on 64
+// random 4 x 4 logit matrices,
 // one active lane as in the epilogue's gate warp, and each form's largest error against a
-// float64 Sinkhorn of SPEC §2.6. Forms:
-//   v11    the matrix rescaled by every step's scales, normalisers as trees (sessions 8-11)
-//   tree   only the scale vectors move (diag(r) C0 diag(s)), normalisers as trees
-//   chain  core/math.h sinkhorn<4>: the scale vectors, normalisers as multiply-add chains in
-//          the order the previous step issued its reciprocals
+// float64 Sinkhorn of docs/spec.md §2.6. Forms:
+//   rescaled  the matrix rescaled by every step's scales, normalisers as trees
+//   tree      only the scale vectors move (diag(r) C0 diag(s)), normalisers as trees
+//   chain     core/math.h sinkhorn<4>: the scale vectors, normalisers as multiply-add chains in
+//             the order the previous step issued its reciprocals
 // Standalone (no torch), on the GPU machine:
-//   nvcc -O3 -std=c++20 -arch=sm_90 -prec-div=false -Icsrc benchmarks/sinkhorn_probe.cu \
+//   nvcc -O3 -std=c++20 -arch=sm_90 -prec-div=false -Icsrc tools/sinkhorn_probe.cu \
 //     -o /tmp/skp && /tmp/skp
 #include <algorithm>
 #include <cmath>
@@ -22,8 +23,8 @@ namespace {
 
 using mhc::gate_rcp;
 
-// eps + sum_i v[i] * s[i] as v11's tree: pairs through one multiply-add each, eps folded into
-// the last pair, pairs added pairwise.
+// eps + sum_i v[i] * s[i] as the rescaled form's tree: pairs through one multiply-add each,
+// eps folded into the last pair, pairs added pairwise.
 template <int N>
 __device__ __forceinline__ float tree_normaliser(const float (&v)[N], const float (&s)[N],
                                                  float eps) {
@@ -44,7 +45,7 @@ __device__ __forceinline__ float tree_normaliser(const float (&v)[N], const floa
 }
 
 template <int N>
-__device__ __forceinline__ void sinkhorn_v11(float (&c)[N][N], float eps, int64_t repeat) {
+__device__ __forceinline__ void sinkhorn_rescaled(float (&c)[N][N], float eps, int64_t repeat) {
   mhc::softmax_eps<N>(c, eps);
   float sc[N], rs[N], col[N];
 #pragma unroll
@@ -132,7 +133,7 @@ __global__ void probe(const float* logits, float* out, long long* cyc, int cases
     for (int it = 0; it < reps; ++it) {
 #pragma unroll
       for (int q = 0; q < 16; ++q) c[q / 4][q % 4] = l[q] + 1e-3f * fb;
-      if constexpr (FORM == 0) sinkhorn_v11<4>(c, eps, repeat);
+      if constexpr (FORM == 0) sinkhorn_rescaled<4>(c, eps, repeat);
       if constexpr (FORM == 1) sinkhorn_tree<4>(c, eps, repeat);
       if constexpr (FORM == 2) mhc::sinkhorn<4>(c, eps, repeat);
       fb = c[it & 3][(it >> 2) & 3];
@@ -190,7 +191,7 @@ int main() {
   cudaMalloc(&dout, (cases + cases * 16) * sizeof(float));
   cudaMalloc(&dcyc, cases * sizeof(long long));
   cudaMemcpy(dl, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice);
-  const char* names[] = {"v11", "tree", "chain"};
+  const char* names[] = {"rescaled", "tree", "chain"};
   for (int form = 0; form < 3; ++form) {
     for (int pass = 0; pass < 2; ++pass)  // the first pass warms the instruction cache
       launch(form, dl, dout, dcyc, cases, reps, eps, repeat);

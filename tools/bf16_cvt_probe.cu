@@ -4,7 +4,7 @@
 // pattern goes through both halves. Non-NaN inputs must give the same bits; a NaN must give a
 // NaN. Prints the counts and the first mismatch of each kind, exits 1 on any mismatch.
 // Standalone (no torch), on the GPU machine:
-//   nvcc -O3 -std=c++20 -arch=sm_90 -Icsrc benchmarks/bf16_cvt_probe.cu -o /tmp/bfp && /tmp/bfp
+//   nvcc -O3 -std=c++20 -arch=sm_90 -Icsrc tools/bf16_cvt_probe.cu -o /tmp/bfp && /tmp/bfp
 #include <cstdio>
 
 #include "cuda/bf16.cuh"

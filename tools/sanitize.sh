@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# compute-sanitizer over a representative set of calls of every op (scripts/sanitize_calls.py:
+# compute-sanitizer over a representative set of calls of every op (tools/sanitize_calls.py:
 # each plan variant, norm, n != 4, odd widths, scalar fallbacks, both GEMM backends), once per
 # tool: memcheck, racecheck, initcheck, synccheck. The caching allocator is off so that every
 # tensor is its own allocation and an out-of-bounds access cannot land in a neighbour.
@@ -26,7 +26,7 @@ for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
   env=()
   [ "$tool" = racecheck ] && env=(SANITIZE_NO_CUBLAS=1)
   timeout "${SANITIZE_TIMEOUT:-300}" env "${env[@]}" compute-sanitizer "${args[@]}" "$PY" \
-    scripts/sanitize_calls.py >"$log" 2>&1
+    tools/sanitize_calls.py >"$log" 2>&1
   rc=$?
   line="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n1)"
   echo "---- $tool (exit $rc): ${line:-no summary}"

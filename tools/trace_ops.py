@@ -3,7 +3,7 @@ replays (programmatic dependent launch overlap included): torch.profiler around 
 `calls` back-to-back calls (cold input sets as in bench_ops), then per kernel the mean
 duration, and the period per call.
 
-  python benchmarks/trace_ops.py --ops mhc_pre,hc_head --tokens 1,64 --widths 7168
+  python tools/trace_ops.py --ops mhc_pre,hc_head --tokens 1,64 --widths 7168
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))  # bench_ops
 import bench_ops  # noqa: E402
 
 

@@ -2,19 +2,20 @@
 
   ncu --clock-control none --kernel-name regex:"hc_|prenorm|mhc_post" \\
       --metrics gpu__time_duration.sum --csv \\
-      python benchmarks/profile_ops.py --tokens 1,64,4096 --widths 7168 > ncu.csv
+      python tools/profile_ops.py --tokens 1,64,4096 --widths 7168 > ncu.csv
 
 (ncu serialises kernels and, by default, flushes the caches before each, so every kernel is
 timed cold and without the programmatic-dependent-launch overlap of a CUDA graph.)
 ``--summarize ncu.csv`` prints that CSV as one line per kernel.
 
-Where a kernel stalls, per SASS instruction (how v8 found fn waiting one unit ahead and v9 the
-persistent hc_head kernel's barriers; benchmarks/NOTES.md):
+Where a kernel stalls, per SASS instruction (how fn's wait one unit ahead and the persistent
+hc_head kernel's barrier stalls were found; docs/performance.md, "The fn ring" and "Cluster
+plans and the persistent hc_head"):
 
   ncu --section WarpStateStats --section SourceCounters -k regex:hc_head_persist -c 1 -o rep \
-      python benchmarks/profile_ops.py --ops hc_head --tokens 4096 --widths 7168
+      python tools/profile_ops.py --ops hc_head --tokens 4096 --widths 7168
   ncu -i rep.ncu-rep --page source --csv --print-source sass > src.csv
-  python benchmarks/profile_ops.py --stalls src.csv
+  python tools/profile_ops.py --stalls src.csv
 
 prints the instructions with the most warp-stall samples, their share and two largest reasons.
 """
@@ -29,7 +30,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))  # bench_ops
 import bench_ops  # noqa: E402
 import mhc_ops  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The calls scripts/sanitize.sh runs under compute-sanitizer: every CUDA op through each of
+"""The calls tools/sanitize.sh runs under compute-sanitizer: every CUDA op through each of
 its kernel variants (SPLIT_K, FULL_K, CLUSTER, batch-invariant, scalar fallbacks) at small
 sizes (the sanitizer slows kernels down 10-100x)."""
 
@@ -50,45 +50,23 @@ cases = [(1, 4, 2048, False), (1, 4, 2048, True), (70, 4, 520, False), (40, 4, 6
 for case in cases:
     run_stream_ops(*case)
 
-# CLUSTER plans (sm_90+): a cluster of 16 CTAs with a partial K group, and n = 2
+# hc_head's CLUSTER plans (sm_90+): the persistent kernel (n = 4, H = 4096 / 7168, from T = 256)
+# with more blocks than resident clusters, so that its buffers rotate, and a partial last block;
+# the one-block kernel (other widths above 4096, T = 2048 .. 8191) with a partial K group
 # (SANITIZE_NO_CLUSTER=1 leaves them out)
 if torch.cuda.get_device_capability()[0] >= 9 and not os.environ.get("SANITIZE_NO_CLUSTER"):
-    old = mhc_ops._C.set_cluster_min_tokens(1)
-    run_stream_ops(20, 4, 520, False)
-    run_stream_ops(17, 2, 264, False)
-    # the persistent hc_head kernel (n = 4, H = 4096 / 7168) with 2 and 3 buffers: more
-    # blocks than resident clusters, so the buffers rotate, and a partial last block
-    for H in (7168, 4096):
-        a = stream_args(16 * 20 + 5, 4, H, False)
-        for nb in (2, 3):
-            old_nb = mhc_ops._C.set_cluster_buffers(nb)
-            mhc_ops.hc_head(a["residual"], a["fn"][:4].cpu().cuda(), a["hc_scale"][:1],
-                            a["hc_base"][:4])
-            mhc_ops._C.set_cluster_buffers(old_nb)
+    for T, H in ((16 * 20 + 5, 7168), (16 * 20 + 5, 4096), (2048 + 5, 4104)):
+        a = stream_args(T, 4, H, False)
+        mhc_ops.hc_head(a["residual"], a["fn"][:4].cpu().cuda(), a["hc_scale"][:1],
+                        a["hc_base"][:4])
     del a
-    mhc_ops._C.set_cluster_min_tokens(old)
 
-# Staged fn (Plan.staged_fn; by default pre / fused from T = 512): SPLIT_K with a partial K
-# group, FULL_K with the norm, n = 8 (fn blocks loaded one by one). The fused op's half-stream
-# units (Plan.split_streams, T <= 32, even n) run in the decode cases above.
-old = mhc_ops._C.set_staged_fn_min_tokens(1)
-run_stream_ops(70, 4, 520, False)
-run_stream_ops(40, 4, 64, True)
-run_stream_ops(9, 8, 128, False)
-mhc_ops._C.set_staged_fn_min_tokens(old)
-
-# The main kernel's cp.async ring (Plan.fn_ring; by default from T = 512: fn for pre / head,
-# x and the input streams for the fused op), raw fn (cross-lane copies) and staged: SPLIT_K
-# with a partial K group, FULL_K with the norm, n = 8 (a ring of two slots), n = 3
-old_ring = mhc_ops._C.set_fn_ring_min_tokens(1)
-for start in (2**63 - 1, 1):
-    old = mhc_ops._C.set_staged_fn_min_tokens(start)
-    run_stream_ops(70, 4, 520, False)
-    run_stream_ops(40, 4, 64, True)
-    run_stream_ops(9, 8, 128, False)
-    mhc_ops._C.set_staged_fn_min_tokens(old)
-run_stream_ops(5, 3, 200, True)
-mhc_ops._C.set_fn_ring_min_tokens(old_ring)
+# Prefill plans: staged fn (pre / fused) and the main kernels' cp.async ring (fn for pre / head,
+# raw for head; x and the input streams for the fused op), both from T = 512: SPLIT_K with a
+# partial K group, FULL_K (K = 256 never splits) with the norm, n = 8 (a ring of two slots), n = 3
+for case in ((600, 4, 520, False), (600, 4, 64, True), (600, 8, 128, False),
+             (600, 3, 200, True)):
+    run_stream_ops(*case)
 
 os.environ["MHC_BATCH_INVARIANT"] = "1"
 run_stream_ops(40, 4, 64, True)

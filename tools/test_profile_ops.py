@@ -1,4 +1,4 @@
-"""benchmarks/profile_ops.py --stalls: the summary of ncu's per-instruction stall samples."""
+"""tools/profile_ops.py --stalls: the summary of ncu's per-instruction stall samples."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 profile_ops = pytest.importorskip("profile_ops")
 
 

@@ -1,0 +1,219 @@
+"""The CUDA kernels under the study knobs (csrc/core/study.h): each knob moves a threshold of
+the planner, and the kernels it sends a call to must give the same bits as the planner's
+choice (staged fn, the cp.async ring, the fused op's L2 policy, the epilogue's chunks and CTA
+cap), every element written, within the float64 reference's bounds; hc_head's cluster plans at
+every T.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cuda_helpers as ch
+import helpers as h
+import mhc_ops
+from mhc_ops import plan
+from mhc_ops.plan import KernelType
+
+pytestmark = ch.needs_cuda
+
+
+# ----------------------------------------------------------------------------------------------
+# Staged fn (Plan.staged_fn): the same products in the same order, so the same bits.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 4096, 7168])
+@pytest.mark.parametrize("T", [300, 5000])  # SPLIT_K, FULL_K
+def test_staged_fn_is_bit_identical(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    x, res, post, comb, p = ch.call_inputs(h.seed_of("staged", T, H), T, H, norm=True)
+    plain = ch.sub(p, norm_weight=None)
+    calls = {
+        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **plain),
+        "norm": lambda: mhc_ops.mhc_pre(res, **p),
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb,
+                                                                          **plain),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, start):
+        if kind != "norm":
+            assert plan.plan_of(kind, T, **kw).staged_fn == (start == 1)
+
+    try:
+        got = ch.runs_under(mhc_ops._C.set_staged_fn_min_tokens, (2**63 - 1, 1), calls, check)
+    finally:
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    ch.assert_same_bits(got)  # unstaged, staged
+    idx = ch.rows(T)
+    h.check_pre_outputs(tuple(o[idx] for o in got["norm"][1]), res[idx], p)
+
+
+# ----------------------------------------------------------------------------------------------
+# The main kernel's cp.async ring (Plan.fn_ring): for pre / head fn through the ring, for the
+# fused op x and the input streams; the same fragments, units and order as without it, so the
+# same bits; raw and staged fn, SPLIT_K and FULL_K, with and without the folded norm.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("staged", [False, True], ids=["raw", "staged"])
+@pytest.mark.parametrize("H", [520, 4096, 7168])
+@pytest.mark.parametrize("T", [40, 300, 5000])  # SPLIT_K (decode, prefill), FULL_K
+def test_fn_ring_is_bit_identical(T, H, staged, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    old_staged = mhc_ops._C.set_staged_fn_min_tokens(1 if staged else 2**63 - 1)
+    x, res, post, comb, p = ch.call_inputs(h.seed_of("fn_ring", T, H, staged), T, H, norm=True)
+    plain = ch.sub(p, norm_weight=None)
+    hp = ch.head_params(p)
+    calls = {
+        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **plain),
+        "norm": lambda: mhc_ops.mhc_pre(res, **p),
+        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb,
+                                                                          **plain),
+        "fused norm": lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, start):
+        if isinstance(kind, KernelType):
+            p_ = plan.plan_of(kind, T, **kw)
+            # the fused op's half units (T <= 64) take no ring; at T <= 64 pre / head run their
+            # 32-token blocks without the ring and 64-token blocks with it (same sums)
+            assert p_.fn_ring == (start == 1 and not p_.split_streams)
+
+    try:
+        got = ch.runs_under(mhc_ops._C.set_fn_ring_min_tokens, (2**63 - 1, 1), calls, check)
+    finally:
+        mhc_ops._C.set_staged_fn_min_tokens(old_staged)
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    ch.assert_same_bits(got)  # without the ring, with it
+    idx = ch.rows(T)
+    h.check_pre_outputs(tuple(o[idx] for o in got["norm"][1]), res[idx], p)
+    fused = got["fused norm"][1]
+    h.check_post_output(fused[0][idx], {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                                        "comb_mix": comb[idx]}, what="fused residual_out")
+    h.check_pre_outputs(tuple(o[idx] for o in fused[1:]), fused[0][idx], p, what="fused")
+
+
+# The fused ring's loads with L2 evict_first (Plan.evict_inputs): a cache policy only, so the
+# same bits with it and without it, SPLIT_K and FULL_K, with and without the folded norm.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 4096])
+@pytest.mark.parametrize("T", [600, 5000])  # SPLIT_K, FULL_K
+def test_evict_inputs_is_bit_identical(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    x, res, post, comb, p = ch.call_inputs(h.seed_of("evict_inputs", T, H), T, H, norm=True)
+    plain = ch.sub(p, norm_weight=None)
+    calls = {
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb,
+                                                                          **plain),
+        "fused norm": lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, limit):
+        if isinstance(kind, KernelType):
+            assert plan.plan_of(kind, T, **kw).evict_inputs == (limit > 0)
+
+    try:
+        got = ch.runs_under(mhc_ops._C.set_evict_inputs_max_bytes, (-1, 2**62), calls, check)
+    finally:
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    ch.assert_same_bits(got)  # without the policy, with it
+    idx = ch.rows(T)
+    fused = got["fused norm"][1]
+    h.check_post_output(fused[0][idx], {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                                        "comb_mix": comb[idx]}, what="fused residual_out")
+    h.check_pre_outputs(tuple(o[idx] for o in fused[1:]), fused[0][idx], p, what="fused")
+
+
+# ----------------------------------------------------------------------------------------------
+# SPLIT_K epilogue launch shapes: each must give the same bits, with every element written
+# (outputs NaN-filled).
+
+def _epilogue_knob_runs(T: int, H: int, seed: str, setter, values) -> None:
+    """pre / fused / head at T (SPLIT_K, no CLUSTER plan) once per value of an epilogue knob:
+    every run's bits equal the first's, and pre's outputs match the float64 reference."""
+    old_cluster = mhc_ops._C.set_cluster_min_tokens(2**63 - 1)
+    x, res, post, comb, p = ch.call_inputs(h.seed_of(seed, T, H), T, H, norm=False)
+    p = ch.sub(p, norm_weight=None)
+    hp = ch.head_params(p)
+    calls = {
+        KernelType.MHC_PRE: lambda: mhc_ops.mhc_pre(res, **p),
+        KernelType.MHC_FUSED_POST_PRE: lambda: mhc_ops.mhc_fused_post_pre(x, res, post, comb, **p),
+        KernelType.HC_HEAD: lambda: (mhc_ops.hc_head(res, **hp),),
+    }
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+
+    def check(kind, value):
+        assert plan.plan_of(kind, T, **kw).variant == "split_k"
+
+    try:
+        got = ch.runs_under(setter, values, calls, check)
+    finally:
+        mhc_ops._C.set_cluster_min_tokens(old_cluster)
+    ch.assert_same_bits(got)
+    idx = ch.rows(T)
+    h.check_pre_outputs(tuple(o[idx] for o in got[KernelType.MHC_PRE][-1]), res[idx], p)
+
+
+# Chunks: a token's row over 1..H/1024 CTAs; each chunk reduces the partials and computes the
+# gates the same way (0: the launcher's rule).
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 4096, 7168])
+@pytest.mark.parametrize("T", [300, 1000])  # SPLIT_K
+def test_epilogue_chunks_are_bit_identical(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    _epilogue_knob_runs(T, H, "epilogue_chunks", mhc_ops._C.set_epilogue_chunks,
+                        (1, 2, 3, 4, 7, 0))
+
+
+# CTAs per SM (the launcher caps the fused op's through shared memory when its plan has half
+# units, T <= 64; 0: that rule, -1: no cap).
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 7168])
+@pytest.mark.parametrize("T", [5, 64, 300])  # SPLIT_K, within the rule's T and above
+def test_epilogue_ctas_per_sm_are_bit_identical(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    _epilogue_knob_runs(T, H, "epilogue_ctas", mhc_ops._C.set_epilogue_ctas_per_sm,
+                        (-1, 1, 2, 3, 0))
+
+
+# ----------------------------------------------------------------------------------------------
+# hc_head's CLUSTER plans (sm_90+) at any T: token blocks split over a cluster, partial groups,
+# tails; at n = 4, H = 4096 / 7168 the persistent kernel.
+
+@pytest.fixture
+def clusters_on(monkeypatch):
+    """CLUSTER plans for every T from 64 (by default only in measured windows, plan.cpp)."""
+    if not plan.device_supports_clusters("cuda"):
+        pytest.skip("CLUSTER plans need sm_90+")
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    old = mhc_ops._C.set_cluster_min_tokens(64)
+    yield
+    mhc_ops._C.set_cluster_min_tokens(old)
+
+
+def _variant(kind, T, H, n=ch.N_HC):
+    return plan.plan_of(kind, T, hidden_size=H, hc_mult=n, num_sms=plan.device_num_sms("cuda"),
+                        batch_invariant=False).variant
+
+
+@pytest.mark.usefixtures("nan_filled", "clusters_on")
+@pytest.mark.parametrize("H", [8, 264, 520, 4096, 7168, 7176])  # 1..16 CTAs, partial groups
+@pytest.mark.parametrize("T", [64, 65, 95, 97, 300])  # whole and partial token blocks
+def test_cluster_plan(T, H):
+    assert _variant(KernelType.HC_HEAD, T, H) == "cluster", (T, H)
+    ch.check_head(T, H, seed=h.seed_of("ch", T, H))
+
+
+@pytest.mark.usefixtures("nan_filled", "clusters_on")
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_cluster_plan_small_hc_mult(n):
+    assert _variant(KernelType.HC_HEAD, 333, 7168, n) == "cluster"
+    ch.check_head(333, 7168, seed=h.seed_of("chn", n), n=n)
