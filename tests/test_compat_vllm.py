@@ -236,3 +236,52 @@ def test_install_without_vllm_raises(monkeypatch):
     with pytest.raises(ImportError, match="vLLM 0.33 is not importable"):
         vl.install()
     assert not vl.installed()
+
+
+# vLLM registers each function as torch.ops.vllm.<name> too (with its CUDA kernel); stand-ins
+# with the schemas vLLM infers from its signatures, in namespaces of their own (the dispatcher
+# keeps definitions for the life of the process), with CPU kernels.
+_OK = torch.library.Library("vllm_compat_ok", "DEF")
+_OK.define("mhc_post_tilelang(Tensor x, Tensor residual, Tensor post_layer_mix, "
+           "Tensor comb_res_mix) -> Tensor")
+_OK.define("mhc_pre_tilelang(Tensor residual, Tensor fn, Tensor hc_scale, Tensor hc_base, "
+           "float rms_eps, float hc_pre_eps, float hc_sinkhorn_eps, float hc_post_mult_value, "
+           "int sinkhorn_repeat, int n_splits=1, Tensor? norm_weight=None, "
+           "float norm_eps=1e-06) -> (Tensor, Tensor, Tensor)")
+_OK.impl("mhc_post_tilelang", lambda x, residual, post, comb: torch.zeros_like(residual), "CPU")
+_OK.impl("mhc_pre_tilelang", lambda *a: (torch.zeros(1), torch.zeros(1), torch.zeros(1)), "CPU")
+_BAD = torch.library.Library("vllm_compat_bad", "DEF")
+_BAD.define("mhc_post_tilelang(Tensor x, Tensor residual, Tensor post_mix, Tensor comb_mix) "
+            "-> Tensor")
+_BAD.impl("mhc_post_tilelang", lambda x, residual, post, comb: torch.zeros_like(residual), "CPU")
+
+
+def test_install_takes_over_the_torch_ops_registrations(monkeypatch, caplog, clean_install):
+    mod, _ = build_stack(monkeypatch)
+    monkeypatch.setattr(vl._PATCHER, "op_namespace", "vllm_compat_ok")
+    a = h.post_inputs(3, N, H, seed=h.seed_of("vl_ops"))
+    op = torch.ops.vllm_compat_ok.mhc_post_tilelang
+    args = (a["x"], a["residual"], a["post_mix"], a["comb_mix"])
+    assert torch.equal(op(*args), torch.zeros_like(a["residual"]))
+    with caplog.at_level(logging.WARNING, logger="mhc_ops.compat"):
+        names = vl.install()
+    assert "torch.ops.vllm_compat_ok.mhc_post_tilelang (CPU)" in names
+    assert "torch.ops.vllm_compat_ok.mhc_pre_tilelang (CPU)" in caplog.text
+    assert_same(op(*args), mhc_ops.mhc_post(**a))
+    p = h.pre_inputs(2, N, H, seed=h.seed_of("vl_ops_pre"))
+    assert_same(tuple(torch.ops.vllm_compat_ok.mhc_pre_tilelang(
+        p["residual"], p["fn"], p["hc_scale"], p["hc_base"], *DSV4)),
+        mhc_ops.mhc_pre(p["residual"], p["fn"], p["hc_scale"], p["hc_base"]))
+    assert "torch.ops.vllm_compat_ok.mhc_post_tilelang (CPU)" in vl.uninstall()
+    assert torch.equal(op(*args), torch.zeros_like(a["residual"]))  # vLLM's kernel again
+
+
+def test_install_refuses_a_changed_operator_schema(monkeypatch, clean_install):
+    mod, _ = build_stack(monkeypatch)
+    monkeypatch.setattr(vl._PATCHER, "op_namespace", "vllm_compat_bad")
+    with pytest.raises(SignatureMismatch, match=r"torch\.ops\.vllm_compat_bad\.mhc_post_tilelang"
+                                                r": installed \(x, residual, post_mix, comb_mix\)"):
+        vl.install()
+    assert mod.mhc_post_tilelang(None, None, None, None) == "vllm" and not vl.installed()
+    t = torch.zeros(1, N, H, dtype=torch.bfloat16)
+    assert torch.equal(torch.ops.vllm_compat_bad.mhc_post_tilelang(t[:, 0], t, t, t), t)

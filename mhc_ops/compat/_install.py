@@ -8,8 +8,11 @@ changed shape must not be handed a function written for the old ones.
 
 install() replaces the attribute in the defining module and in every other loaded module that
 holds the same function object (model code that did ``from ... import name`` binds the function
-in its own namespace); modules imported later import the replacement. uninstall() puts back each
-attribute it replaced that still holds the drop-in.
+in its own namespace); modules imported later import the replacement. Where the stack also
+registers the function as a torch.ops operator (vLLM's ``torch.ops.vllm.*``), the drop-in is
+registered over that operator's kernels too, and the operator's schema is checked like a
+signature. uninstall() puts back each attribute it replaced that still holds the drop-in and
+removes the kernel registrations, which brings the stack's kernels back.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import inspect
 import logging
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,16 +103,56 @@ def _same(a: inspect.Signature | None, b: inspect.Signature | None) -> bool:
 class Patcher:
     """install() / uninstall() of one stack's drop-ins."""
 
-    def __init__(self, stack: str, targets: list[Target]):
+    # dispatch keys whose kernels of a stack's operator are replaced
+    OP_KEYS = ("CUDA", "CPU")
+
+    def __init__(self, stack: str, targets: list[Target], op_namespace: str | None = None):
         self.stack = stack  # e.g. "sglang 0.5.23", for messages
         self.targets = list(targets)
+        self.op_namespace = op_namespace  # torch.ops namespace the stack registers them in
         self._lock = threading.Lock()
         # (module object, attribute, original) of every attribute replaced, in order
         self._replaced: list[tuple[object, str, object, Callable]] = []
+        # (library holding the drop-in kernels, "torch.ops.ns.name (KEY)") per operator
+        self._op_impls: list[tuple[object, str]] = []
 
     @property
     def installed(self) -> bool:
-        return bool(self._replaced)
+        return bool(self._replaced or self._op_impls)
+
+    def _find_ops(self) -> list[tuple[Target, object, list[str]]]:
+        """(target, operator, dispatch keys with a kernel) for each target the stack also
+        registered as torch.ops.<op_namespace>.<name>."""
+        if not self.op_namespace:
+            return []
+        import torch
+
+        out = []
+        for t in {t.name: t for t in self.targets}.values():
+            try:
+                packet = getattr(getattr(torch.ops, self.op_namespace), t.name)
+            except (AttributeError, RuntimeError):
+                continue
+            qual = f"{self.op_namespace}::{t.name}"
+            keys = [k for k in self.OP_KEYS
+                    if torch._C._dispatch_has_kernel_for_dispatch_key(qual, k)]
+            if keys:
+                out.append((t, packet, keys))
+        return out
+
+    def _register_ops(self, ops) -> None:
+        import torch
+
+        for t, _packet, keys in ops:
+            lib = torch.library.Library(self.op_namespace, "IMPL")
+            with warnings.catch_warnings():
+                # "Overriding a previously registered kernel": that is the point, and it is
+                # logged below with the rest of what install() replaced.
+                warnings.simplefilter("ignore", UserWarning)
+                for k in keys:
+                    lib.impl(t.name, t.replacement, k)
+            self._op_impls.append((lib, f"torch.ops.{self.op_namespace}.{t.name} "
+                                        f"({', '.join(keys)})"))
 
     def recorded_signature(self, target: Target) -> inspect.Signature:
         return signature_of(target.replacement)
@@ -127,7 +171,7 @@ class Patcher:
         modules import and SignatureMismatch (patching nothing) when an installed function's
         signature differs from the recorded one. Installing twice changes nothing."""
         with self._lock:
-            if self._replaced:
+            if self.installed:
                 return []
             found = []
             for t in self.targets:
@@ -139,7 +183,8 @@ class Patcher:
                                    t.name)
                     continue
                 found.append((t, mod, getattr(mod, t.name)))
-            if not found:
+            ops = self._find_ops()
+            if not found and not ops:
                 modules = sorted({t.module for t in self.targets})
                 raise ImportError(f"mhc_ops.compat: {self.stack} is not importable here "
                                   f"(none of {', '.join(modules)} imports); nothing installed")
@@ -149,6 +194,11 @@ class Patcher:
                 if not _same(have, want):
                     bad.append(f"{t.qualname}: installed {have if have is not None else '?'} "
                                f"but the drop-in is written for {want} ({self.stack})")
+            for t, packet, _keys in ops:
+                have, want = signature_of(packet), self.recorded_signature(t)
+                if not _same(have, want):
+                    bad.append(f"torch.ops.{self.op_namespace}.{t.name}: installed {have} but "
+                               f"the drop-in is written for {want} ({self.stack})")
             if bad:
                 raise SignatureMismatch(
                     "mhc_ops.compat: refusing to install, the stack's signatures differ from the "
@@ -158,7 +208,9 @@ class Patcher:
                 setattr(mod, t.name, t.replacement)
                 self._replaced.append((mod, t.name, orig, t.replacement))
             self._replace_aliases(originals)
+            self._register_ops(ops)
             names = [f"{getattr(m, '__name__', '?')}.{a}" for m, a, _, _ in self._replaced]
+            names += [name for _, name in self._op_impls]
             logger.warning("mhc_ops.compat: installed mhc_ops over %s: %s", self.stack,
                            ", ".join(names))
             return names
@@ -194,6 +246,10 @@ class Patcher:
                     logger.warning("mhc_ops.compat: %s was replaced again after install(); "
                                    "left as it is", name)
             self._replaced.clear()
+            for lib, name in reversed(self._op_impls):
+                lib._destroy()  # the stack's own kernel is the registered one again
+                restored.append(name)
+            self._op_impls.clear()
             if restored:
                 logger.warning("mhc_ops.compat: uninstalled mhc_ops from %s: %s", self.stack,
                                ", ".join(reversed(restored)))

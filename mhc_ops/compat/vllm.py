@@ -179,13 +179,13 @@ _PATCHER = Patcher("vLLM 0.33", [
     Target(MODULE, "mhc_fused_post_pre_tilelang", mhc_fused_post_pre_tilelang),
     Target(MODULE, "mhc_pre_broadcast_tilelang", mhc_pre_broadcast_tilelang),
     Target(MODULE, "hc_head_fused_kernel_tilelang", hc_head_fused_kernel_tilelang),
-])
+], op_namespace="vllm")
 
 
 def install() -> list[str]:
-    """Replace vLLM's DeepSeek-V4 mHC functions (``vllm.model_executor.kernels.mhc.tilelang``
-    and every loaded module that imported them by name) with these. Returns the names
-    replaced; raises ImportError without vLLM and SignatureMismatch, replacing nothing, when an
+    """Replace vLLM's DeepSeek-V4 mHC functions (``vllm.model_executor.kernels.mhc.tilelang``,
+    every loaded module that imported them by name, and the kernels of the ``torch.ops.vllm``
+    operators vLLM registers them as) with these. Returns the names replaced; raises ImportError without vLLM and SignatureMismatch, replacing nothing, when an
     installed function's signature differs from vLLM 0.33's."""
     return _PATCHER.install()
 
