@@ -26,6 +26,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 logger = logging.getLogger("mhc_ops.compat")
 
 __all__ = ["SignatureMismatch", "Target", "Patcher", "signature_of"]
@@ -68,8 +70,6 @@ def signature_of(fn) -> inspect.Signature | None:
     """The call signature of a Python function or of a torch.ops operator (from its schema,
     as DeepGEMM exposes its kernels); None when it has none that can be read."""
     try:
-        import torch
-
         if isinstance(fn, torch._ops.OpOverloadPacket):
             return _schema_signature(fn.default._schema)
         if isinstance(fn, torch._ops.OpOverload):
@@ -125,8 +125,6 @@ class Patcher:
         registered as torch.ops.<op_namespace>.<name>."""
         if not self.op_namespace:
             return []
-        import torch
-
         out = []
         for t in {t.name: t for t in self.targets}.values():
             try:
@@ -141,8 +139,6 @@ class Patcher:
         return out
 
     def _register_ops(self, ops) -> None:
-        import torch
-
         for t, _packet, keys in ops:
             lib = torch.library.Library(self.op_namespace, "IMPL")
             with warnings.catch_warnings():
