@@ -8,8 +8,15 @@ implementation as the median per call of CUDA-graph replays of >= 10 back-to-bac
     fn and the activations come from HBM.
 Implementations: mhc_ops (the CUDA kernels), eager (mhc_ops.reference, fp32), compile
 (torch.compile of the reference, static shapes, compiled once per point and reused for warm
-and cold), and mhc_ops_invariant (the CUDA kernels under MHC_BATCH_INVARIANT=1, for the
-cost of batch-invariant plans; its rows go to a file of their own, not the SPEC §8 results).
+and cold), mhc_ops_invariant (the CUDA kernels under MHC_BATCH_INVARIANT=1, for the
+cost of batch-invariant plans; its rows go to a file of their own, not the SPEC §8 results),
+and the serving stacks' own kernels where they import (SPEC §8 peers, called as their
+DeepSeek-V4 model code calls them, in their production configuration):
+  sglang  sglang 0.5.23's TileLang / Triton kernels (its prenorm GEMM is internal: no row)
+  vllm    vLLM 0.33's TileLang kernels with its DeepGEMM prenorm GEMM (when DeepGEMM loads, as
+          in a stock vLLM on H100; the run says which)
+A peer that does not import is reported and skipped. Each peer kernel variant's first call
+(its JIT compile) is timed and saved as the peer's cold start ("first_call_s").
 Floor = bytes moved once / device-to-device copy bandwidth measured in this run (bytes read +
 written), with
   pre     T·(10H + 80) + 384H          residual in, layer_input + gates out, fn
@@ -24,6 +31,8 @@ written), with
   python benchmarks/bench_ops.py --impls mhc_ops,eager --out r.json   # merge into r.json
   python benchmarks/bench_ops.py --impls mhc_ops,mhc_ops_invariant \
       --out benchmarks/results/batch_invariant_h100.json            # MHC_BATCH_INVARIANT's cost
+  source .peers/setup.sh /tmp/peers && python benchmarks/bench_ops.py \
+      --impls mhc_ops,sglang,vllm --out benchmarks/results/peers_h100.json  # against the peers
 Writes JSON rows {op, T, H, l2, impl, us, floor_us} and a PNG plot next to it.
 """
 
@@ -104,8 +113,82 @@ def prenorm_splits(T: int, H: int, sms: int) -> int:
 INVARIANT = "mhc_ops_invariant"  # the kernels with batch-invariant plans (MHC_BATCH_INVARIANT=1)
 
 
+PEERS = ("sglang", "vllm")
+DSV4 = (1e-6, 1e-6, 1e-6, 2.0, 20)  # rms / pre / Sinkhorn eps, post mult, Sinkhorn rounds
+# Where each peer defines the function its DeepSeek-V4 model calls for an op.
+PEER_FUNCTIONS = {
+    "sglang": {"mhc_pre": ("sglang.kernels.ops.layernorm.mhc", "mhc_pre"),
+               "mhc_post": ("sglang.kernels.ops.layernorm.mhc", "mhc_post"),
+               "mhc_fused_post_pre": ("sglang.kernels.ops.layernorm.mhc", "mhc_fused_post_pre"),
+               "hc_head": ("sglang.kernels.ops.layernorm.mhc_head", "fused_hc_head")},
+    "vllm": {"mhc_pre": ("vllm.model_executor.kernels.mhc.tilelang", "mhc_pre_tilelang"),
+             "mhc_post": ("vllm.model_executor.kernels.mhc.tilelang", "mhc_post_tilelang"),
+             "mhc_fused_post_pre": ("vllm.model_executor.kernels.mhc.tilelang",
+                                    "mhc_fused_post_pre_tilelang"),
+             "hc_head": ("vllm.model_executor.kernels.mhc.tilelang",
+                         "hc_head_fused_kernel_tilelang"),
+             "hc_prenorm_gemm": ("vllm.utils.deep_gemm", "tf32_hc_prenorm_gemm")},
+}
+
+
+def peer_missing(impl: str) -> str | None:
+    """None when the peer's modules import; otherwise why not."""
+    import importlib
+
+    for module in sorted({m for m, _ in PEER_FUNCTIONS[impl].values()}):
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure: the peer is not here
+            return f"{module}: {type(e).__name__}: {e}"
+    return None
+
+
+def peer_config(impl: str) -> str:
+    """The production switches a peer runs with, as it reports them."""
+    if impl == "vllm":
+        try:
+            from vllm.utils.deep_gemm import is_deep_gemm_supported
+
+            return ("DeepGEMM prenorm GEMM" if is_deep_gemm_supported()
+                    else "TileLang prenorm GEMM (DeepGEMM not usable here)")
+        except Exception as e:  # noqa: BLE001
+            return f"unknown ({type(e).__name__})"
+    return "TileLang mHC, Triton hc_head"
+
+
+def peer_fn(op: str, impl: str, T: int, H: int, sms: int):
+    """The peer's function for op, called with its DeepSeek-V4 model's arguments; None when
+    the peer exposes none."""
+    import importlib
+
+    where = PEER_FUNCTIONS[impl].get(op)
+    if where is None:
+        return None
+    f = getattr(importlib.import_module(where[0]), where[1])
+    if op == "mhc_pre":
+        return lambda a: f(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4)
+    if op == "mhc_post":
+        return lambda a: f(a["x"], a["residual"], a["post_mix"], a["comb_mix"])
+    if op == "mhc_fused_post_pre":
+        return lambda a: f(a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["fn"],
+                           a["hc_scale"], a["hc_base"], *DSV4)
+    if op == "hc_head":
+        return lambda a: f(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], 1e-6, 1e-6)
+    S = prenorm_splits(T, H, sms)
+
+    def prenorm(a):
+        M, N = a["x"].shape[0], a["fn"].shape[0]
+        out = torch.empty(S, M, N, dtype=torch.float32, device=a["x"].device)
+        sqrsum = torch.empty(S, M, dtype=torch.float32, device=a["x"].device)
+        f(a["x"], a["fn"], out, sqrsum, S)
+        return out, sqrsum
+    return prenorm
+
+
 def op_fn(op: str, impl: str, T: int, H: int, sms: int):
     S = prenorm_splits(T, H, sms)
+    if impl in PEERS:
+        return peer_fn(op, impl, T, H, sms)
     if impl == INVARIANT:
         # The launchers read the flag at every call, graph capture included.
         inner = op_fn(op, "mhc_ops", T, H, sms)
@@ -221,7 +304,7 @@ def copy_bandwidth_gbps() -> float:
 
 # ---------------------------------------------------------------------------------------------
 
-def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures):
+def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures, cold_starts):
     g = torch.Generator(device="cuda").manual_seed(zlib.crc32(repr((op, T, H)).encode()))
     first = make_set(op, T, H, g)
     nsets = max(MIN_SETS, math.ceil(2.5 * l2_bytes / set_bytes(first)))
@@ -230,20 +313,47 @@ def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures):
         if msg:
             failures.append(f"{op} T={T} H={H} {impl}: {msg}")
             print(f"VERIFY FAILED {op} T={T} H={H} {impl}: {msg}", flush=True)
+    timed = [i for i in impls if i not in PEERS]
+    for impl in (i for i in impls if i in PEERS):
+        if op_fn(op, impl, T, H, sms) is None:
+            continue
+        # The first call compiles the peer's kernel variant (TileLang / DeepGEMM / Triton JIT):
+        # its cold start. A peer that fails or computes wrong is reported and not timed.
+        try:
+            t0 = time.perf_counter()
+            op_fn(op, impl, T, H, sms)(first)
+            torch.cuda.synchronize()
+            cold_starts.append({"op": op, "T": T, "H": H, "impl": impl,
+                                "first_call_s": round(time.perf_counter() - t0, 3)})
+            msg = verify(op, first, T, H, sms, impl)
+        except Exception as e:  # noqa: BLE001 - a peer's failure is a finding, not a crash
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        if msg:
+            print(f"PEER NOT TIMED {op} T={T} H={H} {impl}: {msg}", flush=True)
+        else:
+            timed.append(impl)
     sets = [first] + [make_set(op, T, H, g) for _ in range(nsets - 1)]
     floor_us = floor_bytes(op, T, H, sms) / (bw * 1e9) * 1e6
     out = {}
-    for impl in impls:
+    for impl in list(timed):
         fn = op_fn(op, impl, T, H, sms)
+        try:
+            for l2 in ("warm", "cold"):
+                use = sets[:1] if l2 == "warm" else sets
+                out[(impl, l2)] = graph_time_us(fn, use, max(10, len(use)))
+        except Exception as e:  # noqa: BLE001 - only a peer may fail here (it was verified)
+            if impl not in PEERS:
+                raise
+            print(f"PEER NOT TIMED {op} T={T} H={H} {impl}: {type(e).__name__}: {e}", flush=True)
+            timed.remove(impl)
+            torch.cuda.synchronize()
+            continue
         for l2 in ("warm", "cold"):
-            use = sets[:1] if l2 == "warm" else sets
-            us = graph_time_us(fn, use, max(10, len(use)))
-            out[(impl, l2)] = us
-            rows.append({"op": op, "T": T, "H": H, "l2": l2, "impl": impl, "us": round(us, 3),
-                         "floor_us": round(floor_us, 3)})
+            rows.append({"op": op, "T": T, "H": H, "l2": l2, "impl": impl,
+                         "us": round(out[(impl, l2)], 3), "floor_us": round(floor_us, 3)})
     del sets, first
     torch.cuda.empty_cache()
-    cells = "  ".join(f"{i}/{l}={out[(i, l)]:9.2f}" for i in impls for l in ("warm", "cold"))
+    cells = "  ".join(f"{i}/{l}={out[(i, l)]:9.2f}" for i in timed for l in ("warm", "cold"))
     print(f"{op:20s} T={T:6d} H={H:5d} floor={floor_us:8.2f}  {cells}", flush=True)
 
 
@@ -253,9 +363,11 @@ def table(rows: list[dict]) -> str:
         key.setdefault((r["op"], r["H"], r["T"]), {})[(r["impl"], r["l2"])] = r["us"]
         key[(r["op"], r["H"], r["T"])]["floor"] = r["floor_us"]
     inv = any(r["impl"] == INVARIANT for r in rows)
+    peers = [p for p in PEERS if any(r["impl"] == p for r in rows)]
     lines = [f"{'op':20s} {'H':>5s} {'T':>6s} {'floor':>9s} {'mhc cold':>9s} {'x floor':>7s} "
              f"{'compile':>9s} {'speedup':>7s} {'eager':>9s} {'mhc warm':>9s}"
-             + (f" {'invariant':>9s} {'x mhc':>7s}" if inv else "")]
+             + (f" {'invariant':>9s} {'x mhc':>7s}" if inv else "")
+             + "".join(f" {p:>9s} {'x mhc':>7s}" for p in peers)]
     for (op, H, T), v in sorted(key.items(), key=lambda kv: (OPS.index(kv[0][0]), kv[0][1],
                                                               kv[0][2])):
         m, c, e = v.get(("mhc_ops", "cold")), v.get(("compile", "cold")), v.get(("eager", "cold"))
@@ -265,7 +377,23 @@ def table(rows: list[dict]) -> str:
         lines.append(f"{op:20s} {H:5d} {T:6d} {f:9.2f} {fmt(m)} "
                      f"{(m / f if m else 0):7.2f} {fmt(c)} {(c / m if m and c else 0):7.2f} "
                      f"{fmt(e)} {fmt(v.get(('mhc_ops', 'warm')))}"
-                     + (f" {fmt(i)} {(i / m if m and i else 0):7.2f}" if inv else ""))
+                     + (f" {fmt(i)} {(i / m if m and i else 0):7.2f}" if inv else "")
+                     + "".join(f" {fmt(v.get((p, 'cold')))} "
+                               f"{(v[(p, 'cold')] / m if m and v.get((p, 'cold')) else 0):7.2f}"
+                               for p in peers))
+    return "\n".join(lines)
+
+
+def cold_start_table(cold_starts: list[dict]) -> str:
+    """The peers' first calls (their JIT compiles), one line per peer: count, total, worst."""
+    lines = []
+    for p in PEERS:
+        sel = [c for c in cold_starts if c["impl"] == p]
+        if sel:
+            worst = max(sel, key=lambda c: c["first_call_s"])
+            lines.append(f"{p}: {len(sel)} first calls, {sum(c['first_call_s'] for c in sel):.1f}"
+                         f" s in all, worst {worst['first_call_s']:.1f} s ({worst['op']} "
+                         f"T={worst['T']} H={worst['H']})")
     return "\n".join(lines)
 
 
@@ -281,7 +409,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
             ax = axes[i][j]
             sel = [r for r in rows if r["op"] == op and r["H"] == H and r["l2"] == "cold"]
             for impl, style, color in (("mhc_ops", "o-", "C0"), ("compile", "s--", "C1"),
-                                       ("eager", "^:", "C2"), (INVARIANT, "d-.", "C3")):
+                                       ("eager", "^:", "C2"), (INVARIANT, "d-.", "C3"),
+                                       ("sglang", "v--", "C4"), ("vllm", "P--", "C5")):
                 pts = sorted((r["T"], r["us"]) for r in sel if r["impl"] == impl)
                 if pts:
                     ax.plot(*zip(*pts), style, color=color, label=impl)
@@ -332,12 +461,19 @@ def add_knob_args(ap: argparse.ArgumentParser) -> None:
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=doc)
 
 
-def apply_knobs(args: argparse.Namespace) -> None:
-    for name, _, said in KNOBS:
-        value = getattr(args, name)
-        if value is not None:
-            getattr(mhc_ops._C, "set_" + name)(value)
-            print(said.format(value))
+def apply_knobs(args: argparse.Namespace) -> str | None:
+    """Sets the knobs given; returns an error when one is given to a library built without
+    them (they exist only in a study build, MHC_STUDY=1)."""
+    given = [(name, said) for name, _, said in KNOBS if getattr(args, name) is not None]
+    missing = [name for name, _ in given if not hasattr(mhc_ops._C, "set_" + name)]
+    if missing:
+        opts = ", ".join("--" + n.replace("_", "-") for n in missing)
+        return (f"bench_ops: {opts} need(s) a study build of mhc_ops (built with MHC_STUDY=1); "
+                f"this mhc_ops._C has no set_{missing[0]}")
+    for name, said in given:
+        getattr(mhc_ops._C, "set_" + name)(getattr(args, name))
+        print(said.format(getattr(args, name)))
+    return None
 
 
 def main() -> int:
@@ -360,11 +496,21 @@ def main() -> int:
     if not (mhc_ops.cuda_available() and torch.cuda.is_available()):
         print("bench_ops: needs the CUDA kernels and a GPU", file=sys.stderr)
         return 2
-    apply_knobs(args)
+    knob_error = apply_knobs(args)
+    if knob_error:
+        print(knob_error, file=sys.stderr)
+        return 2
     ops = args.ops.split(",")
     tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
     widths = [7168] if args.quick else [int(h) for h in args.widths.split(",")]
     impls = args.impls.split(",")
+    for impl in [i for i in impls if i in PEERS]:
+        why = peer_missing(impl)
+        if why:
+            print(f"bench_ops: peer {impl} does not import ({why}); skipped", flush=True)
+            impls.remove(impl)
+        else:
+            print(f"bench_ops: peer {impl}: {peer_config(impl)}", flush=True)
     torch._dynamo.config.cache_size_limit = 256
     if hasattr(torch._dynamo.config, "recompile_limit"):
         torch._dynamo.config.recompile_limit = 256
@@ -373,12 +519,13 @@ def main() -> int:
     bw = copy_bandwidth_gbps()
     print(f"{props.name}: {sms} SMs, L2 {l2 / 2**20:.0f} MiB, copy bandwidth {bw:.0f} GB/s, "
           f"torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
-    rows, failures = [], []
-    old, command = [], " ".join(["python"] + sys.argv)
+    rows, failures, cold_starts = [], [], []
+    old, old_cold, command = [], [], " ".join(["python"] + sys.argv)
     if args.out and os.path.exists(args.out):
         with open(args.out) as f:
             prev = json.load(f)
         old = prev["rows"]
+        old_cold = prev.get("first_call_s", [])
         if prev.get("command") and prev["command"] != command:
             command = prev["command"] + " && " + command
 
@@ -388,6 +535,10 @@ def main() -> int:
                "copy_bandwidth_GBps": round(bw, 1), "command": command,
                "rows": [r for r in old if (r["op"], r["T"], r["H"], r["impl"]) not in keys]
                + rows}
+        if cold_starts or old_cold:
+            ckeys = {(c["op"], c["T"], c["H"], c["impl"]) for c in cold_starts}
+            doc["first_call_s"] = [c for c in old_cold if (c["op"], c["T"], c["H"], c["impl"])
+                                   not in ckeys] + cold_starts
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=1)
         return doc
@@ -395,11 +546,13 @@ def main() -> int:
     for op in ops:
         for H in widths:
             for T in tokens:
-                run_point(op, T, H, impls, sms, l2, bw, rows, failures)
+                run_point(op, T, H, impls, sms, l2, bw, rows, failures, cold_starts)
                 if args.out:  # after every point, so that a run cut short keeps its rows
                     save()
     print()
     print(table(rows))
+    if cold_starts:
+        print(cold_start_table(cold_starts))
     if args.out:
         doc = save()
         png = args.plot or os.path.splitext(args.out)[0] + ".png"

@@ -20,6 +20,8 @@ def main() -> None:
     print(f"{doc['device']}, torch {doc['torch']}, CUDA {doc['cuda']}, "
           f"copy {doc['copy_bandwidth_GBps']} GB/s")
     print(bench_ops.table(doc["rows"]))
+    if doc.get("first_call_s"):
+        print(bench_ops.cold_start_table(doc["first_call_s"]))
     if "--plot" in sys.argv:
         png = os.path.splitext(path)[0] + ".png"
         bench_ops.plot(doc["rows"], png, f"{doc['device']}, torch {doc['torch']}, CUDA "

@@ -64,3 +64,59 @@ def test_invariant_rows_stay_out_of_the_results_file(monkeypatch, capsys, tmp_pa
     assert bench_ops.main() == 2
     assert "batch_invariant_h100.json" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_study_knobs_need_a_study_build(monkeypatch, capsys):
+    """On a library without the study setters, a knob option stops the run with a message
+    naming the option and the build; without knob options nothing is asked of the library."""
+    monkeypatch.delattr(mhc_ops._C, "set_split_target_ctas", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bench_ops.py", "--split-target-ctas", "132"])
+    monkeypatch.setattr(mhc_ops, "cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bench_ops.main() == 2
+    err = capsys.readouterr().err
+    assert "--split-target-ctas" in err and "MHC_STUDY=1" in err
+    ap = __import__("argparse").ArgumentParser()
+    bench_ops.add_knob_args(ap)
+    assert bench_ops.apply_knobs(ap.parse_args([])) is None
+
+
+def test_missing_peer_is_reported_and_skipped(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sglang.kernels.ops.layernorm.mhc", None)
+    why = bench_ops.peer_missing("sglang")
+    assert why and "sglang.kernels.ops.layernorm.mhc" in why
+
+
+def test_peer_functions_are_called_the_stacks_way(monkeypatch):
+    """The peer callables pass the DeepSeek-V4 model's arguments; here the mhc_ops drop-ins
+    stand in for the peers' modules, so the results are mhc_ops' own."""
+    import types
+
+    from mhc_ops.compat import sglang as sg, vllm as vl
+
+    for impl, compat in (("sglang", sg), ("vllm", vl)):
+        for op, (module, name) in bench_ops.PEER_FUNCTIONS[impl].items():
+            if op == "hc_prenorm_gemm":
+                continue
+            mod = sys.modules.get(module) or types.ModuleType(module)
+            setattr(mod, name, getattr(compat, name))
+            monkeypatch.setitem(sys.modules, module, mod)
+    a = h.pre_inputs(5, 4, 64, seed=3)
+    a.pop("norm_weight")
+    for impl in ("sglang", "vllm"):
+        got = bench_ops.op_fn("mhc_pre", impl, 5, 64, 0)(a)
+        for g, w in zip(got, mhc_ops.mhc_pre(**a)):
+            assert torch.equal(g, w)
+    assert bench_ops.op_fn("hc_prenorm_gemm", "sglang", 5, 64, 132) is None
+
+
+def test_table_shows_the_peers():
+    rows = [{"op": "mhc_pre", "T": 64, "H": 7168, "l2": "cold", "impl": impl, "us": us,
+             "floor_us": 1.0} for impl, us in (("mhc_ops", 8.0), ("vllm", 12.0))]
+    lines = bench_ops.table(rows).splitlines()
+    assert "vllm" in lines[0] and "sglang" not in lines[0]
+    assert lines[1].split()[-2:] == ["12.00", "1.50"]
+    cold = [{"op": "mhc_pre", "T": 64, "H": 7168, "impl": "vllm", "first_call_s": 4.5},
+            {"op": "hc_head", "T": 1, "H": 7168, "impl": "vllm", "first_call_s": 1.5}]
+    assert bench_ops.cold_start_table(cold) == ("vllm: 2 first calls, 6.0 s in all, worst "
+                                                "4.5 s (mhc_pre T=64 H=7168)")

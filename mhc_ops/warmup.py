@@ -149,8 +149,9 @@ class WarmupExecutor:
         """Bytes of the preallocated inputs plus the outputs of one call at max_tokens."""
         return self.bytes_needed(self.max_tokens, self.hidden_size, self.hc_mult)
 
-    def execute(self, num_tokens: int, param_set: int = 0) -> None:
-        """Run the op once on the first num_tokens tokens with parameter set 0 or 1."""
+    def execute(self, num_tokens: int, param_set: int = 0):
+        """Run the op once on the first num_tokens tokens with parameter set 0 or 1; returns
+        its outputs (warmup measures memory while it holds them)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
 
@@ -185,7 +186,7 @@ class _PreExecutor(_StreamParams, WarmupExecutor):
 
     def execute(self, num_tokens, param_set=0):
         fn, scale, base = self.params[param_set]
-        _ops.mhc_pre(self.residual[:num_tokens], fn, scale, base, norm_weight=self.norm_weight)
+        return _ops.mhc_pre(self.residual[:num_tokens], fn, scale, base, norm_weight=self.norm_weight)
 
 
 class _FusedExecutor(_StreamParams, WarmupExecutor):
@@ -207,7 +208,7 @@ class _FusedExecutor(_StreamParams, WarmupExecutor):
     def execute(self, num_tokens, param_set=0):
         fn, scale, base = self.params[param_set]
         t = num_tokens
-        _ops.mhc_fused_post_pre(self.x[:t], self.residual[:t], self.post_mix[:t],
+        return _ops.mhc_fused_post_pre(self.x[:t], self.residual[:t], self.post_mix[:t],
                                 self.comb_mix[:t], fn, scale, base, norm_weight=self.norm_weight)
 
 
@@ -221,7 +222,7 @@ class _PostExecutor(_FusedExecutor):
 
     def execute(self, num_tokens, param_set=0):
         t = num_tokens
-        _ops.mhc_post(self.x[:t], self.residual[:t], self.post_mix[:t], self.comb_mix[:t])
+        return _ops.mhc_post(self.x[:t], self.residual[:t], self.post_mix[:t], self.comb_mix[:t])
 
 
 class _HeadExecutor(_StreamParams, WarmupExecutor):
@@ -237,7 +238,7 @@ class _HeadExecutor(_StreamParams, WarmupExecutor):
 
     def execute(self, num_tokens, param_set=0):
         fn, scale, base = self.params[param_set]
-        _ops.hc_head(self.residual[:num_tokens], fn, scale, base)
+        return _ops.hc_head(self.residual[:num_tokens], fn, scale, base)
 
 
 class _PrenormExecutor(_StreamParams, WarmupExecutor):
@@ -260,7 +261,7 @@ class _PrenormExecutor(_StreamParams, WarmupExecutor):
         K = self.hc_mult * self.hidden_size
         splits = plan_of(KernelType.PRENORM_GEMM, num_tokens, hidden_size=self.hidden_size,
                          hc_mult=self.hc_mult, num_sms=self.num_sms).num_splits
-        _ops.hc_prenorm_gemm(self.residual[:num_tokens].view(num_tokens, K), fn, splits)
+        return _ops.hc_prenorm_gemm(self.residual[:num_tokens].view(num_tokens, K), fn, splits)
 
 
 class _LinearExecutor(WarmupExecutor):
@@ -278,7 +279,7 @@ class _LinearExecutor(WarmupExecutor):
                         for _ in range(2)]
 
     def execute(self, num_tokens, param_set=0):
-        _ops.linear_bf16_fp32(self.x[:num_tokens], self.weights[param_set])
+        return _ops.linear_bf16_fp32(self.x[:num_tokens], self.weights[param_set])
 
 
 @dataclass
@@ -377,6 +378,36 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+class _PeakMeter:
+    """Bytes allocated on a CUDA device above the level at entry, at their highest, measured
+    without resetting torch's peak statistics (serving stacks size their KV cache from them).
+
+    Where this stretch raises the process's high-water mark, that mark is exact; where it
+    stays below an earlier one, the highest of the samples taken (after each call, with its
+    inputs and outputs held: only an op's transient workspace escapes them) stands in. On the
+    CPU it measures nothing (peak 0)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self) -> "_PeakMeter":
+        if self.device.type == "cuda":
+            self._base = torch.cuda.memory_allocated(self.device)
+            self._mark = torch.cuda.max_memory_allocated(self.device)
+        return self
+
+    def sample(self) -> None:
+        if self.device.type == "cuda":
+            self.peak = max(self.peak, torch.cuda.memory_allocated(self.device) - self._base)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            mark = torch.cuda.max_memory_allocated(self.device)
+            if mark > self._mark:
+                self.peak = max(self.peak, mark - self._base)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -393,6 +424,11 @@ def warmup(hidden_size: int, *, max_tokens: int | None = None,
     with the attention and the FFN parameter sets. MHC_SKIP_WARMUP=1 makes this a logged no-op.
     Returns a WarmupReport (token counts, seconds and peak bytes per op) and logs one summary
     line (on rank 0 only under torch.distributed).
+
+    Leaves the process as it found it apart from the allocator's cache: torch's peak-memory
+    statistics are not reset (vLLM sizes its KV cache from them) and every buffer warmup
+    allocated is freed before it returns. Peak bytes per op are measured around that (see
+    _PeakMeter); on the CPU they are the executor's memory_requirement().
     """
     dev = _resolve_device(device)
     max_tokens = envs.MHC_WARMUP_MAX_TOKENS.get() if max_tokens is None else int(max_tokens)
@@ -414,24 +450,26 @@ def warmup(hidden_size: int, *, max_tokens: int | None = None,
     start = time.perf_counter()
     with torch.no_grad():
         for kind, nv in jobs:
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-                base = torch.cuda.memory_allocated(dev)
             t0 = time.perf_counter()
-            ex = WarmupExecutor.create(kind, max_tokens=max_tokens, hidden_size=hidden_size,
-                                       hc_mult=hc_mult, device=dev, norm=nv)
-            counts = token_counts_for(kind, ex.max_tokens, hidden_size=hidden_size,
-                                      hc_mult=hc_mult, num_sms=num_sms, norm=nv,
-                                      clusters=clusters)
-            for t in counts:
-                for param_set in (0, 1):
-                    ex.execute(t, param_set)
-            _sync(dev)
-            peak = (torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda"
-                    else ex.memory_requirement())
+            with _PeakMeter(dev) as meter:
+                ex = WarmupExecutor.create(kind, max_tokens=max_tokens, hidden_size=hidden_size,
+                                           hc_mult=hc_mult, device=dev, norm=nv)
+                counts = token_counts_for(kind, ex.max_tokens, hidden_size=hidden_size,
+                                          hc_mult=hc_mult, num_sms=num_sms, norm=nv,
+                                          clusters=clusters)
+                for t in counts:
+                    for param_set in (0, 1):
+                        out = ex.execute(t, param_set)
+                        meter.sample()
+                        del out
+                _sync(dev)
+                requirement, tokens = ex.memory_requirement(), ex.max_tokens
+                # The inputs go before the next executor allocates its own, and none outlive
+                # warmup: serving sizes its caches from what is allocated afterwards.
+                del ex
+            peak = meter.peak if dev.type == "cuda" else requirement
             report.kinds.append(KindReport(kind, nv, counts, time.perf_counter() - t0, peak,
-                                           ex.max_tokens))
-            del ex
+                                           tokens))
             bar.step(kind.name + (" +norm" if nv else ""))
     bar.close()
     report.seconds = time.perf_counter() - start
