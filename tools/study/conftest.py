@@ -18,8 +18,13 @@ import mhc_ops  # noqa: E402
 from cuda_helpers import nan_filled  # noqa: E402,F401  (the product suite's fixture)
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 def pytest_collection_modifyitems(config, items):
-    if not getattr(mhc_ops._C, "study_build", False):
-        skip = pytest.mark.skip(reason="needs a study build (MHC_STUDY=1 at build time)")
-        for item in items:
+    if getattr(mhc_ops._C, "study_build", False):
+        return
+    skip = pytest.mark.skip(reason="needs a study build (MHC_STUDY=1 at build time)")
+    for item in items:  # this hook sees the whole session's items: only this folder's
+        if os.path.dirname(str(item.fspath)) == _HERE:
             item.add_marker(skip)
