@@ -3,13 +3,15 @@ starts with the op name, names the argument and prints expected versus actual.
 
 One table row per case: (op, case id, change to a valid call, anchored regex). The valid base
 call uses T = 4, n = 4, H = 64 (K = 256, M3 = 24) and, for the GEMMs, M = 4, N = 24,
-K = 64·7 + 5 (ceil(K/64) = 8).
+K = 64·7 + 5 (ceil(K/64) = 8). Every row runs on each backend, on the meta device and under
+FakeTensorMode: the fakes run the kernels' own checks (csrc/core/validate.h).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import helpers as h
 import mhc_ops
@@ -220,6 +222,33 @@ def test_bad_input(device, op, case, change, regex):
     args = _base(op, device)
     getattr(torch.ops.mhc, op)(**args)  # the unchanged call is valid
     _raises(op, {**args, **change(args)}, regex)
+
+
+def _to_meta(args: dict) -> dict:
+    return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("op,case,change,regex", TABLE,
+                         ids=[f"{r[0]}-{r[1]}" for r in TABLE])
+def test_bad_input_meta(op, case, change, regex):
+    # On the meta device the dispatcher runs the fake, which runs the kernels' checks
+    # (csrc/core/validate.h): the same refusal, the same message.
+    args = _to_meta(_base(op, "cpu"))
+    getattr(torch.ops.mhc, op)(**args)
+    _raises(op, {**args, **change(args)}, regex)
+
+
+@pytest.mark.parametrize("op,case,change,regex", TABLE,
+                         ids=[f"{r[0]}-{r[1]}" for r in TABLE])
+def test_bad_input_fake_tensor_mode(op, case, change, regex):
+    # What torch.compile's tracing sees: fake tensors (static shapes here; symbolic ones in
+    # tests/test_fake_checks.py).
+    base = _base(op, "cpu")
+    mode = FakeTensorMode()
+    args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in base.items()}
+    with mode:
+        getattr(torch.ops.mhc, op)(**args)
+        _raises(op, {**args, **change(args)}, regex)
 
 
 # Tensor arguments that must share the first argument's device, per op.
