@@ -83,7 +83,12 @@ PRE_PARAM_CASES = [
     ("norm_weight-dtype", lambda a: {"norm_weight": a["norm_weight"].float()},
      r"norm_weight must be bfloat16 \[H=64\]; got float32 \[64\]$"),
     ("sinkhorn_repeat<0", lambda a: {"sinkhorn_repeat": -1},
-     r"sinkhorn_repeat must be >= 0; got -1$"),
+     r"sinkhorn_repeat must be in \[0, 1000\]; got -1$"),
+    # an unbounded count would run for ever instead of failing
+    ("sinkhorn_repeat>1000", lambda a: {"sinkhorn_repeat": 1001},
+     r"sinkhorn_repeat must be in \[0, 1000\]; got 1001$"),
+    ("sinkhorn_repeat-int64-max", lambda a: {"sinkhorn_repeat": 2**63 - 1},
+     r"sinkhorn_repeat must be in \[0, 1000\]; got 9223372036854775807$"),
     ("rms_eps<0", lambda a: {"rms_eps": -1e-6}, r"rms_eps must be finite and >= 0; got -1e-06$"),
     ("rms_eps-nan", lambda a: {"rms_eps": nan}, r"rms_eps must be finite and >= 0; got nan$"),
     ("hc_pre_eps-inf", lambda a: {"hc_pre_eps": inf},

@@ -29,7 +29,7 @@ def _cases() -> list:
     return [
         # (op, positional args, the argument named in the message)
         ("mhc_pre", (pre["residual"].float(), *p), "residual"),
-        ("mhc_pre", (pre["residual"], *p, 1e-6, 1e-6, 1e-6, 2.0, -1), "sinkhorn_repeat"),
+        ("mhc_pre", (pre["residual"], *p, 1e-6, 1e-6, 1e-6, 2.0, 2**63 - 1), "sinkhorn_repeat"),
         ("mhc_post", (post["x"][:3], post["residual"], post["post_mix"], post["comb_mix"]), "x"),
         ("mhc_fused_post_pre", (post["x"], post["residual"], post["post_mix"],
                                 post["comb_mix"][:, :, :3], *p), "comb_mix"),

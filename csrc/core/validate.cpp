@@ -80,7 +80,8 @@ void check_pre_params(const char* op, const StreamDimsT<I>& d, const at::Tensor&
   check_eps(op, "hc_sinkhorn_eps", a.hc_sinkhorn_eps);
   check_finite(op, "hc_post_mult_value", a.hc_post_mult_value);
   check_eps(op, "norm_eps", a.norm_eps);
-  TORCH_CHECK(a.sinkhorn_repeat >= 0, op, ": sinkhorn_repeat must be >= 0; got ",
+  TORCH_CHECK(a.sinkhorn_repeat >= 0 && a.sinkhorn_repeat <= kMaxSinkhornRepeat, op,
+              ": sinkhorn_repeat must be in [0, ", kMaxSinkhornRepeat, "]; got ",
               a.sinkhorn_repeat);
 }
 

@@ -14,6 +14,11 @@
 
 namespace mhc {
 
+// Most Sinkhorn rounds an op accepts (SPEC §2.6). Upstream runs 20; the bound turns a wrong count
+// (say 2^63 - 1) into an error instead of a kernel that runs for ever: every round is a serial
+// row and column normalisation of each token's n x n matrix.
+constexpr int64_t kMaxSinkhornRepeat = 1000;
+
 template <class I>
 struct StreamDimsT {
   I T;  // tokens
@@ -42,7 +47,7 @@ template <class I = int64_t>
 StreamDimsT<I> check_residual(const char* op, const at::Tensor& residual);
 
 // fn [n(n+2), K], hc_scale [3], hc_base [n(n+2)] fp32, norm_weight [H] bf16, eps >= 0,
-// sinkhorn_repeat >= 0.
+// 0 <= sinkhorn_repeat <= kMaxSinkhornRepeat.
 template <class I>
 void check_pre_params(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
                       const at::Tensor& fn, const at::Tensor& hc_scale,
