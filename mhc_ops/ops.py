@@ -203,6 +203,7 @@ def tf32_hc_prenorm_gemm(x: Tensor, fn: Tensor, out: Tensor, sqrsum: Tensor,
     """Drop-in for DeepGEMM's ``tf32_hc_prenorm_gemm``: writes out and sqrsum in place.
 
     num_splits=None: out [M, N], sqrsum [M]; otherwise out [S, M, N], sqrsum [S, M].
+    Neither output may overlap itself, the other or an input (as for out= arguments).
     M = 0 is a no-op.
     """
     if envs.MHC_DISABLE_KERNELS.get():

@@ -43,6 +43,17 @@ def _base(op: str, device: str) -> dict:
 f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
 nan, inf = float("nan"), float("inf")
 
+
+def _sharing(args: dict, **views) -> dict:
+    """Arguments of tf32_hc_prenorm_gemm remade as contiguous views of one zeroed byte buffer:
+    name=(offset in elements of that argument's dtype, shape)."""
+    end = max((o + torch.Size(shape).numel()) * args[k].dtype.itemsize
+              for k, (o, shape) in views.items())
+    buf = torch.zeros(-(-end // 16) * 16, dtype=torch.uint8, device=args["fn"].device)
+    return {k: buf.view(args[k].dtype)[o:o + torch.Size(shape).numel()].view(shape)
+            for k, (o, shape) in views.items()}
+
+
 # Changes shared by the three ops that take residual [T, n, H] first.
 RESIDUAL_CASES = [
     ("residual-dtype", lambda a: {"residual": a["residual"].float()},
@@ -186,6 +197,41 @@ DG_CASES = PRENORM_CASES + [
                                   "out": torch.empty(3, T, 24, device=a["fn"].device),
                                   "sqrsum": torch.empty(2, T, device=a["fn"].device)},
      r"sqrsum must be float32 \[S=3, M=4\]; got float32 \[2, 4\]$"),
+] + [
+    # Outputs that share memory (PyTorch's out= rule): the kernels write from many threads, so
+    # such a call would give write-order-dependent or silently wrong results.
+    ("sqrsum-is-a-column-of-out", lambda a: {"sqrsum": a["out"][:, 0]},
+     r"sqrsum must not overlap out in memory; got sqrsum float32 \[4\] with strides \[24\] at "
+     r"storage offset 0 and out float32 \[4, 24\] with strides \[24, 1\] at storage offset 0 "
+     r"in one storage$"),
+    ("out-overlaps-fn", lambda a: _sharing(a, fn=(0, (24, GK)), out=(24 * GK - 40, (T, 24))),
+     r"out must not overlap fn in memory; got out float32 \[4, 24\] with strides \[24, 1\] at "
+     rf"storage offset {24 * GK - 40} and fn float32 \[24, 453\] with strides \[453, 1\] at "
+     r"storage offset 0 in one storage$"),
+    ("sqrsum-overlaps-fn", lambda a: _sharing(a, fn=(2, (24, GK)), sqrsum=(0, (T,))),
+     r"sqrsum must not overlap fn in memory; got sqrsum float32 \[4\] .* and fn float32 "
+     r"\[24, 453\] with strides \[453, 1\] at storage offset 2 in one storage$"),
+    ("out-overlaps-x", lambda a: _sharing(a, x=(0, (T, GK)), out=(T * GK // 2 - 8, (T, 24))),
+     r"out must not overlap x in memory; got out float32 \[4, 24\] .* and x bfloat16 "
+     r"\[4, 453\] with strides \[453, 1\] at storage offset 0 in one storage$"),
+    ("sqrsum-overlaps-x", lambda a: _sharing(a, x=(4, (T, GK)), sqrsum=(0, (T,))),
+     r"sqrsum must not overlap x in memory; got sqrsum float32 \[4\] .* and x bfloat16 "
+     r"\[4, 453\] .* in one storage$"),
+    ("out-expanded", lambda a: {"out": torch.zeros(1, 24, device=a["fn"].device).expand(T, 24)},
+     r"out must not overlap itself \(no two elements at one address, as for an out= argument\); "
+     r"got float32 \[4, 24\] with strides \[0, 1\] at storage offset 0$"),
+    ("sqrsum-expanded", lambda a: {"sqrsum": torch.zeros(1, device=a["fn"].device).expand(T)},
+     r"sqrsum must not overlap itself .*; got float32 \[4\] with strides \[0\] at storage "
+     r"offset 0$"),
+    ("out-interleaved-rows", lambda a: {"out": torch.zeros(64, device=a["fn"].device)
+                                        .as_strided((T, 24), (8, 1))},
+     r"out must not overlap itself .*; got float32 \[4, 24\] with strides \[8, 1\] at storage "
+     r"offset 0$"),
+    ("split-sqrsum-inside-out", lambda a: {
+        "num_splits": 2, "out": (o := torch.empty(2, T, 24, device=a["fn"].device)),
+        "sqrsum": o[1, 1, 2:2 + 2 * T].view(2, T)},
+     r"sqrsum must not overlap out in memory; got sqrsum float32 \[2, 4\] .* at storage offset "
+     r"122 and out float32 \[2, 4, 24\] .* in one storage$"),
 ]
 
 LINEAR_CASES = [
@@ -237,7 +283,8 @@ def _to_meta(args: dict) -> dict:
                          ids=[f"{r[0]}-{r[1]}" for r in TABLE])
 def test_bad_input_meta(op, case, change, regex):
     # On the meta device the dispatcher runs the fake, which runs the kernels' checks
-    # (csrc/core/validate.h): the same refusal, the same message.
+    # (csrc/core/validate.h): the same refusal, the same message. The change is applied to the
+    # meta arguments so that views (the overlap cases) alias on the meta device too.
     args = _to_meta(_base(op, "cpu"))
     getattr(torch.ops.mhc, op)(**args)
     _raises(op, {**args, **change(args)}, regex)
@@ -295,11 +342,47 @@ def test_bad_input_leaves_outputs_untouched(device):
     out = torch.full((3, T, 24), nan, device=device)
     sq = torch.full((3, T), nan, device=device)
     for bad in ({"num_splits": 9}, {"sqrsum": torch.full((3, T + 1), nan, device=device)},
-                {"x": args["x"].float()}):
+                {"x": args["x"].float()}, {"sqrsum": out[:, :, 5]},
+                {"out": out[:1].expand(3, T, 24)}):
         call = {**args, "out": out, "sqrsum": sq, "num_splits": 3, **bad}
         with pytest.raises(RuntimeError, match=r"^tf32_hc_prenorm_gemm: "):
             torch.ops.mhc.tf32_hc_prenorm_gemm(**call)
         assert out.isnan().all() and sq.isnan().all()
+
+
+def test_output_overlapping_fn_leaves_fn_untouched(device):
+    # out inside fn's memory: computing would overwrite fn while it is read (results off by
+    # ~1e7); refused before anything is written.
+    buf = torch.randn(2048, generator=h.gen(5)).to(device)
+    before = buf.clone()
+    x = torch.randn(64, 256, generator=h.gen(6)).to(device, torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"^tf32_hc_prenorm_gemm: out must not overlap fn"):
+        torch.ops.mhc.tf32_hc_prenorm_gemm(x, buf.view(8, 256), buf[:512].view(64, 8),
+                                           torch.empty(64, device=device), None)
+    assert torch.equal(buf, before)
+
+
+@pytest.mark.parametrize("S", [None, 3])
+def test_disjoint_views_of_one_buffer_are_accepted(device, S):
+    # The overlap test is exact, not "same storage": outputs that interleave with each other or
+    # with fn without sharing an element are valid out= arguments and get the right values.
+    args = _base("tf32_hc_prenorm_gemm", device)
+    x, fn, lead = args["x"], args["fn"], () if S is None else (S,)
+    want_o, want_q = torch.ops.mhc.hc_prenorm_gemm(x, fn, S or 1)
+    if S is None:
+        want_o, want_q = want_o[0], want_q[0]
+    # out = buf[..., :24] and sqrsum = buf[..., 24]: one row of 25 per token
+    buf = torch.full((*lead, T, 25), nan, device=device)
+    torch.ops.mhc.tf32_hc_prenorm_gemm(x, fn, buf[..., :24], buf[..., 24], S)
+    assert torch.equal(buf[..., :24], want_o) and torch.equal(buf[..., 24], want_q)
+    # fn, out and sqrsum back to back in one storage
+    n_fn, n_out, n_sq = fn.numel(), want_o.numel(), want_q.numel()
+    store = torch.full((n_fn + n_out + n_sq,), nan, device=device)
+    f = store[:n_fn].view(fn.shape).copy_(fn)
+    o = store[n_fn:n_fn + n_out].view(want_o.shape)
+    q = store[n_fn + n_out:].view(want_q.shape)
+    torch.ops.mhc.tf32_hc_prenorm_gemm(x, f, o, q, S)
+    assert torch.equal(o, want_o) and torch.equal(q, want_q) and torch.equal(f, fn)
 
 
 def test_wrappers_report_op_errors(device):

@@ -3,7 +3,9 @@
 For each op, one bad call: eager raises `<op>: <argument> ...`; torch.compile(fullgraph=True)
 of the same call raises the same message while tracing (static shapes: word for word; dynamic
 shapes: the message with symbolic sizes) instead of tracing wrong metadata or failing inside
-the fake.
+the fake. Overlapping outputs are judged at trace time where the sizes are concrete; under
+dynamic shapes the overlap cannot be decided on symbols and the kernel refuses the call when
+it runs, still before writing anything.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _cases() -> list:
                                 post["comb_mix"][:, :, :3], *p), "comb_mix"),
         ("hc_head", (head["residual"], head["fn"], torch.ones(3), head["hc_base"]), "hc_scale"),
         ("hc_prenorm_gemm", (pn["x"], pn["fn"], 0), "num_splits"),
-        ("tf32_hc_prenorm_gemm", (pn["x"], pn["fn"], out, torch.zeros(T + 1), None), "sqrsum"),
+        ("tf32_hc_prenorm_gemm", (pn["x"], pn["fn"], out, out[:, 0], None), "sqrsum"),
         ("linear_bf16_fp32", (lin["x"], lin["weight"][:, :199]), "weight"),
     ]
 
@@ -71,6 +73,16 @@ def test_compile_dynamic_refuses_with_named_error(op, args, arg):
     _eager_message(op, args)
     with pytest.raises(RuntimeError, match=rf"(^|\W){op}: {arg} must "):
         _compiled(op, dynamic=True)(*args)
+
+
+def test_compile_dynamic_overlap_refused_before_writing():
+    # Symbolic sizes: the fake cannot decide overlap, the kernel does, before any write.
+    x, fn = h.prenorm_inputs(5, 24, 200, seed=1).values()
+    out = torch.full((5, 24), float("nan"))
+    f = _compiled("tf32_hc_prenorm_gemm", dynamic=True)
+    with pytest.raises(RuntimeError, match=r"^tf32_hc_prenorm_gemm: sqrsum must not overlap out "):
+        f(x, fn, out, out[:, 3], None)
+    assert out.isnan().all()
 
 
 def test_compile_valid_calls_still_trace():

@@ -71,7 +71,8 @@ template <class I = int64_t>
 GemmDimsT<I> check_prenorm(const char* op, const at::Tensor& x, const at::Tensor& fn,
                            int64_t num_splits);
 
-// DeepGEMM form: out [M, N] and sqrsum [M] when num_splits is None, else [S, M, N] / [S, M].
+// DeepGEMM form: out [M, N] and sqrsum [M] when num_splits is None, else [S, M, N] / [S, M];
+// neither may overlap itself, the other or x (PyTorch's rule for out= arguments).
 template <class I>
 void check_prenorm_outputs(const char* op, const GemmDimsT<I>& g, const at::Tensor& x,
                            const at::Tensor& out, const at::Tensor& sqrsum,
@@ -109,6 +110,7 @@ template <class I = int64_t>
 GemmDimsT<I> validate_hc_prenorm_gemm(const at::Tensor& x, const at::Tensor& fn,
                                       int64_t num_splits);
 
+// check_prenorm, check_prenorm_outputs, and neither output overlapping fn.
 template <class I = int64_t>
 GemmDimsT<I> validate_tf32_hc_prenorm_gemm(const at::Tensor& x, const at::Tensor& fn,
                                            const at::Tensor& out, const at::Tensor& sqrsum,
