@@ -9,6 +9,8 @@ FakeTensorMode: the fakes run the kernels' own checks (csrc/core/validate.h).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -398,8 +400,8 @@ def test_wrappers_report_op_errors(device):
         mhc_ops.mhc_pre(pre["residual"].float().reshape(2, 2, N_HC, H), **p)
     post = _base("mhc_post", device)
     with pytest.raises(RuntimeError, match=r"^mhc_post: x must be bfloat16 \[T=4, H=64\]; "
-                                           r"got bfloat16 \[6, 64\]$"):
-        mhc_ops.mhc_post(torch.zeros(2, 3, H, dtype=bf16, device=device),
+                                           r"got bfloat16 \[4, 56\]$"):
+        mhc_ops.mhc_post(torch.zeros(2, 2, 56, dtype=bf16, device=device),
                          post["residual"].reshape(2, 2, N_HC, H),
                          post["post_mix"].reshape(2, 2, N_HC, 1),
                          post["comb_mix"].reshape(2, 2, N_HC, N_HC))
@@ -409,3 +411,45 @@ def test_wrappers_report_op_errors(device):
                         torch.ones(2, device=device), head["hc_base"])
     with pytest.raises(RuntimeError, match=r"^hc_prenorm_gemm: num_splits must be in"):
         mhc_ops.hc_prenorm_gemm(*[_base("hc_prenorm_gemm", device)[k] for k in ("x", "fn")], 0)
+
+
+# The wrappers' companions of residual [..., n, H].
+LEAD_ARGS = ("x", "post_mix", "comb_mix")
+LEAD_TABLE = [(op, arg) for op in ("mhc_post", "mhc_fused_post_pre") for arg in LEAD_ARGS]
+
+
+@pytest.mark.parametrize("op,arg", LEAD_TABLE, ids=[f"{o}-{a}" for o, a in LEAD_TABLE])
+def test_wrappers_require_equal_leading_dims(device, op, arg):
+    # residual [2, 3, n, H]: each companion must have leading dims [2, 3]. The same 6 tokens
+    # arranged [3, 2] would flatten to a valid shape and pair every token with another token's
+    # x or gates, so it is refused by name, as are missing or extra leading dims.
+    flat = (h.post_inputs(6, N_HC, H, seed=0, device=device) if op == "mhc_post"
+            else h.fused_inputs(6, N_HC, H, seed=0, norm=True, device=device))
+    args = {k: v.reshape(2, 3, *v.shape[1:]) if k in LEAD_ARGS + ("residual",) else v
+            for k, v in flat.items()}
+    out = getattr(mhc_ops, op)(**args)  # the matching call is valid
+    assert (out[0] if isinstance(out, tuple) else out).shape == (2, 3, N_HC, H)
+    v = args[arg]
+    tail = tuple(v.shape[2:])
+    for bad in (v.reshape(3, 2, *tail), v.reshape(6, *tail), v.reshape(1, 2, 3, *tail)):
+        got = re.escape(f"{str(bad.dtype)[6:]} {list(bad.shape)}")
+        with pytest.raises(RuntimeError, match=rf"^{op}: {arg} must have the leading dims "
+                                               rf"\[2, 3\] of residual bfloat16 "
+                                               rf"\[2, 3, 4, 64\]; got {got}$"):
+            getattr(mhc_ops, op)(**{**args, arg: bad})
+
+
+def test_wrappers_leading_dims_under_compile():
+    # Traced by dynamo (symbolic sizes, which it cannot format): the refusal still names the op
+    # and the argument, as the cause of the compile error.
+    torch._dynamo.reset()
+    args = {k: v.reshape(2, 3, *v.shape[1:]) for k, v in h.post_inputs(6, N_HC, H, seed=0).items()}
+    args["x"] = args["x"].reshape(3, 2, H)
+    f = torch.compile(mhc_ops.mhc_post, fullgraph=True, backend="eager", dynamic=True)
+    with pytest.raises(RuntimeError) as e:
+        f(**args)
+    chain, c = [], e.value
+    while c is not None:
+        chain.append(str(c))
+        c = c.__cause__ or c.__context__
+    assert any("mhc_post: x must have the leading dims of residual" in m for m in chain), chain
