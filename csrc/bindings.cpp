@@ -1,11 +1,12 @@
 // The Python module mhc_ops._C. Importing it loads the library, which registers the ops
 // (registration.cpp); the bindings here are only what is not an op: the planner and the
-// registry of launched plans (mhc_ops.plan, mhc_ops.warmup), and in a study build the study
-// knobs (core/study.h).
+// registry of launched plans (mhc_ops.plan, mhc_ops.warmup), the argument checks of each op for
+// its fake (mhc_ops/_fake.py), and in a study build the study knobs (core/study.h).
 #include <torch/extension.h>
 
 #include "core/plan.h"
 #include "core/study.h"
+#include "core/validate.h"
 
 namespace py = pybind11;
 
@@ -103,4 +104,70 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("plan_sequence", &mhc::plan_sequence);
   m.def("clear_launched_plans", &mhc::clear_launched_plans);
+
+  // Every check of each op (core/validate.h), the code its CPU and CUDA entry points run, on
+  // c10::SymInt sizes so that fake tensors with symbolic shapes are checked too (with guards).
+  // Each raises the op's RuntimeError or returns None; the fakes then only build the outputs.
+  using at::Tensor;
+  using OptTensor = std::optional<at::Tensor>;
+  using Sym = c10::SymInt;
+  m.def(
+      "validate_mhc_pre",
+      [](const Tensor& residual, const Tensor& fn, const Tensor& hc_scale, const Tensor& hc_base,
+         double rms_eps, double hc_pre_eps, double hc_sinkhorn_eps, double hc_post_mult_value,
+         int64_t sinkhorn_repeat, const OptTensor& norm_weight, double norm_eps) {
+        mhc::validate_mhc_pre<Sym>(residual, fn, hc_scale, hc_base,
+                                   {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value,
+                                    sinkhorn_repeat, norm_eps},
+                                   norm_weight);
+      },
+      py::arg("residual"), py::arg("fn"), py::arg("hc_scale"), py::arg("hc_base"),
+      py::arg("rms_eps"), py::arg("hc_pre_eps"), py::arg("hc_sinkhorn_eps"),
+      py::arg("hc_post_mult_value"), py::arg("sinkhorn_repeat"), py::arg("norm_weight"),
+      py::arg("norm_eps"));
+  m.def(
+      "validate_mhc_post",
+      [](const Tensor& x, const Tensor& residual, const Tensor& post_mix,
+         const Tensor& comb_mix) { mhc::validate_mhc_post<Sym>(x, residual, post_mix, comb_mix); },
+      py::arg("x"), py::arg("residual"), py::arg("post_mix"), py::arg("comb_mix"));
+  m.def(
+      "validate_mhc_fused_post_pre",
+      [](const Tensor& x, const Tensor& residual, const Tensor& post_mix, const Tensor& comb_mix,
+         const Tensor& fn, const Tensor& hc_scale, const Tensor& hc_base, double rms_eps,
+         double hc_pre_eps, double hc_sinkhorn_eps, double hc_post_mult_value,
+         int64_t sinkhorn_repeat, const OptTensor& norm_weight, double norm_eps) {
+        mhc::validate_mhc_fused_post_pre<Sym>(
+            x, residual, post_mix, comb_mix, fn, hc_scale, hc_base,
+            {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat, norm_eps},
+            norm_weight);
+      },
+      py::arg("x"), py::arg("residual"), py::arg("post_mix"), py::arg("comb_mix"), py::arg("fn"),
+      py::arg("hc_scale"), py::arg("hc_base"), py::arg("rms_eps"), py::arg("hc_pre_eps"),
+      py::arg("hc_sinkhorn_eps"), py::arg("hc_post_mult_value"), py::arg("sinkhorn_repeat"),
+      py::arg("norm_weight"), py::arg("norm_eps"));
+  m.def(
+      "validate_hc_head",
+      [](const Tensor& residual, const Tensor& fn, const Tensor& hc_scale, const Tensor& hc_base,
+         double rms_eps, double hc_eps) {
+        mhc::validate_hc_head<Sym>(residual, fn, hc_scale, hc_base, rms_eps, hc_eps);
+      },
+      py::arg("residual"), py::arg("fn"), py::arg("hc_scale"), py::arg("hc_base"),
+      py::arg("rms_eps"), py::arg("hc_eps"));
+  m.def(
+      "validate_hc_prenorm_gemm",
+      [](const Tensor& x, const Tensor& fn, int64_t num_splits) {
+        mhc::validate_hc_prenorm_gemm<Sym>(x, fn, num_splits);
+      },
+      py::arg("x"), py::arg("fn"), py::arg("num_splits"));
+  m.def(
+      "validate_tf32_hc_prenorm_gemm",
+      [](const Tensor& x, const Tensor& fn, const Tensor& out, const Tensor& sqrsum,
+         std::optional<int64_t> num_splits) {
+        mhc::validate_tf32_hc_prenorm_gemm<Sym>(x, fn, out, sqrsum, num_splits);
+      },
+      py::arg("x"), py::arg("fn"), py::arg("out"), py::arg("sqrsum"), py::arg("num_splits"));
+  m.def(
+      "validate_linear_bf16_fp32",
+      [](const Tensor& x, const Tensor& weight) { mhc::validate_linear_bf16_fp32<Sym>(x, weight); },
+      py::arg("x"), py::arg("weight"));
 }

@@ -39,9 +39,25 @@ def _flatten(t: Tensor, rank: int) -> tuple[Tensor, tuple[int, ...]]:
     return t.reshape(-1, *t.shape[t.dim() - rank + 1 :]), lead
 
 
-def _drop_lead(t: Tensor, lead: tuple[int, ...]) -> Tensor:
-    """Collapse the same leading dims `lead` of a companion argument (x, post_mix, comb_mix)."""
-    return t.reshape(-1, *t.shape[len(lead):]) if t.dim() > len(lead) else t
+def _describe(t: Tensor) -> str:
+    """'bfloat16 [2, 3, 64]', as the ops print a tensor (csrc/core/checks.h)."""
+    return f"{str(t.dtype).removeprefix('torch.')} [{', '.join(map(str, t.shape))}]"
+
+
+def _flatten_like(op: str, name: str, t: Tensor, lead: tuple[int, ...],
+                  residual: Tensor) -> Tensor:
+    """Collapse the leading dims `lead` of residual in a companion argument (x, post_mix,
+    comb_mix). They must be the same dims: flattened on its own, a companion with the same
+    number of tokens in another arrangement would be paired with the wrong tokens."""
+    k = len(lead)
+    if t.dim() <= k or tuple(t.shape[:k]) != lead:
+        if torch.compiler.is_compiling():
+            # dynamo cannot format symbolic sizes (str of a SymInt does not trace)
+            raise RuntimeError(f"{op}: {name} must have the leading dims of residual")
+        dims = ", ".join(map(str, lead))
+        raise RuntimeError(f"{op}: {name} must have the leading dims [{dims}] of residual "
+                           f"{_describe(residual)}; got {_describe(t)}")
+    return t.reshape(-1, *t.shape[k:])
 
 
 def mhc_pre(
@@ -66,7 +82,8 @@ def mhc_pre(
     residual[t, i]), RMS-normalised with norm_weight when given.
 
     Args: residual [..., n, H] bf16; fn [n(n+2), n*H] fp32; hc_scale [3] fp32;
-    hc_base [n(n+2)] fp32; norm_weight [H] bf16 or None.
+    hc_base [n(n+2)] fp32; norm_weight [H] bf16 or None; eps finite and >= 0;
+    0 <= sinkhorn_repeat <= 1000 (the Sinkhorn rounds, SPEC §2.6; more is refused).
     Returns: post_mix [..., n, 1] fp32, comb_mix [..., n, n] fp32, layer_input [..., H] bf16.
     """
     if envs.MHC_DISABLE_KERNELS.get():
@@ -87,7 +104,8 @@ def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor) ->
     """mHC post: new[j] = bf16(post[j]*x + sum_i comb[i, j]*residual[i]) (SPEC §2.2).
 
     Args: x [..., H] bf16 (sub-layer output); residual [..., n, H] bf16;
-    post_mix [..., n, 1] or [..., n] fp32; comb_mix [..., n, n] fp32.
+    post_mix [..., n, 1] or [..., n] fp32; comb_mix [..., n, n] fp32; the same leading dims
+    ``...`` in all four.
     Returns: the new residual [..., n, H] bf16.
     """
     if envs.MHC_DISABLE_KERNELS.get():
@@ -95,8 +113,10 @@ def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor) ->
     res, lead = _flatten(residual, 3)
     if res is residual:
         return _ops.mhc_post.default(x, residual, post_mix, comb_mix)
-    out = _ops.mhc_post.default(_drop_lead(x, lead), res, _drop_lead(post_mix, lead),
-                                _drop_lead(comb_mix, lead))
+    op = "mhc_post"
+    out = _ops.mhc_post.default(_flatten_like(op, "x", x, lead, residual), res,
+                                _flatten_like(op, "post_mix", post_mix, lead, residual),
+                                _flatten_like(op, "comb_mix", comb_mix, lead, residual))
     return out.reshape(*lead, *out.shape[1:])
 
 
@@ -120,6 +140,8 @@ def mhc_fused_post_pre(
 
     residual_out is bit-identical to mhc_post(x, residual, post_mix, comb_mix); the other
     outputs are those of mhc_pre(residual_out, fn, ...).
+    Arguments as for :func:`mhc_post` and :func:`mhc_pre`; the leading dims of x, post_mix
+    and comb_mix must be those of residual.
     Returns: residual_out [..., n, H] bf16, post_mix_out [..., n, 1] fp32,
     comb_mix_out [..., n, n] fp32, layer_input [..., H] bf16.
     """
@@ -132,9 +154,11 @@ def mhc_fused_post_pre(
     if res is residual:
         return _ops.mhc_fused_post_pre.default(x, residual, post_mix, comb_mix, fn, hc_scale,
                                                hc_base, *args)
+    op = "mhc_fused_post_pre"
     r, post, comb, layer_input = _ops.mhc_fused_post_pre.default(
-        _drop_lead(x, lead), res, _drop_lead(post_mix, lead), _drop_lead(comb_mix, lead), fn,
-        hc_scale, hc_base, *args)
+        _flatten_like(op, "x", x, lead, residual), res,
+        _flatten_like(op, "post_mix", post_mix, lead, residual),
+        _flatten_like(op, "comb_mix", comb_mix, lead, residual), fn, hc_scale, hc_base, *args)
     return (r.reshape(*lead, *r.shape[1:]), post.reshape(*lead, *post.shape[1:]),
             comb.reshape(*lead, *comb.shape[1:]), layer_input.reshape(*lead, layer_input.shape[-1]))
 
@@ -202,6 +226,7 @@ def tf32_hc_prenorm_gemm(x: Tensor, fn: Tensor, out: Tensor, sqrsum: Tensor,
     """Drop-in for DeepGEMM's ``tf32_hc_prenorm_gemm``: writes out and sqrsum in place.
 
     num_splits=None: out [M, N], sqrsum [M]; otherwise out [S, M, N], sqrsum [S, M].
+    Neither output may overlap itself, the other or an input (as for out= arguments).
     M = 0 is a no-op.
     """
     if envs.MHC_DISABLE_KERNELS.get():

@@ -3,13 +3,17 @@ starts with the op name, names the argument and prints expected versus actual.
 
 One table row per case: (op, case id, change to a valid call, anchored regex). The valid base
 call uses T = 4, n = 4, H = 64 (K = 256, M3 = 24) and, for the GEMMs, M = 4, N = 24,
-K = 64·7 + 5 (ceil(K/64) = 8).
+K = 64·7 + 5 (ceil(K/64) = 8). Every row runs on each backend, on the meta device and under
+FakeTensorMode: the fakes run the kernels' own checks (csrc/core/validate.h).
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import helpers as h
 import mhc_ops
@@ -40,6 +44,17 @@ def _base(op: str, device: str) -> dict:
 
 f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
 nan, inf = float("nan"), float("inf")
+
+
+def _sharing(args: dict, **views) -> dict:
+    """Arguments of tf32_hc_prenorm_gemm remade as contiguous views of one zeroed byte buffer:
+    name=(offset in elements of that argument's dtype, shape)."""
+    end = max((o + torch.Size(shape).numel()) * args[k].dtype.itemsize
+              for k, (o, shape) in views.items())
+    buf = torch.zeros(-(-end // 16) * 16, dtype=torch.uint8, device=args["fn"].device)
+    return {k: buf.view(args[k].dtype)[o:o + torch.Size(shape).numel()].view(shape)
+            for k, (o, shape) in views.items()}
+
 
 # Changes shared by the three ops that take residual [T, n, H] first.
 RESIDUAL_CASES = [
@@ -81,7 +96,12 @@ PRE_PARAM_CASES = [
     ("norm_weight-dtype", lambda a: {"norm_weight": a["norm_weight"].float()},
      r"norm_weight must be bfloat16 \[H=64\]; got float32 \[64\]$"),
     ("sinkhorn_repeat<0", lambda a: {"sinkhorn_repeat": -1},
-     r"sinkhorn_repeat must be >= 0; got -1$"),
+     r"sinkhorn_repeat must be in \[0, 1000\]; got -1$"),
+    # an unbounded count would run for ever instead of failing
+    ("sinkhorn_repeat>1000", lambda a: {"sinkhorn_repeat": 1001},
+     r"sinkhorn_repeat must be in \[0, 1000\]; got 1001$"),
+    ("sinkhorn_repeat-int64-max", lambda a: {"sinkhorn_repeat": 2**63 - 1},
+     r"sinkhorn_repeat must be in \[0, 1000\]; got 9223372036854775807$"),
     ("rms_eps<0", lambda a: {"rms_eps": -1e-6}, r"rms_eps must be finite and >= 0; got -1e-06$"),
     ("rms_eps-nan", lambda a: {"rms_eps": nan}, r"rms_eps must be finite and >= 0; got nan$"),
     ("hc_pre_eps-inf", lambda a: {"hc_pre_eps": inf},
@@ -179,6 +199,41 @@ DG_CASES = PRENORM_CASES + [
                                   "out": torch.empty(3, T, 24, device=a["fn"].device),
                                   "sqrsum": torch.empty(2, T, device=a["fn"].device)},
      r"sqrsum must be float32 \[S=3, M=4\]; got float32 \[2, 4\]$"),
+] + [
+    # Outputs that share memory (PyTorch's out= rule): the kernels write from many threads, so
+    # such a call would give write-order-dependent or silently wrong results.
+    ("sqrsum-is-a-column-of-out", lambda a: {"sqrsum": a["out"][:, 0]},
+     r"sqrsum must not overlap out in memory; got sqrsum float32 \[4\] with strides \[24\] at "
+     r"storage offset 0 and out float32 \[4, 24\] with strides \[24, 1\] at storage offset 0 "
+     r"in one storage$"),
+    ("out-overlaps-fn", lambda a: _sharing(a, fn=(0, (24, GK)), out=(24 * GK - 40, (T, 24))),
+     r"out must not overlap fn in memory; got out float32 \[4, 24\] with strides \[24, 1\] at "
+     rf"storage offset {24 * GK - 40} and fn float32 \[24, 453\] with strides \[453, 1\] at "
+     r"storage offset 0 in one storage$"),
+    ("sqrsum-overlaps-fn", lambda a: _sharing(a, fn=(2, (24, GK)), sqrsum=(0, (T,))),
+     r"sqrsum must not overlap fn in memory; got sqrsum float32 \[4\] .* and fn float32 "
+     r"\[24, 453\] with strides \[453, 1\] at storage offset 2 in one storage$"),
+    ("out-overlaps-x", lambda a: _sharing(a, x=(0, (T, GK)), out=(T * GK // 2 - 8, (T, 24))),
+     r"out must not overlap x in memory; got out float32 \[4, 24\] .* and x bfloat16 "
+     r"\[4, 453\] with strides \[453, 1\] at storage offset 0 in one storage$"),
+    ("sqrsum-overlaps-x", lambda a: _sharing(a, x=(4, (T, GK)), sqrsum=(0, (T,))),
+     r"sqrsum must not overlap x in memory; got sqrsum float32 \[4\] .* and x bfloat16 "
+     r"\[4, 453\] .* in one storage$"),
+    ("out-expanded", lambda a: {"out": torch.zeros(1, 24, device=a["fn"].device).expand(T, 24)},
+     r"out must not overlap itself \(no two elements at one address, as for an out= argument\); "
+     r"got float32 \[4, 24\] with strides \[0, 1\] at storage offset 0$"),
+    ("sqrsum-expanded", lambda a: {"sqrsum": torch.zeros(1, device=a["fn"].device).expand(T)},
+     r"sqrsum must not overlap itself .*; got float32 \[4\] with strides \[0\] at storage "
+     r"offset 0$"),
+    ("out-interleaved-rows", lambda a: {"out": torch.zeros(64, device=a["fn"].device)
+                                        .as_strided((T, 24), (8, 1))},
+     r"out must not overlap itself .*; got float32 \[4, 24\] with strides \[8, 1\] at storage "
+     r"offset 0$"),
+    ("split-sqrsum-inside-out", lambda a: {
+        "num_splits": 2, "out": (o := torch.empty(2, T, 24, device=a["fn"].device)),
+        "sqrsum": o[1, 1, 2:2 + 2 * T].view(2, T)},
+     r"sqrsum must not overlap out in memory; got sqrsum float32 \[2, 4\] .* at storage offset "
+     r"122 and out float32 \[2, 4, 24\] .* in one storage$"),
 ]
 
 LINEAR_CASES = [
@@ -222,6 +277,34 @@ def test_bad_input(device, op, case, change, regex):
     _raises(op, {**args, **change(args)}, regex)
 
 
+def _to_meta(args: dict) -> dict:
+    return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("op,case,change,regex", TABLE,
+                         ids=[f"{r[0]}-{r[1]}" for r in TABLE])
+def test_bad_input_meta(op, case, change, regex):
+    # On the meta device the dispatcher runs the fake, which runs the kernels' checks
+    # (csrc/core/validate.h): the same refusal, the same message. The change is applied to the
+    # meta arguments so that views (the overlap cases) alias on the meta device too.
+    args = _to_meta(_base(op, "cpu"))
+    getattr(torch.ops.mhc, op)(**args)
+    _raises(op, {**args, **change(args)}, regex)
+
+
+@pytest.mark.parametrize("op,case,change,regex", TABLE,
+                         ids=[f"{r[0]}-{r[1]}" for r in TABLE])
+def test_bad_input_fake_tensor_mode(op, case, change, regex):
+    # What torch.compile's tracing sees: fake tensors (static shapes here; symbolic ones in
+    # tests/test_fake_checks.py).
+    base = _base(op, "cpu")
+    mode = FakeTensorMode()
+    args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in base.items()}
+    with mode:
+        getattr(torch.ops.mhc, op)(**args)
+        _raises(op, {**args, **change(args)}, regex)
+
+
 # Tensor arguments that must share the first argument's device, per op.
 DEVICE_ARGS = {
     "mhc_pre": ("residual", ["fn", "hc_scale", "hc_base", "norm_weight"]),
@@ -261,11 +344,47 @@ def test_bad_input_leaves_outputs_untouched(device):
     out = torch.full((3, T, 24), nan, device=device)
     sq = torch.full((3, T), nan, device=device)
     for bad in ({"num_splits": 9}, {"sqrsum": torch.full((3, T + 1), nan, device=device)},
-                {"x": args["x"].float()}):
+                {"x": args["x"].float()}, {"sqrsum": out[:, :, 5]},
+                {"out": out[:1].expand(3, T, 24)}):
         call = {**args, "out": out, "sqrsum": sq, "num_splits": 3, **bad}
         with pytest.raises(RuntimeError, match=r"^tf32_hc_prenorm_gemm: "):
             torch.ops.mhc.tf32_hc_prenorm_gemm(**call)
         assert out.isnan().all() and sq.isnan().all()
+
+
+def test_output_overlapping_fn_leaves_fn_untouched(device):
+    # out inside fn's memory: computing would overwrite fn while it is read (results off by
+    # ~1e7); refused before anything is written.
+    buf = torch.randn(2048, generator=h.gen(5)).to(device)
+    before = buf.clone()
+    x = torch.randn(64, 256, generator=h.gen(6)).to(device, torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"^tf32_hc_prenorm_gemm: out must not overlap fn"):
+        torch.ops.mhc.tf32_hc_prenorm_gemm(x, buf.view(8, 256), buf[:512].view(64, 8),
+                                           torch.empty(64, device=device), None)
+    assert torch.equal(buf, before)
+
+
+@pytest.mark.parametrize("S", [None, 3])
+def test_disjoint_views_of_one_buffer_are_accepted(device, S):
+    # The overlap test is exact, not "same storage": outputs that interleave with each other or
+    # with fn without sharing an element are valid out= arguments and get the right values.
+    args = _base("tf32_hc_prenorm_gemm", device)
+    x, fn, lead = args["x"], args["fn"], () if S is None else (S,)
+    want_o, want_q = torch.ops.mhc.hc_prenorm_gemm(x, fn, S or 1)
+    if S is None:
+        want_o, want_q = want_o[0], want_q[0]
+    # out = buf[..., :24] and sqrsum = buf[..., 24]: one row of 25 per token
+    buf = torch.full((*lead, T, 25), nan, device=device)
+    torch.ops.mhc.tf32_hc_prenorm_gemm(x, fn, buf[..., :24], buf[..., 24], S)
+    assert torch.equal(buf[..., :24], want_o) and torch.equal(buf[..., 24], want_q)
+    # fn, out and sqrsum back to back in one storage
+    n_fn, n_out, n_sq = fn.numel(), want_o.numel(), want_q.numel()
+    store = torch.full((n_fn + n_out + n_sq,), nan, device=device)
+    f = store[:n_fn].view(fn.shape).copy_(fn)
+    o = store[n_fn:n_fn + n_out].view(want_o.shape)
+    q = store[n_fn + n_out:].view(want_q.shape)
+    torch.ops.mhc.tf32_hc_prenorm_gemm(x, f, o, q, S)
+    assert torch.equal(o, want_o) and torch.equal(q, want_q) and torch.equal(f, fn)
 
 
 def test_wrappers_report_op_errors(device):
@@ -281,8 +400,8 @@ def test_wrappers_report_op_errors(device):
         mhc_ops.mhc_pre(pre["residual"].float().reshape(2, 2, N_HC, H), **p)
     post = _base("mhc_post", device)
     with pytest.raises(RuntimeError, match=r"^mhc_post: x must be bfloat16 \[T=4, H=64\]; "
-                                           r"got bfloat16 \[6, 64\]$"):
-        mhc_ops.mhc_post(torch.zeros(2, 3, H, dtype=bf16, device=device),
+                                           r"got bfloat16 \[4, 56\]$"):
+        mhc_ops.mhc_post(torch.zeros(2, 2, 56, dtype=bf16, device=device),
                          post["residual"].reshape(2, 2, N_HC, H),
                          post["post_mix"].reshape(2, 2, N_HC, 1),
                          post["comb_mix"].reshape(2, 2, N_HC, N_HC))
@@ -292,3 +411,45 @@ def test_wrappers_report_op_errors(device):
                         torch.ones(2, device=device), head["hc_base"])
     with pytest.raises(RuntimeError, match=r"^hc_prenorm_gemm: num_splits must be in"):
         mhc_ops.hc_prenorm_gemm(*[_base("hc_prenorm_gemm", device)[k] for k in ("x", "fn")], 0)
+
+
+# The wrappers' companions of residual [..., n, H].
+LEAD_ARGS = ("x", "post_mix", "comb_mix")
+LEAD_TABLE = [(op, arg) for op in ("mhc_post", "mhc_fused_post_pre") for arg in LEAD_ARGS]
+
+
+@pytest.mark.parametrize("op,arg", LEAD_TABLE, ids=[f"{o}-{a}" for o, a in LEAD_TABLE])
+def test_wrappers_require_equal_leading_dims(device, op, arg):
+    # residual [2, 3, n, H]: each companion must have leading dims [2, 3]. The same 6 tokens
+    # arranged [3, 2] would flatten to a valid shape and pair every token with another token's
+    # x or gates, so it is refused by name, as are missing or extra leading dims.
+    flat = (h.post_inputs(6, N_HC, H, seed=0, device=device) if op == "mhc_post"
+            else h.fused_inputs(6, N_HC, H, seed=0, norm=True, device=device))
+    args = {k: v.reshape(2, 3, *v.shape[1:]) if k in LEAD_ARGS + ("residual",) else v
+            for k, v in flat.items()}
+    out = getattr(mhc_ops, op)(**args)  # the matching call is valid
+    assert (out[0] if isinstance(out, tuple) else out).shape == (2, 3, N_HC, H)
+    v = args[arg]
+    tail = tuple(v.shape[2:])
+    for bad in (v.reshape(3, 2, *tail), v.reshape(6, *tail), v.reshape(1, 2, 3, *tail)):
+        got = re.escape(f"{str(bad.dtype)[6:]} {list(bad.shape)}")
+        with pytest.raises(RuntimeError, match=rf"^{op}: {arg} must have the leading dims "
+                                               rf"\[2, 3\] of residual bfloat16 "
+                                               rf"\[2, 3, 4, 64\]; got {got}$"):
+            getattr(mhc_ops, op)(**{**args, arg: bad})
+
+
+def test_wrappers_leading_dims_under_compile():
+    # Traced by dynamo (symbolic sizes, which it cannot format): the refusal still names the op
+    # and the argument, as the cause of the compile error.
+    torch._dynamo.reset()
+    args = {k: v.reshape(2, 3, *v.shape[1:]) for k, v in h.post_inputs(6, N_HC, H, seed=0).items()}
+    args["x"] = args["x"].reshape(3, 2, H)
+    f = torch.compile(mhc_ops.mhc_post, fullgraph=True, backend="eager", dynamic=True)
+    with pytest.raises(RuntimeError) as e:
+        f(**args)
+    chain, c = [], e.value
+    while c is not None:
+        chain.append(str(c))
+        c = c.__cause__ or c.__context__
+    assert any("mhc_post: x must have the leading dims of residual" in m for m in chain), chain

@@ -22,7 +22,8 @@ inline std::string describe(const at::Tensor& t) {
                      : st == at::kDouble ? "float64"
                                          : c10::toString(st);
   out << name << " [";
-  for (int64_t i = 0; i < t.dim(); ++i) out << (i ? ", " : "") << t.size(i);
+  // sym_size: a fake tensor under dynamic shapes prints its symbols; size() would throw
+  for (int64_t i = 0; i < t.dim(); ++i) out << (i ? ", " : "") << t.sym_size(i);
   out << "]";
   return out.str();
 }
@@ -31,9 +32,13 @@ inline std::string describe(const at::Tensor& t) {
 #define MHC_EXPECT(ok, op, arg, expected, tensor)                                            \
   TORCH_CHECK((ok), op, ": ", arg, " must be ", expected, "; got ", ::mhc::describe(tensor))
 
+inline bool is_tensor(const at::Tensor& t, at::ScalarType dtype, int64_t dim) {
+  return t.defined() && t.scalar_type() == dtype && t.dim() == dim;
+}
+
 inline void check_tensor(const char* op, const char* arg, const at::Tensor& t,
-                         at::ScalarType dtype, int64_t dim, const std::string& expected) {
-  MHC_EXPECT(t.defined() && t.scalar_type() == dtype && t.dim() == dim, op, arg, expected, t);
+                         at::ScalarType dtype, int64_t dim, const char* expected) {
+  MHC_EXPECT(is_tensor(t, dtype, dim), op, arg, expected, t);
 }
 
 inline void check_same_device(const char* op, const char* arg, const at::Tensor& t,

@@ -1,14 +1,32 @@
 #include "core/validate.h"
 
+#include <c10/core/SymInt.h>
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "core/checks.h"
 #include "core/math.h"
-
-#include <string>
-#include <vector>
 
 namespace mhc {
 
 namespace {
+
+template <class I>
+I size_of(const at::Tensor& t, int64_t i);
+template <>
+int64_t size_of<int64_t>(const at::Tensor& t, int64_t i) {
+  return t.size(i);
+}
+template <>
+c10::SymInt size_of<c10::SymInt>(const at::Tensor& t, int64_t i) {
+  return t.sym_size(i);
+}
+
+// "[a, b, c]"
 std::string shape(std::initializer_list<std::string> dims) {
   std::string s = "[";
   bool first = true;
@@ -18,39 +36,205 @@ std::string shape(std::initializer_list<std::string> dims) {
   }
   return s + "]";
 }
-std::string eq(const char* name, int64_t v) { return std::string(name) + "=" + std::to_string(v); }
+// "name=v"
+template <class I>
+std::string eq(const char* name, const I& v) {
+  std::ostringstream s;
+  s << name << "=" << v;
+  return s.str();
+}
+
+// ---- Memory overlap of out= arguments.
+//
+// A tensor's bytes as [begin, end) runs relative to its storage: one run per element, or one
+// per stretch of a unit-stride innermost dimension. Only built when the cheap tests below cannot
+// decide, so the common cases cost a few comparisons.
+
+using Runs = std::vector<std::pair<int64_t, int64_t>>;
+
+struct Layout {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (size, stride in elements), size > 1
+  int64_t offset, item;                           // storage offset (elements), element bytes
+};
+
+// Sizes and strides are concrete (not symbols of a dynamic-shape trace) and there is a storage
+// to compare; otherwise overlap cannot be decided here and the real kernel decides at run time.
+bool overlap_decidable(const at::Tensor& t) {
+  const auto* impl = t.unsafeGetTensorImpl();
+  return t.defined() && !impl->has_symbolic_sizes_strides() && impl->unsafe_storage() &&
+         t.numel() > 0;
+}
+
+// Dimensions of size > 1 sorted by stride, innermost first, with the dims that tile each other
+// (stride == inner size * inner stride) merged.
+Layout layout_of(const at::Tensor& t) {
+  Layout l{{}, t.storage_offset(), static_cast<int64_t>(t.element_size())};
+  for (int64_t i = 0; i < t.dim(); ++i)
+    if (t.size(i) > 1) l.dims.emplace_back(t.size(i), t.stride(i));
+  std::sort(l.dims.begin(), l.dims.end(),
+            [](const auto& a, const auto& b) { return a.second < b.second; });
+  std::vector<std::pair<int64_t, int64_t>> merged;
+  for (const auto& d : l.dims) {
+    if (!merged.empty() && merged.back().second != 0 &&
+        d.second == merged.back().first * merged.back().second)
+      merged.back().first *= d.first;
+    else
+      merged.push_back(d);
+  }
+  l.dims = std::move(merged);
+  return l;
+}
+
+// [first byte, one past the last byte] of the tensor in its storage (strides are >= 0).
+std::pair<int64_t, int64_t> extent(const Layout& l) {
+  int64_t last = l.offset;
+  for (const auto& d : l.dims) last += (d.first - 1) * d.second;
+  return {l.offset * l.item, (last + 1) * l.item};
+}
+
+// Above this many runs the exact test is not attempted and overlap is assumed.
+constexpr int64_t kMaxRuns = int64_t{1} << 22;
+
+// The bytes of the tensor as [begin, end) runs sorted by begin; empty when there would be more
+// than kMaxRuns. Stride-0 dimensions add no bytes and are skipped.
+Runs runs(const Layout& l) {
+  std::vector<std::pair<int64_t, int64_t>> dims;
+  for (const auto& d : l.dims)
+    if (d.second != 0) dims.push_back(d);
+  const bool unit = !dims.empty() && dims.front().second == 1;
+  const int64_t run = (unit ? dims.front().first : 1) * l.item;
+  const size_t outer0 = unit ? 1 : 0;
+  int64_t count = 1;
+  for (size_t i = outer0; i < dims.size(); ++i) {
+    if (dims[i].first > kMaxRuns / count) return {};
+    count *= dims[i].first;
+  }
+  Runs r;
+  r.reserve(static_cast<size_t>(count));
+  std::vector<int64_t> idx(dims.size(), 0);
+  for (int64_t c = 0; c < count; ++c) {
+    int64_t e = l.offset;
+    for (size_t i = outer0; i < dims.size(); ++i) e += idx[i] * dims[i].second;
+    r.emplace_back(e * l.item, e * l.item + run);
+    for (size_t i = outer0; i < dims.size() && ++idx[i] == dims[i].first; ++i) idx[i] = 0;
+  }
+  std::sort(r.begin(), r.end());
+  return r;
+}
+
+bool runs_overlap(const Runs& r) {
+  for (size_t i = 1; i < r.size(); ++i)
+    if (r[i].first < r[i - 1].second) return true;
+  return false;
+}
+
+// Whether two elements of t share memory (a stride-0 dimension, or an as_strided view whose
+// dimensions interleave).
+bool overlaps_itself(const at::Tensor& t) {
+  if (!overlap_decidable(t) || t.unsafeGetTensorImpl()->is_non_overlapping_and_dense())
+    return false;
+  const Layout l = layout_of(t);
+  // Sorted by stride, each dimension stepping past everything inside it: no two elements meet.
+  int64_t span = 1;
+  bool nested = true;
+  for (const auto& d : l.dims) {
+    if (d.second == 0) return true;
+    nested = nested && d.second >= span;
+    span += (d.first - 1) * d.second;
+  }
+  if (nested) return false;
+  const auto r = runs(l);
+  return r.empty() || runs_overlap(r);
+}
+
+// Merges runs that touch or overlap, so that the result is disjoint and sorted.
+Runs disjoint_union(Runs r) {
+  size_t w = 0;
+  for (size_t i = 1; i < r.size(); ++i) {
+    if (r[i].first <= r[w].second)
+      r[w].second = std::max(r[w].second, r[i].second);
+    else
+      r[++w] = r[i];
+  }
+  r.resize(r.empty() ? 0 : w + 1);
+  return r;
+}
+
+// Whether a and b share a byte of memory.
+bool overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (!overlap_decidable(a) || !overlap_decidable(b)) return false;
+  if (!a.unsafeGetTensorImpl()->unsafe_storage().is_alias_of(
+          b.unsafeGetTensorImpl()->unsafe_storage()))
+    return false;
+  const Layout la = layout_of(a), lb = layout_of(b);
+  const auto ea = extent(la), eb = extent(lb);
+  if (ea.second <= eb.first || eb.second <= ea.first) return false;
+  const auto ra = disjoint_union(runs(la)), rb = disjoint_union(runs(lb));
+  if (ra.empty() || rb.empty()) return true;
+  for (size_t i = 0, j = 0; i < ra.size() && j < rb.size();) {
+    if (ra[i].second <= rb[j].first)
+      ++i;
+    else if (rb[j].second <= ra[i].first)
+      ++j;
+    else
+      return true;
+  }
+  return false;
+}
+
+std::string layout_str(const at::Tensor& t) {
+  std::ostringstream s;
+  s << describe(t) << " with strides " << t.strides() << " at storage offset "
+    << t.storage_offset();
+  return s.str();
+}
+
+void check_no_self_overlap(const char* op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK(!overlaps_itself(t), op, ": ", arg,
+              " must not overlap itself (no two elements at one address, as for an out= "
+              "argument); got ",
+              layout_str(t));
+}
+
+void check_no_overlap(const char* op, const char* arg, const at::Tensor& t,
+                      const char* other_arg, const at::Tensor& other) {
+  TORCH_CHECK(!overlap(t, other), op, ": ", arg, " must not overlap ", other_arg,
+              " in memory; got ", arg, " ", layout_str(t), " and ", other_arg, " ",
+              layout_str(other), " in one storage");
+}
+
 }  // namespace
 
-StreamDims check_residual(const char* op, const at::Tensor& residual) {
+template <class I>
+StreamDimsT<I> check_residual(const char* op, const at::Tensor& residual) {
   check_tensor(op, "residual", residual, at::kBFloat16, 3, "bfloat16 [T, n, H]");
-  const int64_t n = residual.size(1), H = residual.size(2);
+  const I n = size_of<I>(residual, 1), H = size_of<I>(residual, 2);
   MHC_EXPECT(n >= 1 && n <= kMaxHcMult, op, "residual", "bfloat16 [T, n, H] with 1 <= n <= 8",
              residual);
   MHC_EXPECT(H > 0 && H % 8 == 0, op, "residual",
              "bfloat16 [T, n, H] with H a positive multiple of 8", residual);
-  return {residual.size(0), n, H, n * H};
+  return {size_of<I>(residual, 0), n, H, n * H};
 }
 
-void check_pre_params(const char* op, const StreamDims& d, const at::Tensor& residual,
+template <class I>
+void check_pre_params(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
                       const at::Tensor& fn, const at::Tensor& hc_scale,
                       const at::Tensor& hc_base, const PreArgs& a,
                       const std::optional<at::Tensor>& norm_weight) {
-  const int64_t m3 = d.n * (d.n + 2);
-  const std::string fn_shape = "float32 " + shape({eq("M3", m3), eq("K", d.K)});
-  check_tensor(op, "fn", fn, at::kFloat, 2, fn_shape);
-  MHC_EXPECT(fn.size(0) == m3 && fn.size(1) == d.K, op, "fn", fn_shape, fn);
-  check_tensor(op, "hc_scale", hc_scale, at::kFloat, 1, "float32 [3]");
-  MHC_EXPECT(hc_scale.size(0) == 3, op, "hc_scale", "float32 [3]", hc_scale);
-  const std::string base_shape = "float32 " + shape({eq("M3", m3)});
-  check_tensor(op, "hc_base", hc_base, at::kFloat, 1, base_shape);
-  MHC_EXPECT(hc_base.size(0) == m3, op, "hc_base", base_shape, hc_base);
+  const I m3 = d.n * (d.n + 2);
+  // The expected shapes are formatted only for a message (MHC_EXPECT evaluates them on failure).
+  MHC_EXPECT(is_tensor(fn, at::kFloat, 2) && size_of<I>(fn, 0) == m3 && size_of<I>(fn, 1) == d.K,
+             op, "fn", "float32 " + shape({eq("M3", m3), eq("K", d.K)}), fn);
+  MHC_EXPECT(is_tensor(hc_scale, at::kFloat, 1) && size_of<I>(hc_scale, 0) == 3, op, "hc_scale",
+             "float32 [3]", hc_scale);
+  MHC_EXPECT(is_tensor(hc_base, at::kFloat, 1) && size_of<I>(hc_base, 0) == m3, op, "hc_base",
+             "float32 " + shape({eq("M3", m3)}), hc_base);
   check_same_device(op, "fn", fn, residual, "residual");
   check_same_device(op, "hc_scale", hc_scale, residual, "residual");
   check_same_device(op, "hc_base", hc_base, residual, "residual");
   if (norm_weight.has_value() && norm_weight->defined()) {
-    const std::string w_shape = "bfloat16 " + shape({eq("H", d.H)});
-    check_tensor(op, "norm_weight", *norm_weight, at::kBFloat16, 1, w_shape);
-    MHC_EXPECT(norm_weight->size(0) == d.H, op, "norm_weight", w_shape, *norm_weight);
+    MHC_EXPECT(is_tensor(*norm_weight, at::kBFloat16, 1) && size_of<I>(*norm_weight, 0) == d.H,
+               op, "norm_weight", "bfloat16 " + shape({eq("H", d.H)}), *norm_weight);
     check_same_device(op, "norm_weight", *norm_weight, residual, "residual");
   }
   check_eps(op, "rms_eps", a.rms_eps);
@@ -58,42 +242,44 @@ void check_pre_params(const char* op, const StreamDims& d, const at::Tensor& res
   check_eps(op, "hc_sinkhorn_eps", a.hc_sinkhorn_eps);
   check_finite(op, "hc_post_mult_value", a.hc_post_mult_value);
   check_eps(op, "norm_eps", a.norm_eps);
-  TORCH_CHECK(a.sinkhorn_repeat >= 0, op, ": sinkhorn_repeat must be >= 0; got ",
+  TORCH_CHECK(a.sinkhorn_repeat >= 0 && a.sinkhorn_repeat <= kMaxSinkhornRepeat, op,
+              ": sinkhorn_repeat must be in [0, ", kMaxSinkhornRepeat, "]; got ",
               a.sinkhorn_repeat);
 }
 
-void check_post_args(const char* op, const StreamDims& d, const at::Tensor& residual,
+template <class I>
+void check_post_args(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
                      const at::Tensor& x, const at::Tensor& post_mix,
                      const at::Tensor& comb_mix) {
-  const std::string x_shape = "bfloat16 " + shape({eq("T", d.T), eq("H", d.H)});
-  check_tensor(op, "x", x, at::kBFloat16, 2, x_shape);
-  MHC_EXPECT(x.size(0) == d.T && x.size(1) == d.H, op, "x", x_shape, x);
-  const std::string p_shape = "float32 " + shape({eq("T", d.T), eq("n", d.n), "1"}) + " or " +
-                              shape({eq("T", d.T), eq("n", d.n)});
+  MHC_EXPECT(is_tensor(x, at::kBFloat16, 2) && size_of<I>(x, 0) == d.T && size_of<I>(x, 1) == d.H,
+             op, "x", "bfloat16 " + shape({eq("T", d.T), eq("H", d.H)}), x);
   MHC_EXPECT(post_mix.defined() && post_mix.scalar_type() == at::kFloat &&
-                 (post_mix.dim() == 2 || (post_mix.dim() == 3 && post_mix.size(2) == 1)) &&
-                 post_mix.size(0) == d.T && post_mix.size(1) == d.n,
-             op, "post_mix", p_shape, post_mix);
-  const std::string c_shape = "float32 " + shape({eq("T", d.T), eq("n", d.n), eq("n", d.n)});
-  check_tensor(op, "comb_mix", comb_mix, at::kFloat, 3, c_shape);
-  MHC_EXPECT(comb_mix.size(0) == d.T && comb_mix.size(1) == d.n && comb_mix.size(2) == d.n, op,
-             "comb_mix", c_shape, comb_mix);
+                 (post_mix.dim() == 2 ||
+                  (post_mix.dim() == 3 && size_of<I>(post_mix, 2) == 1)) &&
+                 size_of<I>(post_mix, 0) == d.T && size_of<I>(post_mix, 1) == d.n,
+             op, "post_mix",
+             "float32 " + shape({eq("T", d.T), eq("n", d.n), "1"}) + " or " +
+                 shape({eq("T", d.T), eq("n", d.n)}),
+             post_mix);
+  MHC_EXPECT(is_tensor(comb_mix, at::kFloat, 3) && size_of<I>(comb_mix, 0) == d.T &&
+                 size_of<I>(comb_mix, 1) == d.n && size_of<I>(comb_mix, 2) == d.n,
+             op, "comb_mix", "float32 " + shape({eq("T", d.T), eq("n", d.n), eq("n", d.n)}),
+             comb_mix);
   check_same_device(op, "x", x, residual, "residual");
   check_same_device(op, "post_mix", post_mix, residual, "residual");
   check_same_device(op, "comb_mix", comb_mix, residual, "residual");
 }
 
-void check_head_params(const char* op, const StreamDims& d, const at::Tensor& residual,
+template <class I>
+void check_head_params(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
                        const at::Tensor& fn, const at::Tensor& hc_scale,
                        const at::Tensor& hc_base, double rms_eps, double hc_eps) {
-  const std::string fn_shape = "float32 " + shape({eq("n", d.n), eq("K", d.K)});
-  check_tensor(op, "fn", fn, at::kFloat, 2, fn_shape);
-  MHC_EXPECT(fn.size(0) == d.n && fn.size(1) == d.K, op, "fn", fn_shape, fn);
-  check_tensor(op, "hc_scale", hc_scale, at::kFloat, 1, "float32 [1]");
-  MHC_EXPECT(hc_scale.size(0) == 1, op, "hc_scale", "float32 [1]", hc_scale);
-  const std::string base_shape = "float32 " + shape({eq("n", d.n)});
-  check_tensor(op, "hc_base", hc_base, at::kFloat, 1, base_shape);
-  MHC_EXPECT(hc_base.size(0) == d.n, op, "hc_base", base_shape, hc_base);
+  MHC_EXPECT(is_tensor(fn, at::kFloat, 2) && size_of<I>(fn, 0) == d.n && size_of<I>(fn, 1) == d.K,
+             op, "fn", "float32 " + shape({eq("n", d.n), eq("K", d.K)}), fn);
+  MHC_EXPECT(is_tensor(hc_scale, at::kFloat, 1) && size_of<I>(hc_scale, 0) == 1, op, "hc_scale",
+             "float32 [1]", hc_scale);
+  MHC_EXPECT(is_tensor(hc_base, at::kFloat, 1) && size_of<I>(hc_base, 0) == d.n, op, "hc_base",
+             "float32 " + shape({eq("n", d.n)}), hc_base);
   check_same_device(op, "fn", fn, residual, "residual");
   check_same_device(op, "hc_scale", hc_scale, residual, "residual");
   check_same_device(op, "hc_base", hc_base, residual, "residual");
@@ -101,51 +287,169 @@ void check_head_params(const char* op, const StreamDims& d, const at::Tensor& re
   check_eps(op, "hc_eps", hc_eps);
 }
 
-GemmDims check_prenorm(const char* op, const at::Tensor& x, const at::Tensor& fn,
-                       int64_t num_splits) {
+template <class I>
+GemmDimsT<I> check_prenorm(const char* op, const at::Tensor& x, const at::Tensor& fn,
+                           int64_t num_splits) {
   check_tensor(op, "x", x, at::kBFloat16, 2, "bfloat16 [M, K]");
-  const int64_t M = x.size(0), K = x.size(1);
+  const I M = size_of<I>(x, 0), K = size_of<I>(x, 1);
   MHC_EXPECT(K > 0, op, "x", "bfloat16 [M, K] with K > 0", x);
-  const std::string fn_shape = "float32 " + shape({"N <= 32", eq("K", K)});
-  check_tensor(op, "fn", fn, at::kFloat, 2, fn_shape);
-  MHC_EXPECT(fn.size(0) >= 1 && fn.size(0) <= 32 && fn.size(1) == K, op, "fn", fn_shape, fn);
+  MHC_EXPECT(is_tensor(fn, at::kFloat, 2) && size_of<I>(fn, 0) >= 1 && size_of<I>(fn, 0) <= 32 &&
+                 size_of<I>(fn, 1) == K,
+             op, "fn", "float32 " + shape({"N <= 32", eq("K", K)}), fn);
+  const I N = size_of<I>(fn, 0);
   check_same_device(op, "fn", fn, x, "x");
-  TORCH_CHECK(num_splits >= 1 && num_splits <= k_blocks(K), op,
-              ": num_splits must be in [1, ceil(K/64) = ", k_blocks(K), "]; got ", num_splits);
-  return {M, fn.size(0), K};
+  const I blocks = (K + 63) / 64;
+  TORCH_CHECK(num_splits >= 1 && blocks >= num_splits, op,
+              ": num_splits must be in [1, ceil(K/64) = ", blocks, "]; got ", num_splits);
+  return {M, N, K};
 }
 
-void check_prenorm_outputs(const char* op, const GemmDims& g, const at::Tensor& x,
+template <class I>
+void check_prenorm_outputs(const char* op, const GemmDimsT<I>& g, const at::Tensor& x,
                            const at::Tensor& out, const at::Tensor& sqrsum,
                            std::optional<int64_t> num_splits) {
   const bool split = num_splits.has_value();
   const int64_t S = split ? *num_splits : 1;
-  const std::string o_shape =
-      "float32 " + (split ? shape({eq("S", S), eq("M", g.M), eq("N", g.N)})
-                          : shape({eq("M", g.M), eq("N", g.N)}));
-  const std::string s_shape =
-      "float32 " + (split ? shape({eq("S", S), eq("M", g.M)}) : shape({eq("M", g.M)}));
-  const std::vector<int64_t> o_sizes =
-      split ? std::vector<int64_t>{S, g.M, g.N} : std::vector<int64_t>{g.M, g.N};
-  const std::vector<int64_t> s_sizes =
-      split ? std::vector<int64_t>{S, g.M} : std::vector<int64_t>{g.M};
-  MHC_EXPECT(out.defined() && out.scalar_type() == at::kFloat && out.sizes() == o_sizes, op,
-             "out", o_shape, out);
+  const int64_t lead = split ? 1 : 0;
+  MHC_EXPECT(out.defined() && out.scalar_type() == at::kFloat && out.dim() == 2 + lead &&
+                 (!split || size_of<I>(out, 0) == S) && size_of<I>(out, lead) == g.M &&
+                 size_of<I>(out, lead + 1) == g.N,
+             op, "out",
+             "float32 " + (split ? shape({eq("S", S), eq("M", g.M), eq("N", g.N)})
+                                 : shape({eq("M", g.M), eq("N", g.N)})),
+             out);
   MHC_EXPECT(sqrsum.defined() && sqrsum.scalar_type() == at::kFloat &&
-                 sqrsum.sizes() == s_sizes,
-             op, "sqrsum", s_shape, sqrsum);
+                 sqrsum.dim() == 1 + lead && (!split || size_of<I>(sqrsum, 0) == S) &&
+                 size_of<I>(sqrsum, lead) == g.M,
+             op, "sqrsum",
+             "float32 " + (split ? shape({eq("S", S), eq("M", g.M)}) : shape({eq("M", g.M)})),
+             sqrsum);
   check_same_device(op, "out", out, x, "x");
   check_same_device(op, "sqrsum", sqrsum, x, "x");
+  // Written in parallel from many threads or CTAs (and on the non-contiguous path through a
+  // copy): an output that shares memory with itself, the other output or an input would give
+  // results that depend on the order of the writes, or read values already overwritten.
+  check_no_self_overlap(op, "out", out);
+  check_no_self_overlap(op, "sqrsum", sqrsum);
+  check_no_overlap(op, "sqrsum", sqrsum, "out", out);
+  check_no_overlap(op, "out", out, "x", x);
+  check_no_overlap(op, "sqrsum", sqrsum, "x", x);
 }
 
-GemmDims check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight) {
+template <class I>
+GemmDimsT<I> check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight) {
   check_tensor(op, "x", x, at::kBFloat16, 2, "bfloat16 [M, K]");
-  const int64_t K = x.size(1);
-  const std::string w_shape = "bfloat16 " + shape({"N", eq("K", K)});
-  check_tensor(op, "weight", weight, at::kBFloat16, 2, w_shape);
-  MHC_EXPECT(weight.size(1) == K, op, "weight", w_shape, weight);
+  const I K = size_of<I>(x, 1);
+  MHC_EXPECT(is_tensor(weight, at::kBFloat16, 2) && size_of<I>(weight, 1) == K, op, "weight",
+             "bfloat16 " + shape({"N", eq("K", K)}), weight);
   check_same_device(op, "weight", weight, x, "x");
-  return {x.size(0), weight.size(0), K};
+  return {size_of<I>(x, 0), size_of<I>(weight, 0), K};
 }
+
+template <class I>
+StreamDimsT<I> validate_mhc_pre(const at::Tensor& residual, const at::Tensor& fn,
+                                const at::Tensor& hc_scale, const at::Tensor& hc_base,
+                                const PreArgs& a, const std::optional<at::Tensor>& norm_weight) {
+  constexpr const char* op = "mhc_pre";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_pre_params(op, d, residual, fn, hc_scale, hc_base, a, norm_weight);
+  return d;
+}
+
+template <class I>
+StreamDimsT<I> validate_mhc_post(const at::Tensor& x, const at::Tensor& residual,
+                                 const at::Tensor& post_mix, const at::Tensor& comb_mix) {
+  constexpr const char* op = "mhc_post";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  return d;
+}
+
+template <class I>
+StreamDimsT<I> validate_mhc_fused_post_pre(const at::Tensor& x, const at::Tensor& residual,
+                                           const at::Tensor& post_mix,
+                                           const at::Tensor& comb_mix, const at::Tensor& fn,
+                                           const at::Tensor& hc_scale,
+                                           const at::Tensor& hc_base, const PreArgs& a,
+                                           const std::optional<at::Tensor>& norm_weight) {
+  constexpr const char* op = "mhc_fused_post_pre";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  check_pre_params(op, d, residual, fn, hc_scale, hc_base, a, norm_weight);
+  return d;
+}
+
+template <class I>
+StreamDimsT<I> validate_hc_head(const at::Tensor& residual, const at::Tensor& fn,
+                                const at::Tensor& hc_scale, const at::Tensor& hc_base,
+                                double rms_eps, double hc_eps) {
+  constexpr const char* op = "hc_head";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_head_params(op, d, residual, fn, hc_scale, hc_base, rms_eps, hc_eps);
+  return d;
+}
+
+template <class I>
+GemmDimsT<I> validate_hc_prenorm_gemm(const at::Tensor& x, const at::Tensor& fn,
+                                      int64_t num_splits) {
+  return check_prenorm<I>("hc_prenorm_gemm", x, fn, num_splits);
+}
+
+template <class I>
+GemmDimsT<I> validate_tf32_hc_prenorm_gemm(const at::Tensor& x, const at::Tensor& fn,
+                                           const at::Tensor& out, const at::Tensor& sqrsum,
+                                           std::optional<int64_t> num_splits) {
+  constexpr const char* op = "tf32_hc_prenorm_gemm";
+  const GemmDimsT<I> g = check_prenorm<I>(op, x, fn, num_splits.value_or(1));
+  check_prenorm_outputs(op, g, x, out, sqrsum, num_splits);
+  check_no_overlap(op, "out", out, "fn", fn);
+  check_no_overlap(op, "sqrsum", sqrsum, "fn", fn);
+  return g;
+}
+
+template <class I>
+GemmDimsT<I> validate_linear_bf16_fp32(const at::Tensor& x, const at::Tensor& weight) {
+  return check_linear<I>("linear_bf16_fp32", x, weight);
+}
+
+#define MHC_INSTANTIATE_CHECKS(I)                                                              \
+  template StreamDimsT<I> check_residual<I>(const char*, const at::Tensor&);                   \
+  template void check_pre_params<I>(const char*, const StreamDimsT<I>&, const at::Tensor&,     \
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,   \
+                                    const PreArgs&, const std::optional<at::Tensor>&);         \
+  template void check_post_args<I>(const char*, const StreamDimsT<I>&, const at::Tensor&,      \
+                                   const at::Tensor&, const at::Tensor&, const at::Tensor&);   \
+  template void check_head_params<I>(const char*, const StreamDimsT<I>&, const at::Tensor&,    \
+                                     const at::Tensor&, const at::Tensor&, const at::Tensor&,  \
+                                     double, double);                                          \
+  template GemmDimsT<I> check_prenorm<I>(const char*, const at::Tensor&, const at::Tensor&,    \
+                                         int64_t);                                             \
+  template void check_prenorm_outputs<I>(const char*, const GemmDimsT<I>&, const at::Tensor&,  \
+                                         const at::Tensor&, const at::Tensor&,                 \
+                                         std::optional<int64_t>);                              \
+  template GemmDimsT<I> check_linear<I>(const char*, const at::Tensor&, const at::Tensor&);    \
+  template StreamDimsT<I> validate_mhc_pre<I>(const at::Tensor&, const at::Tensor&,            \
+                                              const at::Tensor&, const at::Tensor&,            \
+                                              const PreArgs&,                                  \
+                                              const std::optional<at::Tensor>&);               \
+  template StreamDimsT<I> validate_mhc_post<I>(const at::Tensor&, const at::Tensor&,           \
+                                               const at::Tensor&, const at::Tensor&);          \
+  template StreamDimsT<I> validate_mhc_fused_post_pre<I>(                                      \
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,              \
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const PreArgs&,                 \
+      const std::optional<at::Tensor>&);                                                       \
+  template StreamDimsT<I> validate_hc_head<I>(const at::Tensor&, const at::Tensor&,            \
+                                              const at::Tensor&, const at::Tensor&, double,    \
+                                              double);                                         \
+  template GemmDimsT<I> validate_hc_prenorm_gemm<I>(const at::Tensor&, const at::Tensor&,      \
+                                                    int64_t);                                  \
+  template GemmDimsT<I> validate_tf32_hc_prenorm_gemm<I>(const at::Tensor&, const at::Tensor&, \
+                                                         const at::Tensor&, const at::Tensor&, \
+                                                         std::optional<int64_t>);              \
+  template GemmDimsT<I> validate_linear_bf16_fp32<I>(const at::Tensor&, const at::Tensor&);
+
+MHC_INSTANTIATE_CHECKS(int64_t)
+MHC_INSTANTIATE_CHECKS(c10::SymInt)
+#undef MHC_INSTANTIATE_CHECKS
 
 }  // namespace mhc

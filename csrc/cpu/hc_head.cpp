@@ -13,9 +13,7 @@ namespace mhc {
 
 Tensor hc_head_cpu(const Tensor& residual, const Tensor& fn, const Tensor& hc_scale,
                    const Tensor& hc_base, double rms_eps, double hc_eps) {
-  constexpr const char* op = "hc_head";
-  const StreamDims d = check_residual(op, residual);
-  check_head_params(op, d, residual, fn, hc_scale, hc_base, rms_eps, hc_eps);
+  const StreamDims d = validate_hc_head(residual, fn, hc_scale, hc_base, rms_eps, hc_eps);
   const int64_t T = d.T, n = d.n, H = d.H, K = d.K;
   Tensor out = at::empty({T, H}, residual.options());
   if (T == 0) return out;

@@ -28,7 +28,7 @@ Tensor rows_unit_stride(const Tensor& t) {
 }  // namespace
 
 Tensor linear_bf16_fp32_cpu(const Tensor& x, const Tensor& weight) {
-  const GemmDims g = check_linear("linear_bf16_fp32", x, weight);
+  const GemmDims g = validate_linear_bf16_fp32(x, weight);
   if (g.M > 0) record_plan(-1, plan_of(KernelType::LINEAR_BF16_FP32, g.M, 0, g.K, 0, {}));
   Tensor out = at::empty({g.M, g.N}, x.options().dtype(at::kFloat));
   const int64_t T = g.M, N = g.N;

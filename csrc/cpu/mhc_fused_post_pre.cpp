@@ -12,13 +12,10 @@ Fused4 mhc_fused_post_pre_cpu(const Tensor& x, const Tensor& residual, const Ten
                               double hc_sinkhorn_eps, double hc_post_mult_value,
                               int64_t sinkhorn_repeat, const OptTensor& norm_weight,
                               double norm_eps) {
-  constexpr const char* op = "mhc_fused_post_pre";
-  const StreamDims d = check_residual(op, residual);
-  check_post_args(op, d, residual, x, post_mix, comb_mix);
-  check_pre_params(op, d, residual, fn, hc_scale, hc_base,
-                   {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
-                    norm_eps},
-                   norm_weight);
+  const StreamDims d = validate_mhc_fused_post_pre(
+      x, residual, post_mix, comb_mix, fn, hc_scale, hc_base,
+      {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat, norm_eps},
+      norm_weight);
   if (d.T > 0)
     record_plan(-1, plan_of(KernelType::MHC_FUSED_POST_PRE, d.T, d.n, d.H, 0,
                             {norm_weight.has_value() && norm_weight->defined(), false, false}));

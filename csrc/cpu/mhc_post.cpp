@@ -57,9 +57,7 @@ void post_token_base(int64_t n, const uint16_t* x, const uint16_t* r, const floa
 
 Tensor mhc_post_cpu(const Tensor& x, const Tensor& residual, const Tensor& post_mix,
                     const Tensor& comb_mix) {
-  constexpr const char* op = "mhc_post";
-  const StreamDims d = check_residual(op, residual);
-  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  const StreamDims d = validate_mhc_post(x, residual, post_mix, comb_mix);
   const int64_t T = d.T, n = d.n, H = d.H;
   Tensor out = at::empty({T, n, H}, residual.options());
   if (T == 0) return out;

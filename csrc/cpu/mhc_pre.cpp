@@ -17,12 +17,10 @@ Pre3 mhc_pre_cpu(const Tensor& residual, const Tensor& fn, const Tensor& hc_scal
                  const Tensor& hc_base, double rms_eps, double hc_pre_eps,
                  double hc_sinkhorn_eps, double hc_post_mult_value, int64_t sinkhorn_repeat,
                  const OptTensor& norm_weight, double norm_eps) {
-  constexpr const char* op = "mhc_pre";
-  const StreamDims d = check_residual(op, residual);
-  check_pre_params(op, d, residual, fn, hc_scale, hc_base,
-                   {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
-                    norm_eps},
-                   norm_weight);
+  const StreamDims d = validate_mhc_pre(residual, fn, hc_scale, hc_base,
+                                        {rms_eps, hc_pre_eps, hc_sinkhorn_eps,
+                                         hc_post_mult_value, sinkhorn_repeat, norm_eps},
+                                        norm_weight);
   const int64_t T = d.T, n = d.n, H = d.H, K = d.K, m3 = n * (n + 2);
   Tensor post_mix = at::empty({T, n, 1}, residual.options().dtype(at::kFloat));
   Tensor comb_mix = at::empty({T, n, n}, residual.options().dtype(at::kFloat));
