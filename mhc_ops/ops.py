@@ -82,7 +82,8 @@ def mhc_pre(
     residual[t, i]), RMS-normalised with norm_weight when given.
 
     Args: residual [..., n, H] bf16; fn [n(n+2), n*H] fp32; hc_scale [3] fp32;
-    hc_base [n(n+2)] fp32; norm_weight [H] bf16 or None; eps finite and >= 0;
+    hc_base [n(n+2)] fp32; norm_weight [H] bf16 (float32 is rounded to bf16) or None;
+    eps finite and >= 0;
     0 <= sinkhorn_repeat <= 1000 (the Sinkhorn rounds, SPEC §2.6; more is refused).
     Returns: post_mix [..., n, 1] fp32, comb_mix [..., n, n] fp32, layer_input [..., H] bf16.
     """

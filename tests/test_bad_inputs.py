@@ -92,9 +92,9 @@ PRE_PARAM_CASES = [
      r"hc_base must be float32 \[M3=24\]; got float32 \[4, 6\]$"),
     ("norm_weight-size", lambda a: {"norm_weight": torch.ones(72, dtype=bf16,
                                                              device=a["fn"].device)},
-     r"norm_weight must be bfloat16 \[H=64\]; got bfloat16 \[72\]$"),
-    ("norm_weight-dtype", lambda a: {"norm_weight": a["norm_weight"].float()},
-     r"norm_weight must be bfloat16 \[H=64\]; got float32 \[64\]$"),
+     r"norm_weight must be bfloat16 or float32 \[H=64\]; got bfloat16 \[72\]$"),
+    ("norm_weight-dtype", lambda a: {"norm_weight": a["norm_weight"].half()},
+     r"norm_weight must be bfloat16 or float32 \[H=64\]; got float16 \[64\]$"),
     ("sinkhorn_repeat<0", lambda a: {"sinkhorn_repeat": -1},
      r"sinkhorn_repeat must be in \[0, 1000\]; got -1$"),
     # an unbounded count would run for ever instead of failing

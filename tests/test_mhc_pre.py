@@ -136,6 +136,17 @@ def test_norm_is_rmsnorm_of_plain(device):
     h.assert_bf16_within_ulp(li_n, want.to(torch.bfloat16), what="norm vs rmsnorm(plain)")
 
 
+def test_float32_norm_weight_is_rounded_once(device):
+    # docs/spec.md §2.8: a float32 norm_weight is accepted and rounded to bf16, as the serving
+    # stacks do: the same bits as the bf16 weight it rounds to
+    inp = h.pre_inputs(13, 4, 200, seed=8, norm=True, device=device)
+    w32 = inp["norm_weight"].float() + 1e-3 * torch.randn(200, device=device)
+    got = _call({**inp, "norm_weight": w32})
+    want = _call({**inp, "norm_weight": w32.to(torch.bfloat16)})
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 def test_wrapper_leading_dims(device):
     # The Python wrapper takes [..., n, H], flattens and restores; same bits as the flat call.
     B, S, n, H = 3, 5, 4, 64

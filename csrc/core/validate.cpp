@@ -233,8 +233,10 @@ void check_pre_params(const char* op, const StreamDimsT<I>& d, const at::Tensor&
   check_same_device(op, "hc_scale", hc_scale, residual, "residual");
   check_same_device(op, "hc_base", hc_base, residual, "residual");
   if (norm_weight.has_value() && norm_weight->defined()) {
-    MHC_EXPECT(is_tensor(*norm_weight, at::kBFloat16, 1) && size_of<I>(*norm_weight, 0) == d.H,
-               op, "norm_weight", "bfloat16 " + shape({eq("H", d.H)}), *norm_weight);
+    // float32 is accepted and rounded to bf16 once (norm_weight_bf16), as the serving stacks do
+    MHC_EXPECT((is_tensor(*norm_weight, at::kBFloat16, 1) || is_tensor(*norm_weight, at::kFloat, 1)) &&
+                   size_of<I>(*norm_weight, 0) == d.H,
+               op, "norm_weight", "bfloat16 or float32 " + shape({eq("H", d.H)}), *norm_weight);
     check_same_device(op, "norm_weight", *norm_weight, residual, "residual");
   }
   check_eps(op, "rms_eps", a.rms_eps);

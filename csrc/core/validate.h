@@ -82,7 +82,14 @@ void check_prenorm_outputs(const char* op, const GemmDimsT<I>& g, const at::Tens
 template <class I = int64_t>
 GemmDimsT<I> check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight);
 
-// ---- Every check of one op, in order: what its CPU entry point and its fake run.
+// norm_weight as the kernels read it: bf16 (a float32 weight is rounded to bf16 once, per call,
+// as sglang and vLLM do; docs/spec.md §2.8), or undefined without the folded norm.
+inline at::Tensor norm_weight_bf16(const std::optional<at::Tensor>& w) {
+  if (!w.has_value() || !w->defined()) return at::Tensor();
+  return w->scalar_type() == at::kBFloat16 ? *w : w->to(at::kBFloat16);
+}
+
+// ---- Every check of one op, in order: what its entry points (CPU, CUDA) and its fake run.
 
 template <class I = int64_t>
 StreamDimsT<I> validate_mhc_pre(const at::Tensor& residual, const at::Tensor& fn,

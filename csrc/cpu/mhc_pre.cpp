@@ -29,8 +29,8 @@ Pre3 mhc_pre_cpu(const Tensor& residual, const Tensor& fn, const Tensor& hc_scal
 
   const Tensor res = residual.contiguous(), w = fn.contiguous();
   const Tensor scale = hc_scale.contiguous(), base = hc_base.contiguous();
-  const Tensor nw = norm_weight.has_value() && norm_weight->defined() ? norm_weight->contiguous()
-                                                                      : Tensor();
+  const Tensor w16 = norm_weight_bf16(norm_weight);
+  const Tensor nw = w16.defined() ? w16.contiguous() : Tensor();
   record_plan(-1, plan_of(KernelType::MHC_PRE, T, n, H, 0, {nw.defined(), false, false}));
   const GateParams p = cpu::gate_params(scale, rms_eps, hc_pre_eps, hc_sinkhorn_eps,
                                         hc_post_mult_value, sinkhorn_repeat);

@@ -12,9 +12,7 @@ namespace mhc {
 
 Tensor hc_head_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_scale,
                     const Tensor& hc_base, double rms_eps, double hc_eps) {
-  constexpr const char* op = "hc_head";
-  const StreamDims d = check_residual(op, residual);
-  check_head_params(op, d, residual, fn, hc_scale, hc_base, rms_eps, hc_eps);
+  const StreamDims d = validate_hc_head(residual, fn, hc_scale, hc_base, rms_eps, hc_eps);
   const auto fopts = residual.options().dtype(at::kFloat);
   Tensor out = at::empty({d.T, d.H}, residual.options());
   if (d.T == 0) return out;

@@ -216,7 +216,7 @@ void prenorm_into(const Tensor& x, const Tensor& fn, int64_t S, const Tensor& ou
 
 std::tuple<Tensor, Tensor> hc_prenorm_gemm_cuda(const Tensor& x, const Tensor& fn,
                                                 int64_t num_splits) {
-  const GemmDims g = check_prenorm("hc_prenorm_gemm", x, fn, num_splits);
+  const GemmDims g = validate_hc_prenorm_gemm(x, fn, num_splits);
   Tensor out = at::empty({num_splits, g.M, g.N}, x.options().dtype(at::kFloat));
   Tensor sqrsum = at::empty({num_splits, g.M}, x.options().dtype(at::kFloat));
   if (g.M == 0) return {out, sqrsum};
@@ -227,9 +227,7 @@ std::tuple<Tensor, Tensor> hc_prenorm_gemm_cuda(const Tensor& x, const Tensor& f
 
 void tf32_hc_prenorm_gemm_cuda(const Tensor& x, const Tensor& fn, const Tensor& out,
                                const Tensor& sqrsum, std::optional<int64_t> num_splits) {
-  constexpr const char* op = "tf32_hc_prenorm_gemm";
-  const GemmDims g = check_prenorm(op, x, fn, num_splits.value_or(1));
-  check_prenorm_outputs(op, g, x, out, sqrsum, num_splits);
+  const GemmDims g = validate_tf32_hc_prenorm_gemm(x, fn, out, sqrsum, num_splits);
   if (g.M == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t S = num_splits.value_or(1);

@@ -22,7 +22,7 @@ namespace mhc {
 
 Tensor linear_bf16_fp32_cuda(const Tensor& x, const Tensor& weight) {
   constexpr const char* op = "linear_bf16_fp32";
-  const GemmDims g = check_linear(op, x, weight);
+  const GemmDims g = validate_linear_bf16_fp32(x, weight);
   Tensor out = at::empty({g.M, g.N}, x.options().dtype(at::kFloat));
   if (g.M == 0 || g.N == 0) return out;
   TORCH_CHECK(g.M <= INT_MAX && g.N <= INT_MAX && g.K <= INT_MAX, op,

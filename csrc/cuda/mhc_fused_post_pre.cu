@@ -18,13 +18,10 @@ Fused4 mhc_fused_post_pre_cuda(const Tensor& x, const Tensor& residual, const Te
                                double hc_sinkhorn_eps, double hc_post_mult_value,
                                int64_t sinkhorn_repeat, const OptTensor& norm_weight,
                                double norm_eps) {
-  constexpr const char* op = "mhc_fused_post_pre";
-  const StreamDims d = check_residual(op, residual);
-  check_post_args(op, d, residual, x, post_mix, comb_mix);
-  check_pre_params(op, d, residual, fn, hc_scale, hc_base,
-                   {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
-                    norm_eps},
-                   norm_weight);
+  const StreamDims d = validate_mhc_fused_post_pre(
+      x, residual, post_mix, comb_mix, fn, hc_scale, hc_base,
+      {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat, norm_eps},
+      norm_weight);
   const bool norm = norm_weight.has_value() && norm_weight->defined();
   const auto fopts = residual.options().dtype(at::kFloat);
   Tensor residual_out = at::empty({d.T, d.n, d.H}, residual.options());
@@ -41,7 +38,7 @@ Fused4 mhc_fused_post_pre_cuda(const Tensor& x, const Tensor& residual, const Te
   const Tensor post_in = post_mix.contiguous(), comb_in = comb_mix.contiguous();
   const Tensor w = cuda::aligned_contiguous(fn);
   const Tensor scale = hc_scale.contiguous(), base = hc_base.contiguous();
-  const Tensor nw = norm ? cuda::aligned_contiguous(*norm_weight) : Tensor();
+  const Tensor nw = norm ? cuda::aligned_contiguous(norm_weight_bf16(norm_weight)) : Tensor();
   const Plan plan = plan_of(KernelType::MHC_FUSED_POST_PRE, d.T, d.n, d.H, cuda::num_sms(dev),
                             {norm, batch_invariant_enabled(), false,
                              cuda::supports_clusters(dev)});

@@ -90,9 +90,7 @@ __global__ void __launch_bounds__(kPostThreads, post_min_blocks<N>()) mhc_post_k
 
 Tensor mhc_post_cuda(const Tensor& x, const Tensor& residual, const Tensor& post_mix,
                      const Tensor& comb_mix) {
-  constexpr const char* op = "mhc_post";
-  const StreamDims d = check_residual(op, residual);
-  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  const StreamDims d = validate_mhc_post(x, residual, post_mix, comb_mix);
   Tensor out = at::empty({d.T, d.n, d.H}, residual.options());
   if (d.T == 0) return out;
 

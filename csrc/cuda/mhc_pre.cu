@@ -13,12 +13,10 @@ Pre3 mhc_pre_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_sca
                   const Tensor& hc_base, double rms_eps, double hc_pre_eps,
                   double hc_sinkhorn_eps, double hc_post_mult_value, int64_t sinkhorn_repeat,
                   const OptTensor& norm_weight, double norm_eps) {
-  constexpr const char* op = "mhc_pre";
-  const StreamDims d = check_residual(op, residual);
-  check_pre_params(op, d, residual, fn, hc_scale, hc_base,
-                   {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
-                    norm_eps},
-                   norm_weight);
+  const StreamDims d = validate_mhc_pre(residual, fn, hc_scale, hc_base,
+                                        {rms_eps, hc_pre_eps, hc_sinkhorn_eps,
+                                         hc_post_mult_value, sinkhorn_repeat, norm_eps},
+                                        norm_weight);
   const bool norm = norm_weight.has_value() && norm_weight->defined();
   const auto fopts = residual.options().dtype(at::kFloat);
   Tensor post_mix = at::empty({d.T, d.n, 1}, fopts);
@@ -32,7 +30,7 @@ Pre3 mhc_pre_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_sca
   const Tensor res = cuda::aligned_contiguous(residual);
   const Tensor w = cuda::aligned_contiguous(fn);
   const Tensor scale = hc_scale.contiguous(), base = hc_base.contiguous();
-  const Tensor nw = norm ? cuda::aligned_contiguous(*norm_weight) : Tensor();
+  const Tensor nw = norm ? cuda::aligned_contiguous(norm_weight_bf16(norm_weight)) : Tensor();
   const Plan plan = plan_of(KernelType::MHC_PRE, d.T, d.n, d.H, cuda::num_sms(dev),
                             {norm, batch_invariant_enabled(), false,
                              cuda::supports_clusters(dev)});
