@@ -212,8 +212,18 @@ def test_linear_bf16_fp32():
 
 
 def test_token_count_representatives_are_mhc_ops_plans():
-    # on the CPU every T has one plan
-    assert sg.get_mhc_pre_token_count_representatives(8192, N * 7168) == (8192,)
+    # the plans of mhc_pre, plain and with the folded norm, on the current device (on the CPU
+    # every T has one plan)
+    from mhc_ops import plan
+
+    dev = "cuda" if torch.cuda.is_available() and mhc_ops.cuda_available() else "cpu"
+    kw = dict(hidden_size=7168, num_sms=plan.device_num_sms(dev),
+              clusters=plan.device_supports_clusters(dev))
+    want = set(plan.token_count_representatives("MHC_PRE", 8192, **kw))
+    want |= set(plan.token_count_representatives("MHC_PRE", 8192, norm=True, **kw))
+    assert sg.get_mhc_pre_token_count_representatives(8192, N * 7168) == tuple(sorted(want))
+    if dev == "cpu":
+        assert sg.get_mhc_pre_token_count_representatives(8192, N * 7168) == (8192,)
     assert sg.get_mhc_pre_token_count_representatives(0, N * 7168) == ()
 
 

@@ -265,14 +265,17 @@ def test_install_takes_over_the_torch_ops_registrations(monkeypatch, caplog, cle
     assert torch.equal(op(*args), torch.zeros_like(a["residual"]))
     with caplog.at_level(logging.WARNING, logger="mhc_ops.compat"):
         names = vl.install()
-    assert "torch.ops.vllm_compat_ok.mhc_post_tilelang (CPU)" in names
-    assert "torch.ops.vllm_compat_ok.mhc_pre_tilelang (CPU)" in caplog.text
+    # the stand-in registers CPU kernels only (a CUDA build of torch may list more keys)
+    assert any(n.startswith("torch.ops.vllm_compat_ok.mhc_post_tilelang (") and "CPU" in n
+               for n in names), names
+    assert "torch.ops.vllm_compat_ok.mhc_pre_tilelang (" in caplog.text
     assert_same(op(*args), mhc_ops.mhc_post(**a))
     p = h.pre_inputs(2, N, H, seed=h.seed_of("vl_ops_pre"))
     assert_same(tuple(torch.ops.vllm_compat_ok.mhc_pre_tilelang(
         p["residual"], p["fn"], p["hc_scale"], p["hc_base"], *DSV4)),
         mhc_ops.mhc_pre(p["residual"], p["fn"], p["hc_scale"], p["hc_base"]))
-    assert "torch.ops.vllm_compat_ok.mhc_post_tilelang (CPU)" in vl.uninstall()
+    assert any(n.startswith("torch.ops.vllm_compat_ok.mhc_post_tilelang (")
+               for n in vl.uninstall())
     assert torch.equal(op(*args), torch.zeros_like(a["residual"]))  # vLLM's kernel again
 
 

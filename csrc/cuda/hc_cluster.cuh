@@ -97,6 +97,9 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   if (u < units) load_fn(u, fr);
   for (int s = 0; s < stages; ++s) {
     cp_async_wait_upto(stages - 1 - s);
+    // The wait is a switch over immediates (an indirect branch): reconverge each warp before
+    // the block barrier (compute-sanitizer's synccheck reports a split warp there otherwise).
+    __syncwarp();
     __syncthreads();
     const int q0 = s * gps, q1 = min(ng, q0 + gps);
     for (const int u_end = q1 * N; u < u_end; u += W) {
