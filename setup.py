@@ -38,8 +38,9 @@ import setuptools
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-REBUILD_HINT = ("install torch (and setuptools>=77, ninja) into the target environment first, "
-                "then build there: pip install --no-build-isolation .")
+NO_ISOLATION = ("Install with --no-build-isolation into the environment that has torch (and "
+                "setuptools>=77, ninja): pip install --no-build-isolation <source: ., the sdist "
+                "or a git URL>")
 
 # Commands that only package the sources: `python -m build --sdist` runs them in an isolated
 # environment without torch. PEP 517 frontends also run egg_info to ask for build requirements
@@ -76,15 +77,15 @@ def import_torch():
         import torch
     except ImportError:
         raise SystemExit(
-            "mhc_ops setup: torch is not importable here. mhc_ops compiles against the torch of "
-            "the environment it is installed into and never installs one; pip's default build "
-            "isolation hides that torch. Add --no-build-isolation: " + REBUILD_HINT) from None
+            "mhc_ops setup: torch is not importable in this build environment. mhc_ops is "
+            "compiled against the torch of the environment it is installed into and never "
+            "installs one; pip's build isolation hides that torch. " + NO_ISOLATION) from None
     where = os.path.dirname(torch.__file__)
     if any(marker in where for marker in ("pip-build-env-", "build-env-", "builds-v0")):
         raise SystemExit(
             f"mhc_ops setup: torch {torch.__version__} was imported from a temporary isolated "
             f"build environment ({where}), not from the environment that will import mhc_ops. "
-            "Add --no-build-isolation: " + REBUILD_HINT)
+            + NO_ISOLATION)
     return torch
 
 
