@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import setuptools
 from setuptools import setup
@@ -66,6 +67,16 @@ def parse_switch(name: str, default: str, choices: tuple[str, ...]) -> str:
     return v
 
 
+def isolated_build_env(path: str) -> bool:
+    """Whether path lies in a frontend's temporary build environment: pip and build make theirs
+    in the temporary directory (pip-build-env-*, build-env-*), uv in its cache (builds-v0)."""
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    in_tmp = path.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep)
+    return "builds-v0" in parts or in_tmp and any(
+        p.startswith(("pip-build-env-", "build-env-")) for p in parts)
+
+
 def import_torch():
     """The torch this build compiles against: the target environment's, never a temporary one.
 
@@ -81,7 +92,7 @@ def import_torch():
             "compiled against the torch of the environment it is installed into and never "
             "installs one; pip's build isolation hides that torch. " + NO_ISOLATION) from None
     where = os.path.dirname(torch.__file__)
-    if any(marker in where for marker in ("pip-build-env-", "build-env-", "builds-v0")):
+    if isolated_build_env(where):
         raise SystemExit(
             f"mhc_ops setup: torch {torch.__version__} was imported from a temporary isolated "
             f"build environment ({where}), not from the environment that will import mhc_ops. "

@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -187,6 +188,18 @@ def run_setup_with_torch(tmp_path, torch_dir_name, init):
                         str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and not out.exists()
     return r.stderr
+
+
+@pytest.mark.parametrize("parts,isolated", [
+    (("{tmp}", "pip-build-env-abc", "overlay", "lib", "site-packages", "torch"), True),
+    (("{tmp}", "build-env-abc", "lib", "site-packages", "torch"), True),  # python -m build
+    (("", "root", ".cache", "uv", "builds-v0", ".tmpAbc", "lib", "torch"), True),
+    (("", "opt", "envs", "build-env-py311", "lib", "site-packages", "torch"), False),
+    (("", "usr", "lib", "python3", "dist-packages", "torch"), False),
+])
+def test_isolated_build_environments_are_told_apart(setup_py, parts, isolated):
+    path = os.sep.join(parts).replace("{tmp}", os.path.realpath(tempfile.gettempdir()))
+    assert setup_py.isolated_build_env(path) is isolated
 
 
 def test_build_without_torch_stops_at_once_saying_no_build_isolation(setup_py, tmp_path):
