@@ -147,8 +147,11 @@ def check_unknown() -> list[str]:
     return unknown
 
 
-# Read by setup.py at build time, not at run time.
-_BUILD_VARIABLES = {"MHC_BUILD_CUDA"}
+# Read by setup.py at build time only; setting them at run time changes nothing.
+_BUILD_VARIABLES: dict[str, str] = {
+    "MHC_BUILD_CUDA": "build time only: compile the CUDA kernels (auto, 1 or 0)",
+    "MHC_STUDY": "build time only: 1 defines MHC_STUDY, the study build's knobs (default 0)",
+}
 
 
 def _similar(a: str, b: str) -> bool:

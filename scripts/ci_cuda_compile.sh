@@ -5,9 +5,10 @@
 # CUDA toolkit on these machines has no cuBLAS/cuSPARSE headers or libraries, which torch's CUDA
 # headers include and the library links: they come from the torch wheel's nvidia/cu13 package,
 # whose libraries are versioned only (libcublas.so.13), so build/cuda-link holds the
-# unversioned names the linker looks for.
+# unversioned names the linker looks for. With TORCH_CUDA_ARCH_LIST unset, setup.py's default
+# for a machine with no GPU is built and checked: sm_90 and sm_100 code, compute_100 PTX.
 #
-#   MHC_CUDA_TORCH_SPEC=torch==2.14.1  TORCH_CUDA_ARCH_LIST=9.0  CUDA_HOME=/usr/local/cuda
+#   MHC_CUDA_TORCH_SPEC=torch==2.14.1  TORCH_CUDA_ARCH_LIST=<setup.py's>  CUDA_HOME=/usr/local/cuda
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.cuvenv"
@@ -23,7 +24,7 @@ for lib in cublas cublasLt; do ln -sf "$cu13/lib/lib$lib.so.13" "build/cuda-link
 start=$SECONDS
 PATH="$VENV/bin:$PATH" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" CPATH="$cu13/include${CPATH:+:$CPATH}" \
   LIBRARY_PATH="$ROOT/build/cuda-link${LIBRARY_PATH:+:$LIBRARY_PATH}" \
-  MHC_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-2}" \
+  MHC_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" \
   "$VENV/bin/python" setup.py build_ext --build-temp build/cuda-temp --build-lib build/cuda-lib \
   > build/cuda-compile.log 2>&1 || {
     grep -E -m 20 'error' build/cuda-compile.log >&2 || true
@@ -33,4 +34,19 @@ PATH="$VENV/bin:$PATH" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" CPATH="$cu13/in
   }
 so="$(ls build/cuda-lib/mhc_ops/_C*.so)"
 nm -DC "$so" | grep "mhc::mhc_pre_cuda" >/dev/null || { echo "[cuda-compile] no CUDA entry points in $so" >&2; exit 1; }
-echo "[cuda-compile] OK: $(basename "$so") with CUDA kernels for ${TORCH_CUDA_ARCH_LIST:-9.0} in $((SECONDS - start)) s" >&2
+archs="$(sed -n "s/^CUDA_ARCH_LIST = '\(.*\)'$/\1/p" build/cuda-lib/mhc_ops/_build_info.py)"
+# Every architecture must have been compiled: torch's ninja file holds the -gencode flags, and
+# cuobjdump, where the toolkit has it, lists what the library carries.
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  [ "$archs" = "9.0;10.0+PTX" ] || { echo "[cuda-compile] default architectures are '$archs'" >&2; exit 1; }
+  for code in sm_90 sm_100 compute_100; do
+    grep -q -- "-gencode=arch=compute_${code#*_},code=$code" build/cuda-temp/build.ninja ||
+      { echo "[cuda-compile] not compiled for $code" >&2; exit 1; }
+  done
+  if command -v cuobjdump >/dev/null; then
+    { cuobjdump --list-elf "$so" | grep -q "sm_90\." && cuobjdump --list-elf "$so" | grep -q "sm_100\." &&
+      cuobjdump --list-ptx "$so" | grep -q -E "(sm|compute)_100"; } ||
+      { echo "[cuda-compile] cuobjdump: $so lacks sm_90 or sm_100 code or the PTX" >&2; exit 1; }
+  fi
+fi
+echo "[cuda-compile] OK: $(basename "$so") ($(du -m "$so" | cut -f1) MB) with CUDA kernels for $archs in $((SECONDS - start)) s" >&2

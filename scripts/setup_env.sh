@@ -53,9 +53,12 @@ VPY="$VENV/bin/python"
 # Install only what is missing: torch first, then the build and test tools.
 missing=()
 "$VPY" -c "import torch" 2>/dev/null || missing+=("$TORCH_SPEC")
-for mod in setuptools wheel numpy pytest; do
+for mod in wheel numpy pytest; do
   "$VPY" -c "import $mod" 2>/dev/null || missing+=("$mod")
 done
+# pyproject's licence expression needs setuptools 77; a fresh venv seeds an older one.
+"$VPY" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" \
+  2>/dev/null || missing+=("setuptools>=77")
 "$VPY" -c "import ninja" 2>/dev/null || command -v ninja >/dev/null || missing+=(ninja)
 if [ ${#missing[@]} -gt 0 ]; then
   log "pip install ${missing[*]}"
