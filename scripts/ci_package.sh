@@ -11,7 +11,8 @@
 #     torch==<that torch>, name its licence and carry it, and ship one library without debug
 #     information.
 #  4. pip install <wheel>, dependencies included (the pin must be met by the installed torch),
-#     then, outside the tree, import it and run python -m mhc_ops on a small stack on the CPU.
+#     then, outside the tree, import it (the drop-in modules and the vLLM plugin entry point
+#     included) and run python -m mhc_ops on a small stack on the CPU.
 # Prints the sizes of the sdist, the wheel and the library, and the time taken.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -99,7 +100,11 @@ echo "$out" | grep -E "^(Requirement already satisfied: torch|Successfully insta
   fail "installing the wheel changed torch"
 (cd "$PKG" && "$VPY" -c "
 import os, sys, torch, mhc_ops
+import mhc_ops.compat.sglang, mhc_ops.compat.vllm, mhc_ops.compat.deep_gemm
+from importlib.metadata import entry_points
 from mhc_ops import _build_info as info
+plugins = [e.value for e in entry_points(group='vllm.general_plugins') if e.name == 'mhc_ops']
+assert plugins == ['mhc_ops.compat.vllm:register'], plugins
 assert os.path.realpath(mhc_ops.__file__).startswith(os.path.realpath(sys.prefix)), mhc_ops.__file__
 assert info.TORCH_VERSION == torch.__version__, (info.TORCH_VERSION, torch.__version__)
 print('[package] installed', mhc_ops.__file__, 'built against torch', info.TORCH_VERSION,

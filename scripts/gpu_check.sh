@@ -58,8 +58,10 @@ run() {
 for stage in "${stages[@]}"; do
   case "$stage" in
     build)
-      run build env MHC_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace \
-        || exit 1
+      # the image's CC / CXX (/opt/gcc wrappers) link libstdc++ statically, which setup.py
+      # refuses: the system compiler links it shared, as torch does
+      run build env MHC_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" CC="${GPU_CC:-/usr/bin/gcc}" \
+        CXX="${GPU_CXX:-/usr/bin/g++}" "$PY" setup.py build_ext --inplace || exit 1
       "$PY" -c "import mhc_ops, torch; assert mhc_ops.cuda_available(), 'no CUDA kernels'; \
 print('mhc_ops', mhc_ops.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())" \
         || exit 1

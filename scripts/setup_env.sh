@@ -70,6 +70,28 @@ export PATH="$VENV/bin:$PATH"
 ninja_dir="$("$VPY" -c 'import ninja; print(ninja.BIN_DIR)' 2>/dev/null || true)"
 [ -n "$ninja_dir" ] && export PATH="$ninja_dir:$PATH"
 
+# The library must link the shared libstdc++ that torch loads (setup.py stops otherwise). Some
+# images put compiler wrappers in CC / CXX whose library path finds libstdc++.a first (the GPU
+# machine's /opt/gcc); for this repository's own builds, use the system g++ there, and say so.
+# A user's `pip install` gets setup.py's message instead and picks a compiler itself.
+links_shared_libstdcxx() {
+  local dir rc=1
+  dir="$(mktemp -d)"
+  printf '#include <string>\nstd::string mhc_probe(int v) { return std::to_string(v); }\n' \
+    > "$dir/p.cpp"
+  if "$1" -shared -fPIC -o "$dir/p.so" "$dir/p.cpp" 2>/dev/null &&
+     readelf -d "$dir/p.so" 2>/dev/null | grep -q 'libstdc++\.so'; then
+    rc=0
+  fi
+  rm -rf "$dir"
+  return $rc
+}
+if [ -n "${CXX:-}" ] && command -v readelf >/dev/null && [ -x /usr/bin/g++ ] &&
+   ! links_shared_libstdcxx "$CXX" && links_shared_libstdcxx /usr/bin/g++; then
+  log "CXX=$CXX links libstdc++ statically; building with CC=/usr/bin/gcc CXX=/usr/bin/g++"
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++
+fi
+
 # Build. pip's editable build compiles in a throw-away directory, so once the editable install
 # is in place, rebuilds go through setup.py build_ext --inplace, whose objects under build/ let
 # ninja recompile only what changed.
