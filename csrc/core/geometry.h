@@ -59,27 +59,39 @@ constexpr int tiles_per_block(int n, Mode mode, bool full_k, bool small) {
 // (group, stream) unit, its activations [2 TT][32 lanes] and its fn [NT][kParts][32 lanes]
 // (16 bytes each); up to 4 slots per warp within kRingBytes for 8 warps. The warps' partial
 // sums overlay the ring once the loop is done.
+constexpr int main_ring_slot(int n, Mode mode, bool full_k) {  // 16-byte units
+  return (2 * tiles_per_block(n, mode, full_k, false) + (gate_rows(n, mode) + 7) / 8 * kParts) *
+         32;
+}
+constexpr int main_ring_stages(int n, Mode mode, bool full_k) {
+  const int fit = kRingBytes / (kMainWarps * main_ring_slot(n, mode, full_k) * 16);
+  return fit >= 4 ? 4 : fit;
+}
+constexpr int64_t main_ring_bytes(int n, Mode mode, bool full_k, int warps) {
+  const int64_t ring = int64_t{16} * warps * main_ring_stages(n, mode, full_k) *
+                       main_ring_slot(n, mode, full_k);
+  const int64_t red = int64_t{4} * warps * kTileTokens * tiles_per_block(n, mode, full_k, false) *
+                      partial_row(n, mode);
+  return ring > red ? ring : red;
+}
 template <int N, Mode MODE, bool FULLK>
 struct MainRing {
   static constexpr int TT = tiles_per_block(N, MODE, FULLK, false);
-  static constexpr int kSlot = (2 * TT + Shape<N, MODE>::NT * kParts) * 32;  // 16-byte units
-  static constexpr int kFit = kRingBytes / (kMainWarps * kSlot * 16);
-  static constexpr int kStages = kFit >= 4 ? 4 : kFit;
+  static constexpr int kSlot = main_ring_slot(N, MODE, FULLK);
+  static constexpr int kStages = main_ring_stages(N, MODE, FULLK);
   static_assert(kStages >= 2, "a main-kernel ring needs two slots per warp");
-  static constexpr size_t bytes(int warps) {
-    const size_t ring = size_t{16} * warps * kStages * kSlot;
-    const size_t red = sizeof(float) * warps * kTileTokens * TT * Shape<N, MODE>::MP;
-    return ring > red ? ring : red;
-  }
 };
 
 // The per-warp cp.async ring of the fused main kernel (Plan::fn_ring): each slot holds one
 // unit's x and N input streams for rows g and g + 8 of every tile, [2 TT][N + 1][32 lanes].
+constexpr int fused_ring_slot(int n, int tt) { return 2 * tt * (n + 1) * 32; }  // 16-byte units
+constexpr int64_t fused_ring_bytes(int n, int tt, int warps) {
+  return int64_t{16} * warps * kFusedRingStages * fused_ring_slot(n, tt);
+}
 template <int N, int TT>
 struct FusedRing {
   static constexpr int kStages = kFusedRingStages;
-  static constexpr int kSlot = 2 * TT * (N + 1) * 32;  // 16-byte units
-  static constexpr size_t bytes(int warps) { return size_t{16} * warps * kStages * kSlot; }
+  static constexpr int kSlot = fused_ring_slot(N, TT);
 };
 
 // The one-block-per-cluster hc_head kernel (cuda/hc_cluster.cuh): `size` CTAs per cluster, each
@@ -109,10 +121,17 @@ constexpr ClusterShape head_cluster_shape(int64_t n, int64_t hidden) {
           bytes};
 }
 
-// The persistent hc_head kernel (cuda/hc_head_persistent.cuh) at n = N, H = HS: the cluster
-// geometry of head_cluster_shape, and its shared memory with NB activation buffers and `slots`
-// receive slots: activations [NB][BT][RS] 16-byte units, receive [slots][CS][BT][MP], per-warp
-// partials [W][BT][MP], gates [2][BT][N] floats.
+// Shared memory of the persistent hc_head kernel (cuda/hc_head_persistent.cuh) at n, H, with nb
+// activation buffers and `slots` receive slots: activations [nb][BT][RS] 16-byte units, receive
+// [slots][CS][BT][MP], per-warp partials [W][BT][MP], gates [2][BT][n] floats.
+constexpr int64_t head_persist_bytes(int64_t n, int64_t hidden, int nb, int slots) {
+  const ClusterShape cs = head_cluster_shape(n, hidden);
+  const int64_t rs = n * 4 * cs.groups + ((n * cs.groups) % 2 == 0 ? 4 : 0);
+  const int64_t mp = partial_row(static_cast<int>(n), Mode::HEAD), bt = cs.block_tokens;
+  return 16 * nb * bt * rs + 4 * (slots * cs.size * bt * mp + kClusterWarps * bt * mp + 2 * bt * n);
+}
+
+// The persistent kernel's compile-time geometry at n = N, H = HS (that of head_cluster_shape).
 template <int N, int HS>
 struct HeadPersistShape {
   static constexpr int G = HS / kGroupCols;                        // K groups
@@ -126,8 +145,7 @@ struct HeadPersistShape {
   static_assert(HS % (kGroupCols * GPC) == 0 && G / GPC == CS, "every CTA owns GPC whole groups");
   static_assert(CS == head_cluster_shape(N, HS).size, "one cluster geometry for both kernels");
   static constexpr size_t bytes(int nb, int slots) {
-    return size_t{16} * nb * BT * RS +
-           sizeof(float) * (slots * CS * BT * MP + kClusterWarps * BT * MP + 2 * BT * N);
+    return static_cast<size_t>(head_persist_bytes(N, HS, nb, slots));
   }
 };
 

@@ -11,34 +11,6 @@
 
 namespace mhc {
 
-namespace {
-
-Mode mode_of(KernelType kind) {
-  return kind == KernelType::MHC_PRE ? Mode::PRE
-         : kind == KernelType::MHC_FUSED_POST_PRE ? Mode::FUSED
-                                                  : Mode::HEAD;
-}
-
-// The runtime form of MainRing / FusedRing (core/geometry.h) for the launcher's n.
-int64_t main_ring_bytes(int n, Mode mode, bool full_k, int warps) {
-  const int tt = tiles_per_block(n, mode, full_k, false);
-  const int nt = (gate_rows(n, mode) + 7) / 8;
-  const int64_t slot = (2 * tt + nt * kParts) * 32;
-  const int64_t fit = kRingBytes / (kMainWarps * slot * 16);
-  const int64_t stages = std::min<int64_t>(4, fit);
-  const int64_t ring = 16 * warps * stages * slot;
-  const int64_t red = 4 * int64_t{warps} * kTileTokens * tt * partial_row(n, mode);
-  return std::max(ring, red);
-}
-int64_t fused_ring_bytes(int n, int tt, int warps) {
-  return int64_t{16} * warps * kFusedRingStages * (2 * tt * (n + 1) * 32);
-}
-
-// The main kernel's instance flags: half units, ring, 32-token blocks (cuda/hc_launch.cuh).
-struct MainInstance {
-  bool full_k, norm, half, ring, small;
-  int hs, tt;
-};
 MainInstance main_instance(const Plan& p) {
   const Mode mode = mode_of(p.kind);
   const int n = p.hc_mult;
@@ -53,7 +25,6 @@ MainInstance main_instance(const Plan& p) {
   m.tt = tiles_per_block(n, mode, m.full_k, m.small);
   return m;
 }
-}  // namespace
 
 Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const DeviceLimits& dev) {
   Launches out;
@@ -83,12 +54,7 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
     const ClusterShape cs = head_cluster_shape(n, H);
     const int64_t blocks = ceil_div(T, cs.block_tokens);
     if (p.cluster_buffers > 0) {
-      // HeadPersistShape<n, H>::bytes at runtime: activations, receive slots, partials, gates.
-      const int64_t rs = n * 4 * cs.groups + ((n * cs.groups) % 2 == 0 ? 4 : 0);
-      const int64_t mp = partial_row(ni, Mode::HEAD), bt = cs.block_tokens;
-      const int64_t slots = p.cluster_rotated ? 3 : 2;
-      const int64_t smem = 16 * p.cluster_buffers * bt * rs +
-                           4 * (slots * cs.size * bt * mp + kClusterWarps * bt * mp + 2 * bt * n);
+      const int64_t smem = head_persist_bytes(n, H, p.cluster_buffers, p.cluster_rotated ? 3 : 2);
       add(KernelRole::HEAD_PERSIST, std::min(blocks, dev.resident_clusters) * cs.size, 1,
           32 * kClusterWarps, smem, cs.size);
     } else {

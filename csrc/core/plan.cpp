@@ -101,12 +101,6 @@ int32_t hidden_spec(int64_t hc_mult, int64_t hidden) {
   return hc_mult == 4 && (hidden == 4096 || hidden == 7168) ? static_cast<int32_t>(hidden) : 0;
 }
 
-Mode mode_of(KernelType kind) {
-  return kind == KernelType::MHC_PRE ? Mode::PRE
-         : kind == KernelType::MHC_FUSED_POST_PRE ? Mode::FUSED
-                                                  : Mode::HEAD;
-}
-
 // pre / head SPLIT_K up to T = 64 (n <= 4) take 32-token blocks, each with one block's split
 // count, so that T = 33 .. 64 fills the SMs and a CTA carries half the activations
 // ("32-token decode blocks"). Never under batch invariance (one plan for every T), and not

@@ -35,6 +35,13 @@ enum class Variant : int32_t {
 };
 const char* variant_name(Variant v);
 
+// The kernels' Mode of the three ops that share them (HEAD for any other kind).
+constexpr Mode mode_of(KernelType kind) {
+  return kind == KernelType::MHC_PRE              ? Mode::PRE
+         : kind == KernelType::MHC_FUSED_POST_PRE ? Mode::FUSED
+                                                  : Mode::HEAD;
+}
+
 struct Plan {
   KernelType kind;
   Variant variant;
@@ -128,6 +135,15 @@ struct DeviceLimits {
 // rows as hc_mult and K as hidden_size; none for the CPU, cuBLAS and fp32 GEMM plans.
 Launches launches_of(const Plan& plan, int64_t num_tokens, int64_t hc_mult, int64_t hidden_size,
                      const DeviceLimits& limits);
+// The template instance of a plan's main kernel (cuda/hc_launch.cuh dispatches on it): whole K,
+// the folded norm in the kernel (FULL_K pre / fused), the specialised width, half units, the
+// cp.async ring, the 32-token blocks, and the 16-token tiles per CTA.
+struct MainInstance {
+  bool full_k, norm, half, ring, small;
+  int hs, tt;
+};
+MainInstance main_instance(const Plan& plan);
+
 // The kernel of one launch as text, its role and template arguments, e.g.
 // "main<4,PRE,0,0,0,0,0,1>" (tests and tools; vector-load variants print as aligned), for the
 // same hc_mult (fn rows for the prenorm GEMM) as launches_of.

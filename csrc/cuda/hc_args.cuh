@@ -15,7 +15,6 @@ namespace mhc::cuda {
 // keeps alive (contiguous, 16-byte aligned where vector loads read them). Members an op does not
 // use stay null / zero.
 struct HcCall {
-  Mode mode = Mode::PRE;
   int64_t T = 0;
   int n = 0, H = 0;
   const uint16_t* res = nullptr;     // [T, n, H] bf16 residual (the fused op's input residual)

@@ -70,13 +70,12 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   // past H are zero-filled, so they add nothing to the dots).
   const int stages = p.stages;
   const int gps = (p.gpc + stages - 1) / stages;
-  constexpr int kRows = N;
   for (int s = 0; s < stages; ++s) {
     const int q0 = s * gps, q1 = min(ng, q0 + gps);
     const int vcount = q1 > q0 ? 4 * (q1 - q0) : 0;
-    for (int idx = tid; idx < BT * kRows * vcount; idx += blockDim.x) {
+    for (int idx = tid; idx < BT * N * vcount; idx += blockDim.x) {
       const int v = 4 * q0 + idx % vcount, rest = idx / vcount;
-      const int i = rest % kRows, t = rest / kRows;
+      const int i = rest % N, t = rest / N;
       const int64_t tok = t0 + t;
       const bool ok = tok < T && v < nv;
       cp_async16(data + t * RS + i * SV + v, ok ? p.res + (tok * N + i) * H + h0 + 8 * v : p.res,

@@ -29,7 +29,6 @@ Tensor hc_head_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_s
   record_plan(dev, plan);
 
   cuda::HcCall call;
-  call.mode = Mode::HEAD;
   call.T = d.T;
   call.n = static_cast<int>(d.n);
   call.H = static_cast<int>(d.H);

@@ -148,47 +148,62 @@ void run_cluster_plan(const Plan& plan, const HcCall& a, int device, cudaStream_
   with_head_persist_kernel<N, HS>(plan, [&](auto kernel, auto shape) {
     using PS = decltype(shape);
     static_assert(PS::CS > 0, "persistent geometry");
-    const size_t smem = PS::bytes(plan.cluster_buffers, plan.cluster_rotated ? 3 : 2);
-    lim.resident_clusters = resident_clusters(kernel, device, PS::CS, smem);
-    const Launches ls = launches_of(plan, a.T, N, a.H, lim);
-    TORCH_INTERNAL_ASSERT(static_cast<size_t>(ls.step[0].smem) == smem,
-                          "hc_head: persistent kernel's shared memory differs from its plan's");
-    launch_cluster(kernel, device, ls.step[0], stream, cp);
+    lim.resident_clusters = resident_clusters(
+        kernel, device, PS::CS, PS::bytes(plan.cluster_buffers, plan.cluster_rotated ? 3 : 2));
+    launch_cluster(kernel, device, launches_of(plan, a.T, N, a.H, lim).step[0], stream, cp);
   });
 }
 
-// The main-kernel instance of a plan (launches_of's MAIN step names the same one): FULL_K
-// (whole K, hidden_spec HS, the folded norm for pre / fused) or SPLIT_K (any H), with half units
-// (fused, Plan::split_streams), the ring (Plan::fn_ring) or 32-token blocks (pre / head).
+// The template instance of the plan's main kernel, as main_instance (core/plan.h) names it:
+// FULL_K (whole K, hidden_spec HS, the folded norm for pre / fused) or SPLIT_K (any H), with half
+// units (fused), the ring, or 32-token blocks (pre / head).
 template <int N, Mode MODE, int HS, typename F>
 void with_main_kernel(const Plan& plan, F&& f) {
-  const bool full = plan.variant == Variant::FULL_K;
-  const bool norm = full && plan.norm && MODE != Mode::HEAD;
+  const MainInstance m = main_instance(plan);
   const auto pick = [&](auto fullk, auto normk) {
     constexpr bool FK = decltype(fullk)::value, NM = decltype(normk)::value;
     constexpr int hs = FK ? HS : 0;
     if constexpr (MODE == Mode::FUSED) {
       if constexpr (!FK && N % 2 == 0) {
-        if (plan.split_streams) return f(hc_fused_main_kernel<N, FK, NM, hs, true, false>);
+        if (m.half) return f(hc_fused_main_kernel<N, FK, NM, hs, true, false>);
       }
-      if (plan.fn_ring) return f(hc_fused_main_kernel<N, FK, NM, hs, false, true>);
+      if (m.ring) return f(hc_fused_main_kernel<N, FK, NM, hs, false, true>);
       return f(hc_fused_main_kernel<N, FK, NM, hs, false, false>);
     } else {
-      if (plan.fn_ring) return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, true, false>);
+      if (m.ring) return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, true, false>);
       if constexpr (!FK && N <= 4) {
-        if (plan.block_tokens == kTileTokens * tiles_per_block(N, MODE, false, true))
-          return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, false, true>);
+        if (m.small) return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, false, true>);
       }
       return f(hc_prehead_main_kernel<N, MODE, FK, NM, hs, false, false>);
     }
   };
-  if (full) {
+  if (m.full_k) {
     if constexpr (MODE != Mode::HEAD) {
-      if (norm) return pick(std::true_type{}, std::true_type{});
+      if (m.norm) return pick(std::true_type{}, std::true_type{});
     }
     return pick(std::true_type{}, std::false_type{});
   }
   return pick(std::false_type{}, std::false_type{});
+}
+
+// The members that MainParams and EpiParams both take from the call: gate parameters, outputs
+// and sizes.
+template <typename P>
+void set_call_fields(P& p, const HcCall& a) {
+  p.scale = a.scale;
+  p.base = a.base;
+  p.norm_w = a.norm_w;
+  p.post_out = a.post_out;
+  p.comb_out = a.comb_out;
+  p.out = a.out;
+  p.T = a.T;
+  p.H = a.H;
+  p.rms_eps = a.rms_eps;
+  p.pre_eps = a.pre_eps;
+  p.sinkhorn_eps = a.sinkhorn_eps;
+  p.post_mult = a.post_mult;
+  p.norm_eps = a.norm_eps;
+  p.repeat = a.repeat;
 }
 
 template <int N, Mode MODE, int HS>
@@ -210,31 +225,18 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   const Launches ls = launches_of(plan, a.T, N, a.H, device_limits(device));
 
   MainParams mp{};
+  set_call_fields(mp, a);
   mp.res = a.res;
   mp.x = a.x;
   mp.post_in = a.post_in;
   mp.comb_in = a.comb_in;
   mp.res_out = a.res_out;
   mp.fn = a.fn;
-  mp.fnf = nullptr;
-  mp.scale = a.scale;
-  mp.base = a.base;
-  mp.norm_w = a.norm_w;
-  mp.ws = nullptr;
-  mp.post_out = a.post_out;
-  mp.comb_out = a.comb_out;
-  mp.out = a.out;
-  mp.T = a.T;
-  mp.H = a.H;
+  mp.fnf = nullptr;  // staged fn: set by the STAGE_FN launch
+  mp.ws = nullptr;   // SPLIT_K partials: set before the MAIN launch
   mp.G = G;
   mp.S = S;
   mp.gpc = gpc;
-  mp.rms_eps = a.rms_eps;
-  mp.pre_eps = a.pre_eps;
-  mp.sinkhorn_eps = a.sinkhorn_eps;
-  mp.post_mult = a.post_mult;
-  mp.norm_eps = a.norm_eps;
-  mp.repeat = a.repeat;
   mp.evict_inputs = plan.evict_inputs ? 1 : 0;
 
   at::Tensor staged;  // kept alive until the main kernel is enqueued (stream-ordered reuse)
@@ -269,25 +271,12 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
         constexpr Mode EM = MODE == Mode::HEAD ? Mode::HEAD : Mode::PRE;
         const int HC = plan.epilogue_chunks;
         EpiParams ep{};
+        set_call_fields(ep, a);
         ep.src = MODE == Mode::FUSED ? a.res_out : a.res;
         ep.ws = ws.data_ptr<float>();
-        ep.scale = a.scale;
-        ep.base = a.base;
-        ep.norm_w = a.norm_w;
-        ep.post_out = a.post_out;
-        ep.comb_out = a.comb_out;
-        ep.out = a.out;
-        ep.T = a.T;
-        ep.H = a.H;
         ep.S = S;
         ep.HC = HC;
         ep.CW = static_cast<int>(ceil_div(a.H / 8, HC));
-        ep.rms_eps = a.rms_eps;
-        ep.pre_eps = a.pre_eps;
-        ep.sinkhorn_eps = a.sinkhorn_eps;
-        ep.post_mult = a.post_mult;
-        ep.norm_eps = a.norm_eps;
-        ep.repeat = a.repeat;
         ep.src_is_input = MODE != Mode::FUSED;
         if constexpr (EM != Mode::HEAD) {
           if (norm) {

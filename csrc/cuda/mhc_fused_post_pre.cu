@@ -45,7 +45,6 @@ Fused4 mhc_fused_post_pre_cuda(const Tensor& x, const Tensor& residual, const Te
   record_plan(dev, plan);
 
   cuda::HcCall call;
-  call.mode = Mode::FUSED;
   call.T = d.T;
   call.n = static_cast<int>(d.n);
   call.H = static_cast<int>(d.H);

@@ -37,7 +37,6 @@ Pre3 mhc_pre_cuda(const Tensor& residual, const Tensor& fn, const Tensor& hc_sca
   record_plan(dev, plan);
 
   cuda::HcCall call;
-  call.mode = Mode::PRE;
   call.T = d.T;
   call.n = static_cast<int>(d.n);
   call.H = static_cast<int>(d.H);
