@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "cuda/common.cuh"
 
@@ -51,6 +53,13 @@ __device__ __forceinline__ void cp_async_wait_upto(int pending) {
     case 1: cp_async_wait<1>(); break;
     default: cp_async_wait<0>(); break;
   }
+}
+
+// f(std::integral_constant<int, I>{}) for I = 0, 1, ...: a loop whose index is a constant
+// expression in the body (e.g. a cp.async.wait_group immediate).
+template <typename F, int... I>
+__device__ __forceinline__ void for_each_index(std::integer_sequence<int, I...>, F&& f) {
+  (f(std::integral_constant<int, I>{}), ...);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

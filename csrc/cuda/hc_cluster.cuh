@@ -67,10 +67,11 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   pdl_trigger();
 
   // All copies up front, one commit group per stage of K groups (tokens past T and columns
-  // past H are zero-filled, so they add nothing to the dots).
+  // past H are zero-filled, so they add nothing to the dots). Always kClusterMaxStages groups,
+  // empty past `stages`, so that stage s waits with the immediate kClusterMaxStages - 1 - s.
   const int stages = p.stages;
   const int gps = (p.gpc + stages - 1) / stages;
-  for (int s = 0; s < stages; ++s) {
+  for (int s = 0; s < kClusterMaxStages; ++s) {
     const int q0 = s * gps, q1 = min(ng, q0 + gps);
     const int vcount = q1 > q0 ? 4 * (q1 - q0) : 0;
     for (int idx = tid; idx < BT * N * vcount; idx += blockDim.x) {
@@ -94,11 +95,13 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   float4 fr[NT][2];
   int u = warp;
   if (u < units) load_fn(u, fr);
-  for (int s = 0; s < stages; ++s) {
-    cp_async_wait_upto(stages - 1 - s);
-    // The wait is a switch over immediates (an indirect branch): reconverge each warp before
-    // the block barrier (compute-sanitizer's synccheck reports a split warp there otherwise).
-    __syncwarp();
+  // Stage by stage, each unrolled with its own wait immediate: a wait chosen at run time (a
+  // switch, an indirect branch) left warps split at the block barrier (compute-sanitizer's
+  // synccheck).
+  for_each_index(std::make_integer_sequence<int, kClusterMaxStages>{}, [&](auto stage) {
+    constexpr int s = decltype(stage)::value;
+    if (s >= stages) return;
+    cp_async_wait<kClusterMaxStages - 1 - s>();
     __syncthreads();
     const int q0 = s * gps, q1 = min(ng, q0 + gps);
     for (const int u_end = q1 * N; u < u_end; u += W) {
@@ -118,7 +121,7 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
         fr[nt][1] = fr_next[nt][1];
       }
     }
-  }
+  });
 
   // This CTA's partial: warps' slices (every warp writes every row, zeros where it had no
   // unit), then their sum in warp order into slice 0.

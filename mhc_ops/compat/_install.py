@@ -30,6 +30,12 @@ import torch
 
 logger = logging.getLogger("mhc_ops.compat")
 
+# Library.impl refuses, in some torch releases (2.11), to replace a kernel that Python code
+# registered (as vLLM registers its ops) unless asked to; later releases replace by default.
+_OVERRIDE = ({"allow_override": True}
+             if "allow_override" in inspect.signature(torch.library.Library.impl).parameters
+             else {})
+
 __all__ = ["SignatureMismatch", "Target", "Patcher", "signature_of"]
 
 
@@ -146,7 +152,7 @@ class Patcher:
                 # logged below with the rest of what install() replaced.
                 warnings.simplefilter("ignore", UserWarning)
                 for k in keys:
-                    lib.impl(t.name, t.replacement, k)
+                    lib.impl(t.name, t.replacement, k, **_OVERRIDE)
             self._op_impls.append((lib, f"torch.ops.{self.op_namespace}.{t.name} "
                                         f"({', '.join(keys)})"))
 
