@@ -154,6 +154,50 @@ PYBIND11_MODULE(_C, m) {
       py::arg("residual"), py::arg("fn"), py::arg("hc_scale"), py::arg("hc_base"),
       py::arg("rms_eps"), py::arg("hc_eps"));
   m.def(
+      "validate_mhc_stats",
+      [](const Tensor& residual, const Tensor& fn, const Tensor& hc_scale, const Tensor& hc_base,
+         double rms_eps, double hc_pre_eps, double hc_sinkhorn_eps, double hc_post_mult_value,
+         int64_t sinkhorn_repeat) {
+        mhc::validate_mhc_stats<Sym>(residual, fn, hc_scale, hc_base,
+                                     {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value,
+                                      sinkhorn_repeat, 0.0});
+      },
+      py::arg("residual"), py::arg("fn"), py::arg("hc_scale"), py::arg("hc_base"),
+      py::arg("rms_eps"), py::arg("hc_pre_eps"), py::arg("hc_sinkhorn_eps"),
+      py::arg("hc_post_mult_value"), py::arg("sinkhorn_repeat"));
+  m.def(
+      "validate_mhc_combine",
+      [](const Tensor& residual, const Tensor& pre_mix, const OptTensor& norm_weight,
+         double norm_eps) {
+        mhc::validate_mhc_combine<Sym>(residual, pre_mix, norm_weight, norm_eps);
+      },
+      py::arg("residual"), py::arg("pre_mix"), py::arg("norm_weight"), py::arg("norm_eps"));
+  m.def(
+      "validate_mhc_post_combine",
+      [](const Tensor& x, const Tensor& residual, const Tensor& post_mix, const Tensor& comb_mix,
+         const Tensor& pre_mix, const OptTensor& norm_weight, double norm_eps) {
+        mhc::validate_mhc_post_combine<Sym>(x, residual, post_mix, comb_mix, pre_mix,
+                                            norm_weight, norm_eps);
+      },
+      py::arg("x"), py::arg("residual"), py::arg("post_mix"), py::arg("comb_mix"),
+      py::arg("pre_mix"), py::arg("norm_weight"), py::arg("norm_eps"));
+  m.def(
+      "validate_mhc_shifted_post_pre",
+      [](const Tensor& x, const Tensor& residual, const Tensor& post_mix, const Tensor& comb_mix,
+         const Tensor& pre_mix, const Tensor& fn, const Tensor& hc_scale, const Tensor& hc_base,
+         double rms_eps, double hc_pre_eps, double hc_sinkhorn_eps, double hc_post_mult_value,
+         int64_t sinkhorn_repeat, const OptTensor& norm_weight, double norm_eps) {
+        mhc::validate_mhc_shifted_post_pre<Sym>(
+            x, residual, post_mix, comb_mix, pre_mix, fn, hc_scale, hc_base,
+            {rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat, norm_eps},
+            norm_weight);
+      },
+      py::arg("x"), py::arg("residual"), py::arg("post_mix"), py::arg("comb_mix"),
+      py::arg("pre_mix"), py::arg("fn"), py::arg("hc_scale"), py::arg("hc_base"),
+      py::arg("rms_eps"), py::arg("hc_pre_eps"), py::arg("hc_sinkhorn_eps"),
+      py::arg("hc_post_mult_value"), py::arg("sinkhorn_repeat"), py::arg("norm_weight"),
+      py::arg("norm_eps"));
+  m.def(
       "validate_hc_prenorm_gemm",
       [](const Tensor& x, const Tensor& fn, int64_t num_splits) {
         mhc::validate_hc_prenorm_gemm<Sym>(x, fn, num_splits);

@@ -25,6 +25,30 @@ TORCH_LIBRARY(mhc, m) {
   m.def(
       "hc_head(Tensor residual, Tensor fn, Tensor hc_scale, Tensor hc_base, "
       "float rms_eps=1e-6, float hc_eps=1e-6) -> Tensor");
+  // DeepSeek-V4.1 (SPEC §2.9): the gates of mhc_pre with pre kept
+  m.def(
+      "mhc_stats(Tensor residual, Tensor fn, Tensor hc_scale, Tensor hc_base, "
+      "float rms_eps=1e-6, float hc_pre_eps=1e-6, float hc_sinkhorn_eps=1e-6, "
+      "float hc_post_mult_value=2.0, int sinkhorn_repeat=20) "
+      "-> (Tensor pre_mix, Tensor post_mix, Tensor comb_mix)");
+  // the weighted stream sum with a given (carried) pre, optionally RMS-normed (SPEC §2.9)
+  m.def(
+      "mhc_combine(Tensor residual, Tensor pre_mix, Tensor? norm_weight=None, "
+      "float norm_eps=1e-6) -> Tensor");
+  // mhc_post, then mhc_combine of its result with the carried pre (SPEC §2.9)
+  m.def(
+      "mhc_post_combine(Tensor x, Tensor residual, Tensor post_mix, Tensor comb_mix, "
+      "Tensor pre_mix, Tensor? norm_weight=None, float norm_eps=1e-6) "
+      "-> (Tensor residual_out, Tensor layer_input)");
+  // the V4.1 boundary: mhc_post_combine, then mhc_stats of the new residual (SPEC §2.9)
+  m.def(
+      "mhc_shifted_post_pre(Tensor x, Tensor residual, Tensor post_mix, Tensor comb_mix, "
+      "Tensor pre_mix, Tensor fn, Tensor hc_scale, Tensor hc_base, "
+      "float rms_eps=1e-6, float hc_pre_eps=1e-6, float hc_sinkhorn_eps=1e-6, "
+      "float hc_post_mult_value=2.0, int sinkhorn_repeat=20, "
+      "Tensor? norm_weight=None, float norm_eps=1e-6) "
+      "-> (Tensor residual_out, Tensor layer_input, Tensor next_pre_mix, Tensor next_post_mix, "
+      "Tensor next_comb_mix)");
   // split-K x @ fn^T and sum of squares per split (SPEC §2.5)
   m.def("hc_prenorm_gemm(Tensor x, Tensor fn, int num_splits=1) -> (Tensor out, Tensor sqrsum)");
   // DeepGEMM-compatible form of hc_prenorm_gemm writing into out / sqrsum (SPEC §2.5)
@@ -40,6 +64,10 @@ TORCH_LIBRARY(mhc, m) {
   m.impl("mhc_post", &mhc::mhc_post_##BACKEND);                           \
   m.impl("mhc_fused_post_pre", &mhc::mhc_fused_post_pre_##BACKEND);       \
   m.impl("hc_head", &mhc::hc_head_##BACKEND);                             \
+  m.impl("mhc_stats", &mhc::mhc_stats_##BACKEND);                         \
+  m.impl("mhc_combine", &mhc::mhc_combine_##BACKEND);                     \
+  m.impl("mhc_post_combine", &mhc::mhc_post_combine_##BACKEND);           \
+  m.impl("mhc_shifted_post_pre", &mhc::mhc_shifted_post_pre_##BACKEND);   \
   m.impl("hc_prenorm_gemm", &mhc::hc_prenorm_gemm_##BACKEND);             \
   m.impl("tf32_hc_prenorm_gemm", &mhc::tf32_hc_prenorm_gemm_##BACKEND);   \
   m.impl("linear_bf16_fp32", &mhc::linear_bf16_fp32_##BACKEND)

@@ -18,6 +18,10 @@ __all__ = [
     "mhc_fused_post_pre",
     "mhc_post_pre",
     "hc_head",
+    "mhc_stats",
+    "mhc_combine",
+    "mhc_post_combine",
+    "mhc_shifted_post_pre",
     "hc_prenorm_gemm",
     "tf32_hc_prenorm_gemm",
     "linear_bf16_fp32",
@@ -46,6 +50,33 @@ def _rmsnorm_bf16(v: Tensor, weight: Tensor, eps: float, dtype: torch.dtype) -> 
     return (z * r * weight.to(dtype)).to(torch.bfloat16)
 
 
+def _gates(res: Tensor, fn: Tensor, hc_scale: Tensor, hc_base: Tensor, rms_eps: float,
+           hc_pre_eps: float, hc_sinkhorn_eps: float, hc_post_mult_value: float,
+           sinkhorn_repeat: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x, pre [T, n], post [T, n], comb [T, n, n]) of SPEC §2.1 steps 1-7 for res [T, n, H]."""
+    T, n, H = res.shape
+    x = res.to(dtype)
+    xf = x.reshape(T, n * H)
+    d = xf @ fn.to(dtype).t()
+    r = torch.rsqrt(xf.square().sum(-1, keepdim=True) / (n * H) + rms_eps)
+    m = d * r
+    scale, base = hc_scale.to(dtype), hc_base.to(dtype)
+    pre = torch.sigmoid(m[:, :n] * scale[0] + base[:n]) + hc_pre_eps
+    post = torch.sigmoid(m[:, n : 2 * n] * scale[1] + base[n : 2 * n]) * hc_post_mult_value
+    logits = (m[:, 2 * n :] * scale[2] + base[2 * n :]).reshape(T, n, n)
+    comb = sinkhorn(logits, hc_sinkhorn_eps, sinkhorn_repeat)
+    return x, pre, post, comb
+
+
+def _stream_sum(x: Tensor, pre: Tensor, norm_weight: Tensor | None, norm_eps: float,
+                dtype: torch.dtype) -> Tensor:
+    """bf16(sum_i pre[i] * x[i]), then the folded RMSNorm (SPEC §2.1 steps 8-9); x [T, n, H]."""
+    y = (pre.unsqueeze(-1) * x).sum(1)
+    if norm_weight is None:
+        return y.to(torch.bfloat16)
+    return _rmsnorm_bf16(y, norm_weight, norm_eps, dtype)
+
+
 def mhc_pre(
     residual: Tensor,
     fn: Tensor,
@@ -64,21 +95,9 @@ def mhc_pre(
     """(post_mix [..., n, 1], comb_mix [..., n, n], layer_input [..., H] bf16) of SPEC §2.1."""
     res, lead = _flat(residual)
     T, n, H = res.shape
-    x = res.to(dtype)
-    xf = x.reshape(T, n * H)
-    d = xf @ fn.to(dtype).t()
-    r = torch.rsqrt(xf.square().sum(-1, keepdim=True) / (n * H) + rms_eps)
-    m = d * r
-    scale, base = hc_scale.to(dtype), hc_base.to(dtype)
-    pre = torch.sigmoid(m[:, :n] * scale[0] + base[:n]) + hc_pre_eps
-    post = torch.sigmoid(m[:, n : 2 * n] * scale[1] + base[n : 2 * n]) * hc_post_mult_value
-    logits = (m[:, 2 * n :] * scale[2] + base[2 * n :]).reshape(T, n, n)
-    comb = sinkhorn(logits, hc_sinkhorn_eps, sinkhorn_repeat)
-    y = (pre.unsqueeze(-1) * x).sum(1)
-    if norm_weight is None:
-        layer_input = y.to(torch.bfloat16)
-    else:
-        layer_input = _rmsnorm_bf16(y, norm_weight, norm_eps, dtype)
+    x, pre, post, comb = _gates(res, fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
+                                hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat, dtype)
+    layer_input = _stream_sum(x, pre, norm_weight, norm_eps, dtype)
     return (
         post.reshape(*lead, n, 1),
         comb.reshape(*lead, n, n),
@@ -143,6 +162,75 @@ def hc_head(residual: Tensor, fn: Tensor, hc_scale: Tensor, hc_base: Tensor,
     mix = (xf @ fn.to(dtype).t()) * r
     pre = torch.sigmoid(mix * hc_scale.to(dtype)[0] + hc_base.to(dtype)) + hc_eps
     return (pre.unsqueeze(-1) * x).sum(1).to(torch.bfloat16).reshape(*lead, H)
+
+
+def mhc_stats(
+    residual: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(pre_mix [..., n], post_mix [..., n, 1], comb_mix [..., n, n]) of SPEC §2.9: steps 1-7
+    of mhc_pre with pre kept."""
+    res, lead = _flat(residual)
+    T, n, H = res.shape
+    _, pre, post, comb = _gates(res, fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
+                                hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat, dtype)
+    return pre.reshape(*lead, n), post.reshape(*lead, n, 1), comb.reshape(*lead, n, n)
+
+
+def mhc_combine(residual: Tensor, pre_mix: Tensor, norm_weight: Tensor | None = None,
+                norm_eps: float = 1e-6, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """layer_input [..., H] bf16 = bf16(sum_i pre_mix[i] * residual[i]), optionally RMS-normed
+    (SPEC §2.9); pre_mix [..., n] or [..., n, 1]."""
+    res, lead = _flat(residual)
+    T, n, H = res.shape
+    pre = pre_mix.reshape(T, n).to(dtype)
+    return _stream_sum(res.to(dtype), pre, norm_weight, norm_eps, dtype).reshape(*lead, H)
+
+
+def mhc_post_combine(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor,
+                     pre_mix: Tensor, norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
+                     *, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """(residual_out, layer_input): mhc_post, then mhc_combine of its bf16 result with the
+    carried pre_mix (SPEC §2.9)."""
+    r = mhc_post(x, residual, post_mix, comb_mix, dtype=dtype)
+    return r, mhc_combine(r, pre_mix, norm_weight, norm_eps, dtype=dtype)
+
+
+def mhc_shifted_post_pre(
+    x: Tensor,
+    residual: Tensor,
+    post_mix: Tensor,
+    comb_mix: Tensor,
+    pre_mix: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(residual_out, layer_input, next_pre_mix, next_post_mix, next_comb_mix): mhc_post_combine,
+    then mhc_stats of residual_out (SPEC §2.9)."""
+    r, layer_input = mhc_post_combine(x, residual, post_mix, comb_mix, pre_mix, norm_weight,
+                                      norm_eps, dtype=dtype)
+    pre, post, comb = mhc_stats(r, fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps,
+                                hc_post_mult_value, sinkhorn_repeat, dtype=dtype)
+    return r, layer_input, pre, post, comb
 
 
 def split_ranges(K: int, num_splits: int) -> list[tuple[int, int]]:

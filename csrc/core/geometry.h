@@ -32,8 +32,19 @@ inline constexpr int kPrenormTiles = 4;    // 16-row tiles per CTA of the prenor
 inline constexpr int kPrenormRows = kTileTokens * kPrenormTiles;
 inline constexpr int kPrenormWarps = 8;    // warps per CTA of the prenorm GEMM
 inline constexpr int kPostThreads = 128;   // mhc_post: threads of 8 columns per CTA
+inline constexpr int kCombineMaxThreads = 512;  // mhc_combine / mhc_post_combine: CTA threads
 
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// mhc_combine / mhc_post_combine (cuda/hc_combine.cuh): one CTA per token, each thread the same
+// number of 8-column vectors (one up to H = 4096, two up to H = 8192), a multiple of 32
+// threads. A function of H alone, so that both ops reduce a row's norm in the same order.
+constexpr int combine_threads(int64_t H) {
+  const int64_t v = H / 8;
+  const int64_t iters = ceil_div(v, kCombineMaxThreads);
+  const int64_t t = ceil_div(ceil_div(v, iters), 32) * 32;
+  return static_cast<int>(t < 32 ? 32 : t);
+}
 
 // Gate rows of fn (M), 8-row mma blocks (NT), a token's partial row (M dots, the sum of squares,
 // padding to 16 bytes: MP) and the fused op's post / comb inputs of a token (NC).

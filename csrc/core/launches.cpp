@@ -11,12 +11,20 @@
 
 namespace mhc {
 
+namespace {
+// Whether the pre engine's stream sum folds the RMSNorm: mhc_pre and the fused op. (mhc_stats
+// has no stream sum; the norm of mhc_shifted_post_pre belongs to its combine kernel.)
+bool stream_sum_norm(const Plan& p) {
+  return p.norm && (p.kind == KernelType::MHC_PRE || p.kind == KernelType::MHC_FUSED_POST_PRE);
+}
+}  // namespace
+
 MainInstance main_instance(const Plan& p) {
   const Mode mode = mode_of(p.kind);
   const int n = p.hc_mult;
   MainInstance m{};
   m.full_k = p.variant == Variant::FULL_K;
-  m.norm = m.full_k && p.norm && mode != Mode::HEAD;
+  m.norm = m.full_k && stream_sum_norm(p);
   m.hs = m.full_k ? p.hidden_spec : 0;
   m.half = p.split_streams;
   m.ring = !m.half && p.fn_ring;
@@ -36,11 +44,14 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
     case Variant::FP32_GEMM:
       return out;
     case Variant::STREAM:
-      add(KernelRole::POST, T, ceil_div(H / 8, kPostThreads), kPostThreads, 0, 0);
+      if (combine_kind(p.kind)) add(KernelRole::COMBINE, T, 1, combine_threads(H), 0, 0);
+      else add(KernelRole::POST, T, ceil_div(H / 8, kPostThreads), kPostThreads, 0, 0);
       return out;
     default:
       break;
   }
+  if (p.kind == KernelType::MHC_SHIFTED_POST_PRE)  // mhc_post_combine, then the stats
+    add(KernelRole::COMBINE, T, 1, combine_threads(H), 0, 0);
   if (p.kind == KernelType::PRENORM_GEMM) {  // n: fn rows, H: K
     const int64_t nt = ceil_div(n, 8);
     add(KernelRole::PRENORM, ceil_div(T, kPrenormRows), p.num_splits, 32 * kPrenormWarps,
@@ -110,7 +121,8 @@ std::string kernel_name(const Plan& p, const Launch& l, int64_t n) {
     }
     case KernelRole::EPILOGUE:
       std::snprintf(buf, sizeof buf, "epilogue<%d,%s,%d,%d>", static_cast<int>(n),
-                    p.kind == KernelType::HC_HEAD ? "HEAD" : "PRE", p.norm ? 1 : 0, p.hidden_spec);
+                    p.kind == KernelType::HC_HEAD ? "HEAD" : "PRE", stream_sum_norm(p) ? 1 : 0,
+                    p.hidden_spec);
       break;
     case KernelRole::CLUSTER:
       std::snprintf(buf, sizeof buf, "cluster<%d,%s>", static_cast<int>(n), mode);
@@ -121,6 +133,10 @@ std::string kernel_name(const Plan& p, const Launch& l, int64_t n) {
       break;
     case KernelRole::POST:
       std::snprintf(buf, sizeof buf, "post<%d,1>", static_cast<int>(n));
+      break;
+    case KernelRole::COMBINE:
+      std::snprintf(buf, sizeof buf, "combine<%d,%d,%d>", static_cast<int>(n),
+                    p.kind == KernelType::MHC_COMBINE ? 0 : 1, p.norm ? 1 : 0);
       break;
     case KernelRole::PRENORM:
       std::snprintf(buf, sizeof buf, "prenorm<%d,1>",

@@ -100,6 +100,10 @@ bool cluster_wanted(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_
 int32_t hidden_spec(int64_t hc_mult, int64_t hidden) {
   return hc_mult == 4 && (hidden == 4096 || hidden == 7168) ? static_cast<int32_t>(hidden) : 0;
 }
+// The stats kernels are specialised for DeepSeek-V4.1's width too.
+int32_t stats_hidden_spec(int64_t hc_mult, int64_t hidden) {
+  return hc_mult == 4 && hidden == 5120 ? 5120 : hidden_spec(hc_mult, hidden);
+}
 
 // pre / head SPLIT_K up to T = 64 (n <= 4) take 32-token blocks, each with one block's split
 // count, so that T = 33 .. 64 fills the SMs and a CTA carries half the activations
@@ -107,7 +111,7 @@ int32_t hidden_spec(int64_t hc_mult, int64_t hidden) {
 // with the ring, which has no 32-token instance.
 bool small_blocks(KernelType kind, int64_t num_tokens, int64_t hc_mult, bool full_k,
                   bool batch_invariant) {
-  return (kind == KernelType::MHC_PRE || kind == KernelType::HC_HEAD) && hc_mult <= 4 &&
+  return (pre_like(kind) || kind == KernelType::HC_HEAD) && hc_mult <= 4 &&
          !full_k && !batch_invariant && num_tokens <= kDecodeTokens &&
          num_tokens < MHC_KNOB(FN_RING_MIN_TOKENS, kFnRingTokens);
 }
@@ -116,7 +120,7 @@ bool small_blocks(KernelType kind, int64_t num_tokens, int64_t hc_mult, bool ful
 // upstream's switch; at H = 7168 and for the fused op that lost ("FULL_K at H = 4096").
 bool pre_full_k_early(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidden_size,
                       int64_t num_sms) {
-  return kind == KernelType::MHC_PRE && hidden_spec(hc_mult, hidden_size) == 4096 &&
+  return pre_like(kind) && hidden_spec(hc_mult, hidden_size) == 4096 &&
          ceil_div(num_tokens, 2 * kTileTokens) * 11 >= num_sms * 8;
 }
 
@@ -218,8 +222,11 @@ Plan plan_hc(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
   // streams) for the fused op; no CTA gets more warps than units.
   const int64_t units = ceil_div(groups, splits) * (fused ? (p.split_streams ? 2 : 1) : hc_mult);
   p.main_warps = static_cast<int32_t>(std::min<int64_t>(kMainWarps, units));
+  // The stats epilogue writes the gates only: one CTA per token.
   p.epilogue_chunks =
-      static_cast<int32_t>(epilogue_chunks(mode, num_tokens, hidden_size, num_sms, p.norm));
+      kind == KernelType::MHC_PRE || kind == KernelType::HC_HEAD || fused
+          ? static_cast<int32_t>(epilogue_chunks(mode, num_tokens, hidden_size, num_sms, p.norm))
+          : 1;
   const int64_t cap = MHC_KNOB(EPILOGUE_CTAS_PER_SM, 0);
   p.epilogue_ctas_per_sm = static_cast<int32_t>(cap > 0 ? cap : cap < 0 ? 0
                                                 : p.split_streams ? kEpiCapCtas : 0);
@@ -267,8 +274,9 @@ int64_t upstream_num_splits(int64_t num_tokens, int64_t k, int64_t num_sms) {
 
 Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidden_size,
              int64_t num_sms, const PlanOptions& opt) {
-  const bool norm = opt.norm && (kind == KernelType::MHC_PRE ||
-                                 kind == KernelType::MHC_FUSED_POST_PRE);
+  // The folded RMSNorm of layer_input (mhc_stats has no layer_input).
+  const bool norm = opt.norm && kind != KernelType::MHC_STATS &&
+                    (mode_of(kind) != Mode::HEAD || combine_kind(kind));
   // The GEMMs see only K (prenorm) or nothing of the streams (linear): their plans carry no n.
   const bool gemm = kind == KernelType::PRENORM_GEMM || kind == KernelType::LINEAR_BF16_FP32;
   Plan p = base_plan(kind, gemm ? 0 : static_cast<int32_t>(hc_mult), norm);
@@ -291,6 +299,15 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
     case KernelType::MHC_FUSED_POST_PRE:
     case KernelType::HC_HEAD:
       p.hidden_spec = hidden_spec(hc_mult, hidden_size);
+      return plan_hc(kind, num_tokens, hc_mult, hidden_size, num_sms, opt, p);
+    case KernelType::MHC_COMBINE:
+    case KernelType::MHC_POST_COMBINE:
+      p.variant = Variant::STREAM;
+      return p;
+    case KernelType::MHC_STATS:
+    case KernelType::MHC_SHIFTED_POST_PRE:
+      // shifted: mhc_post_combine's kernel, then the stats of this plan (launches_of)
+      p.hidden_spec = stats_hidden_spec(hc_mult, hidden_size);
       return plan_hc(kind, num_tokens, hc_mult, hidden_size, num_sms, opt, p);
   }
   return p;

@@ -20,6 +20,10 @@ enum class KernelType : int32_t {
   MHC_FUSED_POST_PRE = 3,
   HC_HEAD = 4,
   LINEAR_BF16_FP32 = 5,
+  MHC_STATS = 6,             // DeepSeek-V4.1 (docs/spec.md §2.9)
+  MHC_COMBINE = 7,
+  MHC_POST_COMBINE = 8,
+  MHC_SHIFTED_POST_PRE = 9,
 };
 
 // Kernel family a plan runs.
@@ -27,7 +31,7 @@ enum class Variant : int32_t {
   CPU = 0,          // the CPU kernels (num_sms == 0)
   SPLIT_K = 1,      // K split over CTAs, partials reduced in fixed order by an epilogue kernel
   FULL_K = 2,       // one kernel; each CTA owns whole tokens: no split, no partials
-  STREAM = 3,       // elementwise streaming kernel (mhc_post)
+  STREAM = 3,       // streaming kernel (mhc_post, mhc_combine, mhc_post_combine)
   CUBLAS = 4,       // linear_bf16_fp32 through cuBLAS
   FP32_GEMM = 5,    // linear_bf16_fp32 upcast + fp32 GEMM
   CLUSTER = 6,      // hc_head: a thread-block cluster owns a token block, each CTA a K slice
@@ -35,9 +39,20 @@ enum class Variant : int32_t {
 };
 const char* variant_name(Variant v);
 
-// The kernels' Mode of the three ops that share them (HEAD for any other kind).
+// The ops that run the pre engine's gates: mhc_pre, and mhc_stats on its own or at the end of
+// mhc_shifted_post_pre (the same kernels without the stream sum).
+constexpr bool pre_like(KernelType kind) {
+  return kind == KernelType::MHC_PRE || kind == KernelType::MHC_STATS ||
+         kind == KernelType::MHC_SHIFTED_POST_PRE;
+}
+// mhc_combine / mhc_post_combine: one streaming kernel (cuda/hc_combine.cuh).
+constexpr bool combine_kind(KernelType kind) {
+  return kind == KernelType::MHC_COMBINE || kind == KernelType::MHC_POST_COMBINE;
+}
+
+// The kernels' Mode of the ops that share them (HEAD for any other kind).
 constexpr Mode mode_of(KernelType kind) {
-  return kind == KernelType::MHC_PRE              ? Mode::PRE
+  return pre_like(kind)                           ? Mode::PRE
          : kind == KernelType::MHC_FUSED_POST_PRE ? Mode::FUSED
                                                   : Mode::HEAD;
 }
@@ -107,6 +122,7 @@ enum class KernelRole : int32_t {
   HEAD_PERSIST = 4,  // persistent hc_head (cuda/hc_head_persistent.cuh)
   POST = 5,          // mhc_post (cuda/mhc_post.cu)
   PRENORM = 6,       // prenorm GEMM (cuda/hc_prenorm_gemm.cu)
+  COMBINE = 7,       // mhc_combine / mhc_post_combine (cuda/hc_combine.cuh)
 };
 
 // One kernel launch: grid, block (threads), dynamic shared memory, cluster size (0: none). The
@@ -121,7 +137,7 @@ struct Launch {
   int32_t cluster;
 };
 struct Launches {
-  Launch step[3];
+  Launch step[4];
   int count = 0;
 };
 // Device limits that launch shapes depend on besides the plan (cudaDeviceProp; defaults: sm_90).

@@ -59,6 +59,39 @@ StreamDimsT<I> check_residual(const char* op, const at::Tensor& residual) {
 }
 
 template <class I>
+void check_norm_weight(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
+                       const at::Tensor& norm_weight) {
+  // float32 is accepted and rounded to bf16 once (norm_weight_bf16), as the serving stacks do
+  MHC_EXPECT((is_tensor(norm_weight, at::kBFloat16, 1) || is_tensor(norm_weight, at::kFloat, 1)) &&
+                 size_of<I>(norm_weight, 0) == d.H,
+             op, "norm_weight", "bfloat16 or float32 " + shape({eq("H", d.H)}), norm_weight);
+  check_same_device(op, "norm_weight", norm_weight, residual, "residual");
+}
+
+template <class I>
+void check_pre_mix(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
+                   const at::Tensor& pre_mix) {
+  MHC_EXPECT(pre_mix.defined() && pre_mix.scalar_type() == at::kFloat &&
+                 (pre_mix.dim() == 2 || (pre_mix.dim() == 3 && size_of<I>(pre_mix, 2) == 1)) &&
+                 size_of<I>(pre_mix, 0) == d.T && size_of<I>(pre_mix, 1) == d.n,
+             op, "pre_mix",
+             "float32 " + shape({eq("T", d.T), eq("n", d.n)}) + " or " +
+                 shape({eq("T", d.T), eq("n", d.n), "1"}),
+             pre_mix);
+  check_same_device(op, "pre_mix", pre_mix, residual, "residual");
+}
+
+template <class I>
+void check_combine_args(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
+                        const at::Tensor& pre_mix, const std::optional<at::Tensor>& norm_weight,
+                        double norm_eps) {
+  check_pre_mix(op, d, residual, pre_mix);
+  if (norm_weight.has_value() && norm_weight->defined())
+    check_norm_weight(op, d, residual, *norm_weight);
+  check_eps(op, "norm_eps", norm_eps);
+}
+
+template <class I>
 void check_pre_params(const char* op, const StreamDimsT<I>& d, const at::Tensor& residual,
                       const at::Tensor& fn, const at::Tensor& hc_scale,
                       const at::Tensor& hc_base, const PreArgs& a,
@@ -74,13 +107,8 @@ void check_pre_params(const char* op, const StreamDimsT<I>& d, const at::Tensor&
   check_same_device(op, "fn", fn, residual, "residual");
   check_same_device(op, "hc_scale", hc_scale, residual, "residual");
   check_same_device(op, "hc_base", hc_base, residual, "residual");
-  if (norm_weight.has_value() && norm_weight->defined()) {
-    // float32 is accepted and rounded to bf16 once (norm_weight_bf16), as the serving stacks do
-    MHC_EXPECT((is_tensor(*norm_weight, at::kBFloat16, 1) || is_tensor(*norm_weight, at::kFloat, 1)) &&
-                   size_of<I>(*norm_weight, 0) == d.H,
-               op, "norm_weight", "bfloat16 or float32 " + shape({eq("H", d.H)}), *norm_weight);
-    check_same_device(op, "norm_weight", *norm_weight, residual, "residual");
-  }
+  if (norm_weight.has_value() && norm_weight->defined())
+    check_norm_weight(op, d, residual, *norm_weight);
   check_eps(op, "rms_eps", a.rms_eps);
   check_eps(op, "hc_pre_eps", a.hc_pre_eps);
   check_eps(op, "hc_sinkhorn_eps", a.hc_sinkhorn_eps);
@@ -234,6 +262,53 @@ StreamDimsT<I> validate_hc_head(const at::Tensor& residual, const at::Tensor& fn
 }
 
 template <class I>
+StreamDimsT<I> validate_mhc_stats(const at::Tensor& residual, const at::Tensor& fn,
+                                  const at::Tensor& hc_scale, const at::Tensor& hc_base,
+                                  const PreArgs& a) {
+  constexpr const char* op = "mhc_stats";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_pre_params(op, d, residual, fn, hc_scale, hc_base, a, std::nullopt);
+  return d;
+}
+
+template <class I>
+StreamDimsT<I> validate_mhc_combine(const at::Tensor& residual, const at::Tensor& pre_mix,
+                                    const std::optional<at::Tensor>& norm_weight,
+                                    double norm_eps) {
+  constexpr const char* op = "mhc_combine";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_combine_args(op, d, residual, pre_mix, norm_weight, norm_eps);
+  return d;
+}
+
+template <class I>
+StreamDimsT<I> validate_mhc_post_combine(const at::Tensor& x, const at::Tensor& residual,
+                                         const at::Tensor& post_mix, const at::Tensor& comb_mix,
+                                         const at::Tensor& pre_mix,
+                                         const std::optional<at::Tensor>& norm_weight,
+                                         double norm_eps) {
+  constexpr const char* op = "mhc_post_combine";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  check_combine_args(op, d, residual, pre_mix, norm_weight, norm_eps);
+  return d;
+}
+
+template <class I>
+StreamDimsT<I> validate_mhc_shifted_post_pre(
+    const at::Tensor& x, const at::Tensor& residual, const at::Tensor& post_mix,
+    const at::Tensor& comb_mix, const at::Tensor& pre_mix, const at::Tensor& fn,
+    const at::Tensor& hc_scale, const at::Tensor& hc_base, const PreArgs& a,
+    const std::optional<at::Tensor>& norm_weight) {
+  constexpr const char* op = "mhc_shifted_post_pre";
+  const StreamDimsT<I> d = check_residual<I>(op, residual);
+  check_post_args(op, d, residual, x, post_mix, comb_mix);
+  check_pre_mix(op, d, residual, pre_mix);
+  check_pre_params(op, d, residual, fn, hc_scale, hc_base, a, norm_weight);
+  return d;
+}
+
+template <class I>
 GemmDimsT<I> validate_hc_prenorm_gemm(const at::Tensor& x, const at::Tensor& fn,
                                       int64_t num_splits) {
   return check_prenorm<I>("hc_prenorm_gemm", x, fn, num_splits);
@@ -285,6 +360,18 @@ GemmDimsT<I> validate_linear_bf16_fp32(const at::Tensor& x, const at::Tensor& we
   template StreamDimsT<I> validate_hc_head<I>(const at::Tensor&, const at::Tensor&,            \
                                               const at::Tensor&, const at::Tensor&, double,    \
                                               double);                                         \
+  template StreamDimsT<I> validate_mhc_stats<I>(const at::Tensor&, const at::Tensor&,          \
+                                                const at::Tensor&, const at::Tensor&,          \
+                                                const PreArgs&);                               \
+  template StreamDimsT<I> validate_mhc_combine<I>(const at::Tensor&, const at::Tensor&,        \
+                                                  const std::optional<at::Tensor>&, double);   \
+  template StreamDimsT<I> validate_mhc_post_combine<I>(                                        \
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,              \
+      const at::Tensor&, const std::optional<at::Tensor>&, double);                            \
+  template StreamDimsT<I> validate_mhc_shifted_post_pre<I>(                                    \
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,              \
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,              \
+      const PreArgs&, const std::optional<at::Tensor>&);                                       \
   template GemmDimsT<I> validate_hc_prenorm_gemm<I>(const at::Tensor&, const at::Tensor&,      \
                                                     int64_t);                                  \
   template GemmDimsT<I> validate_tf32_hc_prenorm_gemm<I>(const at::Tensor&, const at::Tensor&, \

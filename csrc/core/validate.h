@@ -113,6 +113,31 @@ StreamDimsT<I> validate_hc_head(const at::Tensor& residual, const at::Tensor& fn
                                 const at::Tensor& hc_scale, const at::Tensor& hc_base,
                                 double rms_eps, double hc_eps);
 
+// DeepSeek-V4.1 (SPEC §2.9). pre_mix: float32 [T, n] or [T, n, 1].
+template <class I = int64_t>
+StreamDimsT<I> validate_mhc_stats(const at::Tensor& residual, const at::Tensor& fn,
+                                  const at::Tensor& hc_scale, const at::Tensor& hc_base,
+                                  const PreArgs& a);
+
+template <class I = int64_t>
+StreamDimsT<I> validate_mhc_combine(const at::Tensor& residual, const at::Tensor& pre_mix,
+                                    const std::optional<at::Tensor>& norm_weight,
+                                    double norm_eps);
+
+template <class I = int64_t>
+StreamDimsT<I> validate_mhc_post_combine(const at::Tensor& x, const at::Tensor& residual,
+                                         const at::Tensor& post_mix, const at::Tensor& comb_mix,
+                                         const at::Tensor& pre_mix,
+                                         const std::optional<at::Tensor>& norm_weight,
+                                         double norm_eps);
+
+template <class I = int64_t>
+StreamDimsT<I> validate_mhc_shifted_post_pre(
+    const at::Tensor& x, const at::Tensor& residual, const at::Tensor& post_mix,
+    const at::Tensor& comb_mix, const at::Tensor& pre_mix, const at::Tensor& fn,
+    const at::Tensor& hc_scale, const at::Tensor& hc_base, const PreArgs& a,
+    const std::optional<at::Tensor>& norm_weight);
+
 template <class I = int64_t>
 GemmDimsT<I> validate_hc_prenorm_gemm(const at::Tensor& x, const at::Tensor& fn,
                                       int64_t num_splits);

@@ -35,6 +35,16 @@ inline void token_group(int64_t g, int64_t T, int64_t (&tok)[kDotTokens]) {
   }
 }
 
+// mhc_post of one token (cpu/mhc_post.cpp): out [n][H] from x [H], r [n][H], post [n], comb
+// [n][n] (i, j); every op that writes a new residual on the CPU goes through it.
+void post_one_token(int64_t n, const uint16_t* x, const uint16_t* r, const float* post,
+                    const float* comb, int64_t H, uint16_t* out);
+
+// The gates of mhc_stats (SPEC §2.9; mhc_pre's steps 1-7) of T tokens of res [T, n, H] with fn
+// [n(n+2), nH] into pre [T, n], post [T, n], comb [T, n, n] (cpu/mhc_stats.cpp).
+void stats_tokens(const uint16_t* res, int64_t T, int64_t n, int64_t H, const float* fn,
+                  const float* base, const GateParams& p, float* pre, float* post, float* comb);
+
 // out[h] = bf16(sum_i pre[i] * f32(res[i * H + h])) (SPEC §2.1 step 8), optionally followed by
 // the folded RMSNorm of step 9 with weight nw (bf16 bits, may be null). y is scratch [H].
 template <int N>

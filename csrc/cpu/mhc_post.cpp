@@ -55,6 +55,14 @@ void post_token_base(int64_t n, const uint16_t* x, const uint16_t* r, const floa
 #undef MHC_POST_TOKEN_SWITCH
 }  // namespace
 
+namespace cpu {
+void post_one_token(int64_t n, const uint16_t* x, const uint16_t* r, const float* post,
+                    const float* comb, int64_t H, uint16_t* out) {
+  static const auto token = cpu::has_avx2() ? post_token_avx2 : post_token_base;
+  token(n, x, r, post, comb, H, out);
+}
+}  // namespace cpu
+
 Tensor mhc_post_cpu(const Tensor& x, const Tensor& residual, const Tensor& post_mix,
                     const Tensor& comb_mix) {
   const StreamDims d = validate_mhc_post(x, residual, post_mix, comb_mix);
@@ -70,13 +78,12 @@ Tensor mhc_post_cpu(const Tensor& x, const Tensor& residual, const Tensor& post_
   const float* post_p = post.const_data_ptr<float>();
   const float* comb_p = comb.const_data_ptr<float>();
   uint16_t* out_p = cpu::bf16_bits(out);
-  const auto token = cpu::has_avx2() ? post_token_avx2 : post_token_base;
 
   const int64_t grain = std::max<int64_t>(1, 32768 / (n * H));
   at::parallel_for(0, T, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
-      token(n, x_p + t * H, res_p + t * n * H, post_p + t * n, comb_p + t * n * n, H,
-            out_p + t * n * H);
+      cpu::post_one_token(n, x_p + t * H, res_p + t * n * H, post_p + t * n, comb_p + t * n * n,
+                          H, out_p + t * n * H);
   });
   return out;
 }
