@@ -41,12 +41,22 @@ def run_stream_ops(T, n, H, norm):
     mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"], a["comb_mix"])
     mhc_ops.hc_head(a["residual"], a["fn"][:n].cpu().cuda(), a["hc_scale"][:1],
                     a["hc_base"][:n])
+    # DeepSeek-V4.1: stats, combine with a carried pre, post + combine, the shifted boundary
+    pre = (torch.sigmoid(torch.randn(T, n, generator=g)) + 1e-6).cuda()
+    mhc = torch.ops.mhc
+    mhc.mhc_stats(a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
+    mhc.mhc_combine(a["residual"], pre, a["norm_weight"])
+    mhc.mhc_post_combine(a["x"], a["residual"], a["post_mix"], a["comb_mix"], pre,
+                         a["norm_weight"])
+    mhc.mhc_shifted_post_pre(a["x"], a["residual"], a["post_mix"], a["comb_mix"], pre, a["fn"],
+                             a["hc_scale"], a["hc_base"], norm_weight=a["norm_weight"])
 
 
 # (T, n, H, norm): split-K with a multi-chunk epilogue, its norm form, split-K at mid T,
-# FULL_K (K = 256 never splits) with and without norm, n = 3 and n = 8, a partial K group
+# FULL_K (K = 256 never splits) with and without norm, n = 3 and n = 8, a partial K group,
+# the stats kernels specialised for H = 5120
 cases = [(1, 4, 2048, False), (1, 4, 2048, True), (70, 4, 520, False), (40, 4, 64, True),
-         (5, 3, 200, True), (9, 8, 128, False), (3, 4, 4104, False)]
+         (5, 3, 200, True), (9, 8, 128, False), (3, 4, 4104, False), (3, 4, 5120, True)]
 for case in cases:
     run_stream_ops(*case)
 
@@ -65,7 +75,7 @@ if torch.cuda.get_device_capability()[0] >= 9 and not os.environ.get("SANITIZE_N
 # raw for head; x and the input streams for the fused op), both from T = 512: SPLIT_K with a
 # partial K group, FULL_K (K = 256 never splits) with the norm, n = 8 (a ring of two slots), n = 3
 for case in ((600, 4, 520, False), (600, 4, 64, True), (600, 8, 128, False),
-             (600, 3, 200, True)):
+             (600, 3, 200, True), (600, 4, 5120, False)):
     run_stream_ops(*case)
 
 os.environ["MHC_BATCH_INVARIANT"] = "1"

@@ -26,9 +26,10 @@ struct HcCall {
   const float* scale = nullptr;      // hc_scale [3] (pre, fused) or [1] (head)
   const float* base = nullptr;       // hc_base [M]
   const uint16_t* norm_w = nullptr;  // [H] bf16, null without the folded norm
-  float* post_out = nullptr;         // pre / fused: [T, n]
-  float* comb_out = nullptr;         // pre / fused: [T, n, n]
-  uint16_t* out = nullptr;           // [T, H] layer_input / hc_head output
+  float* pre_out = nullptr;          // mhc_stats: [T, n]
+  float* post_out = nullptr;         // pre / fused / stats: [T, n]
+  float* comb_out = nullptr;         // pre / fused / stats: [T, n, n]
+  uint16_t* out = nullptr;           // [T, H] layer_input / hc_head output; null for stats
   float rms_eps = 0.f, pre_eps = 0.f, sinkhorn_eps = 0.f, post_mult = 0.f, norm_eps = 0.f;
   int64_t repeat = 0;                // pre_eps is hc_eps for head
 };
@@ -45,9 +46,10 @@ struct MainParams {
   const float* base;       // hc_base [M]
   const uint16_t* norm_w;  // [H] bf16, null without the folded norm
   float* ws;               // SPLIT_K: partials [T, S, MP]
+  float* pre_out;          // FULL_K stats: [T, N]
   float* post_out;         // FULL_K pre / fused: [T, N]
   float* comb_out;         // FULL_K pre / fused: [T, N, N]
-  uint16_t* out;           // FULL_K: layer_input / hc_head output [T, H]
+  uint16_t* out;           // FULL_K: layer_input / hc_head output [T, H]; null for stats
   int64_t T;
   int H, G, S, gpc;        // hidden size, K groups, splits, groups per split
   float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;  // pre_eps is hc_eps for head
@@ -61,14 +63,29 @@ struct EpiParams {
   const float* scale;
   const float* base;
   const uint16_t* norm_w;
+  float* pre_out;          // stats: [T, N]
   float* post_out;         // [T, N]
   float* comb_out;         // [T, N, N]
-  uint16_t* out;           // [T, H]
+  uint16_t* out;           // [T, H]; null for stats (gates only)
   int64_t T;
   int H, S, HC, CW;        // hidden, splits, chunks per token, 8-column vectors per chunk
   float rms_eps, pre_eps, sinkhorn_eps, post_mult, norm_eps;
   int64_t repeat;
   int src_is_input;        // src is not written by the main kernel (pre, head): loaded early
+};
+
+// mhc_combine / mhc_post_combine (hc_combine.cuh); contiguous, 16-byte aligned rows.
+struct CombineParams {
+  const uint16_t* x;       // post_combine: [T, H] sub-layer output
+  const uint16_t* res;     // [T, N, H] residual
+  const float* post;       // post_combine: [T, N]
+  const float* comb;       // post_combine: [T, N, N]
+  const float* pre;        // [T, N] the carried pre
+  const uint16_t* norm_w;  // [H] bf16, null without the norm
+  uint16_t* res_out;       // post_combine: [T, N, H]
+  uint16_t* out;           // [T, H] layer_input
+  int H;
+  float norm_eps;
 };
 
 // hc_head's cluster kernels (hc_cluster.cuh, hc_head_persistent.cuh).

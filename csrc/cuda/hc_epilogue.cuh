@@ -117,11 +117,12 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
       if (chunk == 0 && tid == kEpiThreads) {
         const GateParams gp =
             gate_params(gsm + M, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
-        write_gates<N>(dsum, inv_k, gsm, gp, t, p.post_out, p.comb_out);
+        write_gates<N>(dsum, inv_k, gsm, gp, t, p.pre_out, p.post_out, p.comb_out);
       }
     }
     return;
   }
+  if (p.out == nullptr) return;  // mhc_stats: the gates only
   float pre[N];
   head_gates<N>(dsum, dsum[M], inv_k, gsm, gsm[M], p.rms_eps, p.pre_eps, pre);
   uint16_t* out = p.out + t * H;

@@ -22,13 +22,17 @@ __device__ __forceinline__ GateParams gate_params(const float* scale, float rms_
                     {scale[0], scale[1], scale[2]}};
 }
 
-// pre_gates of one token from its reduced dots d[0..M) and ss = d[M]; writes post and comb.
+// pre_gates of one token from its reduced dots d[0..M) and ss = d[M]; writes post and comb,
+// and pre where pre_out is given (mhc_stats).
 template <int N>
 __device__ __forceinline__ void write_gates(const float* d, float inv_k, const float* base,
-                                            const GateParams& gp, int64_t t, float* post_out,
-                                            float* comb_out) {
+                                            const GateParams& gp, int64_t t, float* pre_out,
+                                            float* post_out, float* comb_out) {
   float pre[N], post[N], comb[N][N];
   pre_gates<N>(d, d[N * (N + 2)], inv_k, base, gp, pre, post, comb);
+  if (pre_out != nullptr)
+#pragma unroll
+    for (int i = 0; i < N; ++i) pre_out[t * N + i] = pre[i];
 #pragma unroll
   for (int i = 0; i < N; ++i) post_out[t * N + i] = post[i];
 #pragma unroll

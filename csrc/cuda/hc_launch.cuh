@@ -156,8 +156,9 @@ void run_cluster_plan(const Plan& plan, const HcCall& a, int device, cudaStream_
 
 // The template instance of the plan's main kernel, as main_instance (core/plan.h) names it:
 // FULL_K (whole K, hidden_spec HS, the folded norm for pre / fused) or SPLIT_K (any H), with half
-// units (fused), the ring, or 32-token blocks (pre / head).
-template <int N, Mode MODE, int HS, typename F>
+// units (fused), the ring, or 32-token blocks (pre / head). NORM_OK false leaves out the norm
+// instances (mhc_stats has no stream sum).
+template <int N, Mode MODE, int HS, bool NORM_OK, typename F>
 void with_main_kernel(const Plan& plan, F&& f) {
   const MainInstance m = main_instance(plan);
   const auto pick = [&](auto fullk, auto normk) {
@@ -178,7 +179,7 @@ void with_main_kernel(const Plan& plan, F&& f) {
     }
   };
   if (m.full_k) {
-    if constexpr (MODE != Mode::HEAD) {
+    if constexpr (MODE != Mode::HEAD && NORM_OK) {
       if (m.norm) return pick(std::true_type{}, std::true_type{});
     }
     return pick(std::true_type{}, std::false_type{});
@@ -193,6 +194,7 @@ void set_call_fields(P& p, const HcCall& a) {
   p.scale = a.scale;
   p.base = a.base;
   p.norm_w = a.norm_w;
+  p.pre_out = a.pre_out;
   p.post_out = a.post_out;
   p.comb_out = a.comb_out;
   p.out = a.out;
@@ -206,7 +208,7 @@ void set_call_fields(P& p, const HcCall& a) {
   p.repeat = a.repeat;
 }
 
-template <int N, Mode MODE, int HS>
+template <int N, Mode MODE, int HS, bool NORM_OK = true>
 void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
                  cudaStream_t stream) {
   if (plan.variant == Variant::CLUSTER) {
@@ -263,7 +265,7 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
           ws = at::empty({a.T, S, Sh::MP}, fopts);
           mp.ws = ws.data_ptr<float>();
         }
-        with_main_kernel<N, MODE, HS>(plan, [&](auto kernel) {
+        with_main_kernel<N, MODE, HS, NORM_OK>(plan, [&](auto kernel) {
           launch(kernel, device, grid, block, smem, stream, mp);
         });
         break;
@@ -277,8 +279,8 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
         ep.S = S;
         ep.HC = HC;
         ep.CW = static_cast<int>(ceil_div(a.H / 8, HC));
-        ep.src_is_input = MODE != Mode::FUSED;
-        if constexpr (EM != Mode::HEAD) {
+        ep.src_is_input = MODE != Mode::FUSED && a.out != nullptr;
+        if constexpr (EM != Mode::HEAD && NORM_OK) {
           if (norm) {
             launch(hc_epilogue_kernel<N, EM, true, HS>, device, grid, block, smem, stream, ep);
             break;
@@ -303,6 +305,26 @@ void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, i
       if (plan.hidden_spec == 7168) return run_hc_spec<4, MODE, 7168>(plan, a, fopts, device, stream);
     }
     return run_hc_spec<N, MODE, 0>(plan, a, fopts, device, stream);
+  });
+}
+
+// Runs a plan of mhc_stats (kind MHC_STATS, or the stats part of a shifted boundary): the pre
+// engine's kernels with a.out null, which write pre, post and comb and no stream sum.
+inline void run_stats(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts,
+                      int device, cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(plan.kind == KernelType::MHC_STATS && !plan.norm && a.out == nullptr &&
+                            a.pre_out != nullptr,
+                        "mhc_stats: not a stats plan and call");
+  MHC_DISPATCH_HC_MULT(a.n, N, [&] {
+    if constexpr (N == 4) {
+      switch (plan.hidden_spec) {
+        case 4096: return run_hc_spec<4, Mode::PRE, 4096, false>(plan, a, fopts, device, stream);
+        case 5120: return run_hc_spec<4, Mode::PRE, 5120, false>(plan, a, fopts, device, stream);
+        case 7168: return run_hc_spec<4, Mode::PRE, 7168, false>(plan, a, fopts, device, stream);
+        default: break;
+      }
+    }
+    return run_hc_spec<N, Mode::PRE, 0, false>(plan, a, fopts, device, stream);
   });
 }
 

@@ -89,9 +89,11 @@ __device__ __forceinline__ void main_kernel_tail(const MainParams& p, float* red
       if (warp == W - 1 && lv) {
         const GateParams gp =
             gate_params(p.scale, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
-        write_gates<N>(red + lane * MP, inv_k, p.base, gp, tl, p.post_out, p.comb_out);
+        write_gates<N>(red + lane * MP, inv_k, p.base, gp, tl, p.pre_out, p.post_out,
+                       p.comb_out);
       }
     }
+    if (p.out == nullptr) return;  // mhc_stats: the gates only
     const uint16_t* src = MODE == Mode::FUSED ? p.res_out : p.res;
     for (int j = warp; j < BT; j += W) {
       const int64_t t = t0 + j;
