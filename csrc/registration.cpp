@@ -34,7 +34,7 @@ TORCH_LIBRARY(mhc, m) {
   // the weighted stream sum with a given (carried) pre, optionally RMS-normed (SPEC §2.9)
   m.def(
       "mhc_combine(Tensor residual, Tensor pre_mix, Tensor? norm_weight=None, "
-      "float norm_eps=1e-6) -> Tensor");
+      "float norm_eps=1e-6) -> Tensor layer_input");
   // mhc_post, then mhc_combine of its result with the carried pre (SPEC §2.9)
   m.def(
       "mhc_post_combine(Tensor x, Tensor residual, Tensor post_mix, Tensor comb_mix, "

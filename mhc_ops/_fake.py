@@ -62,6 +62,52 @@ def _hc_head(residual, fn, hc_scale, hc_base, rms_eps=1e-6, hc_eps=1e-6):
     return residual.new_empty((T, H))
 
 
+
+@register_fake("mhc::mhc_stats")
+def _mhc_stats(residual, fn, hc_scale, hc_base, rms_eps=1e-6, hc_pre_eps=1e-6,
+               hc_sinkhorn_eps=1e-6, hc_post_mult_value=2.0, sinkhorn_repeat=20):
+    _C.validate_mhc_stats(residual, fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps,
+                          hc_post_mult_value, sinkhorn_repeat)
+    T, n, H = residual.shape
+    return (
+        residual.new_empty((T, n), dtype=torch.float32),
+        residual.new_empty((T, n, 1), dtype=torch.float32),
+        residual.new_empty((T, n, n), dtype=torch.float32),
+    )
+
+
+@register_fake("mhc::mhc_combine")
+def _mhc_combine(residual, pre_mix, norm_weight=None, norm_eps=1e-6):
+    _C.validate_mhc_combine(residual, pre_mix, norm_weight, norm_eps)
+    T, n, H = residual.shape
+    return residual.new_empty((T, H))
+
+
+@register_fake("mhc::mhc_post_combine")
+def _mhc_post_combine(x, residual, post_mix, comb_mix, pre_mix, norm_weight=None,
+                      norm_eps=1e-6):
+    _C.validate_mhc_post_combine(x, residual, post_mix, comb_mix, pre_mix, norm_weight, norm_eps)
+    T, n, H = residual.shape
+    return residual.new_empty((T, n, H)), residual.new_empty((T, H))
+
+
+@register_fake("mhc::mhc_shifted_post_pre")
+def _mhc_shifted_post_pre(x, residual, post_mix, comb_mix, pre_mix, fn, hc_scale, hc_base,
+                          rms_eps=1e-6, hc_pre_eps=1e-6, hc_sinkhorn_eps=1e-6,
+                          hc_post_mult_value=2.0, sinkhorn_repeat=20, norm_weight=None,
+                          norm_eps=1e-6):
+    _C.validate_mhc_shifted_post_pre(x, residual, post_mix, comb_mix, pre_mix, fn, hc_scale,
+                                     hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps,
+                                     hc_post_mult_value, sinkhorn_repeat, norm_weight, norm_eps)
+    T, n, H = residual.shape
+    return (
+        residual.new_empty((T, n, H)),
+        residual.new_empty((T, H)),
+        residual.new_empty((T, n), dtype=torch.float32),
+        residual.new_empty((T, n, 1), dtype=torch.float32),
+        residual.new_empty((T, n, n), dtype=torch.float32),
+    )
+
 @register_fake("mhc::hc_prenorm_gemm")
 def _hc_prenorm_gemm(x, fn, num_splits=1):
     _C.validate_hc_prenorm_gemm(x, fn, num_splits)

@@ -114,7 +114,8 @@ class Flag(Generic[T]):
 
 
 MHC_FUSE_POST_PRE = Flag("MHC_FUSE_POST_PRE", True, _parse_bool,
-                         "mhc_ops.mhc_post_pre uses the fused op; false: mhc_post then mhc_pre")
+                         "mhc_post_pre / mhc_shifted_post_pre use the fused ops; false: "
+                         "mhc_post then mhc_pre / mhc_post_combine then mhc_stats")
 MHC_BF16_FP32_GEMM_ALGO = Flag("MHC_BF16_FP32_GEMM_ALGO", "cublas", _choice("cublas", "fp32"),
                                "CUDA backend of linear_bf16_fp32: cublas or fp32 (upcast, fp32 GEMM)")
 MHC_BATCH_INVARIANT = Flag("MHC_BATCH_INVARIANT", False, _parse_bool,
@@ -166,6 +167,8 @@ def resolved_paths() -> dict[str, str]:
     return {
         "mhc_post_pre": "torch.ops.mhc.mhc_fused_post_pre" if fused
         else "torch.ops.mhc.mhc_post + torch.ops.mhc.mhc_pre",
+        "mhc_shifted_post_pre": "torch.ops.mhc.mhc_shifted_post_pre" if fused
+        else "torch.ops.mhc.mhc_post_combine + torch.ops.mhc.mhc_stats",
         "linear_bf16_fp32 (CUDA)": "cuBLAS bf16 GEMM, fp32 output"
         if MHC_BF16_FP32_GEMM_ALGO.get() == "cublas" else "upcast to fp32, fp32 GEMM",
         "plans": "batch-invariant" if MHC_BATCH_INVARIANT.get() else "fastest per token count",

@@ -19,6 +19,10 @@ __all__ = [
     "mhc_post",
     "mhc_fused_post_pre",
     "mhc_post_pre",
+    "mhc_stats",
+    "mhc_combine",
+    "mhc_post_combine",
+    "mhc_shifted_post_pre",
     "hc_head",
     "hc_prenorm_gemm",
     "tf32_hc_prenorm_gemm",
@@ -193,6 +197,156 @@ def mhc_post_pre(
         return mhc_fused_post_pre(x, residual, post_mix, comb_mix, *args)
     r = mhc_post(x, residual, post_mix, comb_mix)
     return (r, *mhc_pre(r, *args))
+
+
+def _unflatten(t: Tensor, lead: tuple[int, ...]) -> Tensor:
+    """Give an output of the flattened call the caller's leading dims back."""
+    return t.reshape(*lead, *t.shape[1:])
+
+
+def mhc_stats(
+    residual: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DeepSeek-V4.1 stats: the gates of :func:`mhc_pre` with pre kept and no stream sum
+    (SPEC §2.9).
+
+    pre, post and comb as in :func:`mhc_pre` (SPEC §2.1 steps 1-7). The pre is the one the
+    NEXT hyper-connection's combine uses (the lag).
+    Args: residual [..., n, H] bf16; fn [n(n+2), n*H] fp32; hc_scale [3] fp32;
+    hc_base [n(n+2)] fp32; eps finite and >= 0; 0 <= sinkhorn_repeat <= 1000.
+    Returns: pre_mix [..., n] fp32, post_mix [..., n, 1] fp32, comb_mix [..., n, n] fp32.
+    """
+    args = (rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat)
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.mhc_stats(residual, fn, hc_scale, hc_base, *args)
+    res, lead = _flatten(residual, 3)
+    out = _ops.mhc_stats.default(res, fn, hc_scale, hc_base, *args)
+    if res is residual:
+        return out
+    return tuple(_unflatten(t, lead) for t in out)
+
+
+def mhc_combine(residual: Tensor, pre_mix: Tensor, norm_weight: Tensor | None = None,
+                norm_eps: float = 1e-6) -> Tensor:
+    """DeepSeek-V4.1 combine: layer_input = bf16(sum_i pre_mix[i] * residual[i]) in stream
+    order in fp32, RMS-normalised with norm_weight when given (SPEC §2.9).
+
+    pre_mix is the carried pre of the previous hyper-connection (:func:`mhc_stats`).
+    Args: residual [..., n, H] bf16; pre_mix [..., n] or [..., n, 1] fp32 with the leading
+    dims of residual; norm_weight [H] bf16 (float32 is rounded to bf16) or None.
+    Returns: layer_input [..., H] bf16.
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.mhc_combine(residual, pre_mix, norm_weight, norm_eps)
+    res, lead = _flatten(residual, 3)
+    if res is residual:
+        return _ops.mhc_combine.default(residual, pre_mix, norm_weight, norm_eps)
+    pre = _flatten_like("mhc_combine", "pre_mix", pre_mix, lead, residual)
+    return _unflatten(_ops.mhc_combine.default(res, pre, norm_weight, norm_eps), lead)
+
+
+def mhc_post_combine(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor,
+                     pre_mix: Tensor, norm_weight: Tensor | None = None,
+                     norm_eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """:func:`mhc_post`, then :func:`mhc_combine` of its result with the carried pre_mix, in
+    one op (SPEC §2.9).
+
+    residual_out is bit-identical to mhc_post(x, residual, post_mix, comb_mix) and
+    layer_input to mhc_combine(residual_out, pre_mix, norm_weight, norm_eps).
+    Arguments as for :func:`mhc_post` and :func:`mhc_combine`; the leading dims of x,
+    post_mix, comb_mix and pre_mix must be those of residual.
+    Returns: residual_out [..., n, H] bf16, layer_input [..., H] bf16.
+    """
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.mhc_post_combine(x, residual, post_mix, comb_mix, pre_mix,
+                                          norm_weight, norm_eps)
+    res, lead = _flatten(residual, 3)
+    if res is residual:
+        return _ops.mhc_post_combine.default(x, residual, post_mix, comb_mix, pre_mix,
+                                             norm_weight, norm_eps)
+    op = "mhc_post_combine"
+    out = _ops.mhc_post_combine.default(
+        _flatten_like(op, "x", x, lead, residual), res,
+        _flatten_like(op, "post_mix", post_mix, lead, residual),
+        _flatten_like(op, "comb_mix", comb_mix, lead, residual),
+        _flatten_like(op, "pre_mix", pre_mix, lead, residual), norm_weight, norm_eps)
+    return tuple(_unflatten(t, lead) for t in out)
+
+
+def _shifted_post_pre_fused(
+    x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor, pre_mix: Tensor,
+    fn: Tensor, hc_scale: Tensor, hc_base: Tensor, rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6, hc_sinkhorn_eps: float = 1e-6, hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20, norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """torch.ops.mhc.mhc_shifted_post_pre with leading dims, whatever MHC_FUSE_POST_PRE says
+    (the fused path of :func:`mhc_shifted_post_pre`, and what warmup runs)."""
+    args = (fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value,
+            sinkhorn_repeat, norm_weight, norm_eps)
+    if envs.MHC_DISABLE_KERNELS.get():
+        return reference.mhc_shifted_post_pre(x, residual, post_mix, comb_mix, pre_mix, *args)
+    res, lead = _flatten(residual, 3)
+    if res is residual:
+        return _ops.mhc_shifted_post_pre.default(x, residual, post_mix, comb_mix, pre_mix,
+                                                 *args)
+    op = "mhc_shifted_post_pre"
+    out = _ops.mhc_shifted_post_pre.default(
+        _flatten_like(op, "x", x, lead, residual), res,
+        _flatten_like(op, "post_mix", post_mix, lead, residual),
+        _flatten_like(op, "comb_mix", comb_mix, lead, residual),
+        _flatten_like(op, "pre_mix", pre_mix, lead, residual), *args)
+    return tuple(_unflatten(t, lead) for t in out)
+
+
+def mhc_shifted_post_pre(
+    x: Tensor,
+    residual: Tensor,
+    post_mix: Tensor,
+    comb_mix: Tensor,
+    pre_mix: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float = 1e-6,
+    hc_pre_eps: float = 1e-6,
+    hc_sinkhorn_eps: float = 1e-6,
+    hc_post_mult_value: float = 2.0,
+    sinkhorn_repeat: int = 20,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The DeepSeek-V4.1 boundary between two hyper-connections (SPEC §2.9), switched by
+    ``MHC_FUSE_POST_PRE``.
+
+    post of this hyper-connection (post_mix, comb_mix), combine of the next sub-layer's input
+    with this hyper-connection's carried pre_mix, and stats of the next hyper-connection (fn,
+    hc_scale, hc_base) from the new residual. On (default): the fused op
+    ``torch.ops.mhc.mhc_shifted_post_pre``. Off: :func:`mhc_post_combine`, then
+    :func:`mhc_stats`. residual_out and layer_input are bit-identical either way; the gates
+    agree per SPEC §3. The flag is read at every eager call; under torch.compile its value at
+    trace time is part of the compiled graph.
+    Arguments as for :func:`mhc_post_combine` and :func:`mhc_stats`; the leading dims of x,
+    post_mix, comb_mix and pre_mix must be those of residual.
+    Returns: residual_out [..., n, H] bf16, layer_input [..., H] bf16,
+    next_pre_mix [..., n] fp32, next_post_mix [..., n, 1] fp32, next_comb_mix [..., n, n] fp32.
+    """
+    if envs.MHC_FUSE_POST_PRE.get():
+        return _shifted_post_pre_fused(x, residual, post_mix, comb_mix, pre_mix, fn, hc_scale,
+                                       hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps,
+                                       hc_post_mult_value, sinkhorn_repeat, norm_weight,
+                                       norm_eps)
+    r, layer_input = mhc_post_combine(x, residual, post_mix, comb_mix, pre_mix, norm_weight,
+                                      norm_eps)
+    return (r, layer_input, *mhc_stats(r, fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
+                                       hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat))
 
 
 def hc_head(residual: Tensor, fn: Tensor, hc_scale: Tensor, hc_base: Tensor,

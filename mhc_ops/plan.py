@@ -30,6 +30,11 @@ class KernelType(enum.IntEnum):
     MHC_FUSED_POST_PRE = 3
     HC_HEAD = 4
     LINEAR_BF16_FP32 = 5
+    # DeepSeek-V4.1 (SPEC §2.9)
+    MHC_STATS = 6
+    MHC_COMBINE = 7
+    MHC_POST_COMBINE = 8
+    MHC_SHIFTED_POST_PRE = 9
 
 
 class Plan(NamedTuple):

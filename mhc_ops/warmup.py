@@ -51,6 +51,10 @@ logger = logging.getLogger("mhc_ops.warmup")
 LINEAR_OUT_FEATURES = 256
 # max_tokens is halved when memory is short, but never below this.
 MIN_MAX_TOKENS = 4096
+# The ops with a folded RMSNorm: warmup walks their plans with and without it.
+NORM_KINDS = frozenset({KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE,
+                        KernelType.MHC_COMBINE, KernelType.MHC_POST_COMBINE,
+                        KernelType.MHC_SHIFTED_POST_PRE})
 
 # Device key ("cpu", "cuda:0") -> plan sequence number at the end of the last warmup there.
 _warmed_marks: dict[str, int] = {}
@@ -223,6 +227,77 @@ class _PostExecutor(_FusedExecutor):
     def execute(self, num_tokens, param_set=0):
         t = num_tokens
         return _ops.mhc_post(self.x[:t], self.residual[:t], self.post_mix[:t], self.comb_mix[:t])
+
+
+class _StatsExecutor(_PreExecutor):
+    kind = KernelType.MHC_STATS
+
+    @staticmethod
+    def bytes_needed(max_tokens, hidden_size, hc_mult):
+        n, H = hc_mult, hidden_size
+        m3 = n * (n + 2)
+        return max_tokens * (2 * n * H + 4 * (2 * n + n * n)) + 2 * 4 * m3 * n * H
+
+    def execute(self, num_tokens, param_set=0):
+        fn, scale, base = self.params[param_set]
+        return _ops.mhc_stats(self.residual[:num_tokens], fn, scale, base)
+
+
+class _CombineExecutor(WarmupExecutor):
+    kind = KernelType.MHC_COMBINE
+
+    @staticmethod
+    def bytes_needed(max_tokens, hidden_size, hc_mult):
+        n, H = hc_mult, hidden_size
+        return max_tokens * (2 * n * H + 2 * H + 4 * n) + 2 * H
+
+    def _allocate(self):
+        n, H = self.hc_mult, self.hidden_size
+        self.residual = self._rand(self.max_tokens, n, H, dtype=torch.bfloat16)
+        self.pre_mix = self._uniform(self.max_tokens, n, low=0.0, high=1.0)
+        self.norm_weight = self._rand(H, dtype=torch.bfloat16, scale=0.1).add_(1) if self.norm \
+            else None
+
+    def execute(self, num_tokens, param_set=0):
+        t = num_tokens
+        return _ops.mhc_combine(self.residual[:t], self.pre_mix[:t], norm_weight=self.norm_weight)
+
+
+class _ShiftedExecutor(_FusedExecutor):
+    kind = KernelType.MHC_SHIFTED_POST_PRE
+
+    @staticmethod
+    def bytes_needed(max_tokens, hidden_size, hc_mult):
+        n, H = hc_mult, hidden_size
+        m3 = n * (n + 2)
+        return max_tokens * (4 * n * H + 4 * H + 8 * (2 * n + n * n)) + 2 * 4 * m3 * n * H
+
+    def _allocate(self):
+        super()._allocate()
+        self.pre_mix = self._uniform(self.max_tokens, self.hc_mult, low=0.0, high=1.0)
+
+    def execute(self, num_tokens, param_set=0):
+        fn, scale, base = self.params[param_set]
+        t = num_tokens
+        # the fused op whatever MHC_FUSE_POST_PRE says: it is the plan this kind stands for
+        return _ops._shifted_post_pre_fused(self.x[:t], self.residual[:t], self.post_mix[:t],
+                                            self.comb_mix[:t], self.pre_mix[:t], fn, scale, base,
+                                            norm_weight=self.norm_weight)
+
+
+class _PostCombineExecutor(_ShiftedExecutor):
+    kind = KernelType.MHC_POST_COMBINE
+
+    @staticmethod
+    def bytes_needed(max_tokens, hidden_size, hc_mult):
+        n, H = hc_mult, hidden_size
+        return max_tokens * (4 * n * H + 4 * H + 4 * (2 * n + n * n))
+
+    def execute(self, num_tokens, param_set=0):
+        t = num_tokens
+        return _ops.mhc_post_combine(self.x[:t], self.residual[:t], self.post_mix[:t],
+                                     self.comb_mix[:t], self.pre_mix[:t],
+                                     norm_weight=self.norm_weight)
 
 
 class _HeadExecutor(_StreamParams, WarmupExecutor):
@@ -420,8 +495,9 @@ def warmup(hidden_size: int, *, max_tokens: int | None = None,
     """Run every plan each op can reach for T in 1..max_tokens once, and synchronise.
 
     max_tokens defaults to MHC_WARMUP_MAX_TOKENS; kinds to every KernelType; norm lists the
-    folded-RMSNorm variants of mhc_pre / mhc_fused_post_pre to cover. Each token count runs
-    with the attention and the FFN parameter sets. MHC_SKIP_WARMUP=1 makes this a logged no-op.
+    folded-RMSNorm variants to cover of the ops that have one (NORM_KINDS: mhc_pre,
+    mhc_fused_post_pre, mhc_combine, mhc_post_combine, mhc_shifted_post_pre). Each token count
+    runs with the attention and the FFN parameter sets. MHC_SKIP_WARMUP=1 makes this a logged no-op.
     Returns a WarmupReport (token counts, seconds and peak bytes per op) and logs one summary
     line (on rank 0 only under torch.distributed).
 
@@ -443,9 +519,7 @@ def warmup(hidden_size: int, *, max_tokens: int | None = None,
     norms = tuple(dict.fromkeys(bool(v) for v in norm)) or (False,)
     num_sms = device_num_sms(dev)
     clusters = device_supports_clusters(dev)
-    jobs = [(k, nv) for k in kinds
-            for nv in (norms if k in (KernelType.MHC_PRE, KernelType.MHC_FUSED_POST_PRE)
-                       else (False,))]
+    jobs = [(k, nv) for k in kinds for nv in (norms if k in NORM_KINDS else (False,))]
     bar = _Progress(len(jobs), progress)
     start = time.perf_counter()
     with torch.no_grad():

@@ -371,3 +371,236 @@ def test_importing_compat_patches_nothing(monkeypatch):
                  "mhc_ops.compat.deep_gemm"):
         importlib.reload(importlib.import_module(name))
     assert dict(vars(m["mhc"])) == before and not sg.installed()
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepSeek-V4.1 (SPEC §2.9, §7.1): the functions of sglang's V4.1 path
+
+# sglang's signatures as its source spells them: layernorm/mhc.py and hc_combine_norm.py of
+# 0.5.23, layernorm/mhc_post_combine_norm_prefill.py and layernorm/mhc_mega.py of its main line
+RECORDED_V41 = {
+    "hc_mix_stats_sinkhorn": "(x_flat, hc_fn, hc_scale, hc_base, hc_mult, sinkhorn_iters, "
+                             "rms_eps, hc_eps)",
+    "hc_mix_stats": "(x_flat, hc_fn, eps)",
+    "hc_split_sinkhorn": "(mixes, hc_scale, hc_base, hc_mult=4, sinkhorn_iters=20, eps=1e-06)",
+    "split_bf16_hc_weight": "(weight)",
+    "hc_mix_stats_sinkhorn_bf16x3": "(x, weight_parts, scale, base, sinkhorn_iters, rms_eps, "
+                                    "hc_eps, hc_mult=4)",
+    "mhc_combine": "(x_flat, pre, hc, out_dtype)",
+    "hc_combine_norm": "(x, pre, weight, eps)",
+    "mhc_post_combine_norm_prefill": "(x, residual, post, comb, pre, weight, eps)",
+    "mhc_mega_boundary": "(x, residual, pre, post, comb, fn, scale, base, weight, rms_eps, "
+                         "hc_eps, norm_eps, sinkhorn_iters)",
+}
+V41_MODULES = {  # where sglang defines each installed V4.1 function
+    "hc_mix_stats_sinkhorn": MHC, "hc_mix_stats_sinkhorn_bf16x3": MHC, "mhc_combine": MHC,
+    "hc_combine_norm": "sglang.kernels.ops.layernorm.hc_combine_norm",
+    "mhc_post_combine_norm_prefill": "sglang.kernels.ops.layernorm.mhc_post_combine_norm_prefill",
+    "mhc_mega_boundary": "sglang.kernels.ops.layernorm.mhc_mega",
+}
+V41_EPS = (1e-6, 1e-6, 1e-6, 2.0, 20)  # rms, pre, sinkhorn eps, post mult, repeat: V4.1's
+
+
+def v41_inputs(T, *, seed):
+    """x, residual, post [T, n] and comb of a hyper-connection, its carried pre [T, n], and
+    the next one's fn, scale, base, norm weight (sglang's V4.1 forms: 2-D post)."""
+    a = h.post_inputs(T, N, H, seed=seed, post_2d=True)
+    g = h.gen(seed + 1)
+    pre = torch.sigmoid(h.randn(g, T, N)) + 1e-6
+    return {**a, "pre_mix": pre, **h.pre_params(g, N, H, norm=True)}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_V41))
+def test_v41_signatures_are_sglangs(name):
+    assert str(signature_of(getattr(sg, name))) == RECORDED_V41[name]
+    assert name in sg.__all__
+
+
+@pytest.mark.parametrize("T", [0, 1, 7])
+def test_hc_mix_stats_sinkhorn_is_mhc_stats(T):
+    a = v41_inputs(T, seed=h.seed_of("sg41_stats", T))
+    x_flat = a["residual"].reshape(T, N * H)
+    pre, post, comb = sg.hc_mix_stats_sinkhorn(x_flat, a["fn"], a["hc_scale"], a["hc_base"], N,
+                                               20, 1e-6, 1e-6)
+    want = mhc_ops.mhc_stats(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *V41_EPS)
+    assert pre.shape == (T, N) and post.shape == (T, N) and comb.shape == (T, N, N)
+    assert_same((pre, post.reshape(T, N, 1), comb), want)
+
+
+def test_hc_mix_stats_sinkhorn_hc_eps_and_a_float_residual():
+    # hc_eps is both the pre and the Sinkhorn eps; a float32 residual runs the reference
+    a = v41_inputs(5, seed=h.seed_of("sg41_stats_eps"))
+    x_flat = a["residual"].reshape(5, N * H)
+    got = sg.hc_mix_stats_sinkhorn(x_flat, a["fn"], a["hc_scale"], a["hc_base"], N, 7, 1e-5,
+                                   1e-3)
+    want = mhc_ops.mhc_stats(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], 1e-5, 1e-3,
+                             1e-3, 2.0, 7)
+    assert_same((got[0], got[1].reshape(5, N, 1), got[2]), want)
+    f32 = sg.hc_mix_stats_sinkhorn(x_flat.float(), a["fn"], a["hc_scale"], a["hc_base"], N, 7,
+                                   1e-5, 1e-3)
+    for g, w in zip(f32, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+
+
+def test_split_bf16_hc_weight_and_the_bf16x3_stats():
+    a = v41_inputs(6, seed=h.seed_of("sg41_bf16x3"))
+    parts = sg.split_bf16_hc_weight(a["fn"])
+    assert len(parts) == 3
+    assert all(p.dtype == torch.bfloat16 and p.shape == a["fn"].shape for p in parts)
+    high, middle, low = parts
+    assert torch.equal((high.float() + middle.float()) + low.float(), a["fn"])  # exact
+    assert torch.equal(high, a["fn"].bfloat16())
+    x = a["residual"].reshape(6, N * H)
+    got = sg.hc_mix_stats_sinkhorn_bf16x3(x, parts, a["hc_scale"], a["hc_base"], 20, 1e-6,
+                                          1e-6)
+    assert_same(got, sg.hc_mix_stats_sinkhorn(x, a["fn"], a["hc_scale"], a["hc_base"], N, 20,
+                                              1e-6, 1e-6))
+
+
+def test_hc_mix_stats_then_hc_split_sinkhorn_are_the_stats():
+    # the two halves of sglang's small-T path, not installed: mixes = RMS-scaled fn @ x,
+    # then the gates; together within fp32 rounding of mhc_stats
+    a = v41_inputs(7, seed=h.seed_of("sg41_split"))
+    x = a["residual"].reshape(7, N * H)
+    mixes = sg.hc_mix_stats(x, a["fn"], 1e-6)
+    xd = x.double()
+    want = (xd @ a["fn"].double().t()) * torch.rsqrt(xd.square().mean(-1, keepdim=True) + 1e-6)
+    assert mixes.shape == (7, N * (N + 2)) and mixes.dtype == torch.float32
+    torch.testing.assert_close(mixes.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sg.hc_mix_stats(x.float(), a["fn"], 1e-6), mixes, rtol=1e-5,
+                               atol=1e-5)
+    pre, post, comb = sg.hc_split_sinkhorn(mixes.unsqueeze(1), a["hc_scale"], a["hc_base"], N,
+                                           20, 1e-6)
+    assert pre.shape == (7, 1, N) and post.shape == (7, 1, N) and comb.shape == (7, 1, N, N)
+    fused = sg.hc_mix_stats_sinkhorn(x, a["fn"], a["hc_scale"], a["hc_base"], N, 20, 1e-6, 1e-6)
+    for g, w in zip((pre, post, comb), fused):
+        torch.testing.assert_close(g.squeeze(1), w, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [0, 1, 6])
+def test_mhc_combine_is_mhc_ops_combine(T):
+    a = v41_inputs(T, seed=h.seed_of("sg41_combine", T))
+    x_flat = a["residual"].reshape(T, N * H)
+    pre = a["pre_mix"].t().contiguous().t()  # sglang reads pre through its strides
+    got = sg.mhc_combine(x_flat, pre, N, torch.bfloat16)
+    assert got.shape == (T, H) and got.dtype == torch.bfloat16
+    assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"]))
+    f32 = sg.mhc_combine(x_flat, pre, N, torch.float32)  # the sum before its bf16 rounding
+    assert f32.dtype == torch.float32
+    want = (a["pre_mix"].double().unsqueeze(-1) * a["residual"].double()).sum(1)
+    torch.testing.assert_close(f32.double(), want, rtol=1e-6, atol=1e-6)
+    if T:
+        assert torch.equal(f32.bfloat16(), got)
+
+
+@pytest.mark.parametrize("T", [0, 5])
+def test_hc_combine_norm_is_mhc_ops_combine_with_the_norm(T):
+    a = v41_inputs(T, seed=h.seed_of("sg41_cnorm", T))
+    got = sg.hc_combine_norm(a["residual"].reshape(T, N * H), a["pre_mix"], a["norm_weight"],
+                             1e-6)
+    assert got.shape == (T, H) and got.dtype == torch.bfloat16
+    assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], a["norm_weight"], 1e-6))
+
+
+@pytest.mark.parametrize("T", [0, 1, 9])
+def test_mhc_post_combine_norm_prefill_is_mhc_post_combine(T):
+    a = v41_inputs(T, seed=h.seed_of("sg41_pcn", T))
+    updated, normalized = sg.mhc_post_combine_norm_prefill(
+        a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["pre_mix"], a["norm_weight"],
+        1e-6)
+    assert updated.shape == (T, N, H) and normalized.shape == (T, H)
+    assert_same((updated, normalized), mhc_ops.mhc_post_combine(
+        a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["pre_mix"], a["norm_weight"],
+        1e-6))
+    assert_same(updated, mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"], a["comb_mix"]))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("T", [0, 1, 9])
+def test_mhc_mega_boundary_is_mhc_shifted_post_pre(T, fuse):
+    a = v41_inputs(T, seed=h.seed_of("sg41_mega", T))
+    with envs.MHC_FUSE_POST_PRE.override(fuse):
+        updated, normalized, (pre, post, comb) = sg.mhc_mega_boundary(
+            a["x"], a["residual"], a["pre_mix"], a["post_mix"], a["comb_mix"], a["fn"],
+            a["hc_scale"], a["hc_base"], a["norm_weight"], 1e-6, 1e-6, 1e-6, 20)
+    assert [t.shape for t in (updated, normalized, pre, post, comb)] == [
+        (T, N, H), (T, H), (T, N), (T, N), (T, N, N)]
+    want = mhc_ops.mhc_shifted_post_pre(a["x"], a["residual"], a["post_mix"], a["comb_mix"],
+                                        a["pre_mix"], a["fn"], a["hc_scale"], a["hc_base"],
+                                        *V41_EPS, a["norm_weight"], 1e-6)
+    assert_same((updated, normalized), want[:2])  # bit-identical fused or not (SPEC §2.9)
+    got = (pre, post.reshape(T, N, 1), comb)
+    if fuse:
+        assert_same(got, want[2:])
+    else:
+        assert_same(got, mhc_ops.mhc_stats(updated, a["fn"], a["hc_scale"], a["hc_base"]))
+
+
+def build_v41_stack(monkeypatch, overrides=None):
+    """build_stack plus sglang's V4.1 functions in their modules, and a model module that
+    imported two of them by name (as deepseek_v4_mhc.py does)."""
+    m = build_stack(monkeypatch)
+    sigs = dict(RECORDED_V41, **(overrides or {}))
+    for name, params in sigs.items():
+        module = V41_MODULES.get(name, MHC)
+        if module != MHC and not isinstance(sys.modules.get(module), types.ModuleType):
+            monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+        setattr(sys.modules[module], name, stub(name, params))
+    model = types.ModuleType("sglang.srt.models.deepseek_v4_mhc")
+    model.mhc_mega_boundary = sys.modules[V41_MODULES["mhc_mega_boundary"]].mhc_mega_boundary
+    model.hc_combine_norm = sys.modules[V41_MODULES["hc_combine_norm"]].hc_combine_norm
+    monkeypatch.setitem(sys.modules, model.__name__, model)
+    m["v41_model"] = model
+    return m
+
+
+def test_install_replaces_the_v41_functions_and_uninstall_restores(monkeypatch, clean_install):
+    m = build_v41_stack(monkeypatch)
+    before = {n: getattr(sys.modules[V41_MODULES.get(n, MHC)], n) for n in RECORDED_V41}
+    names = sg.install()
+    for n, module in V41_MODULES.items():
+        assert f"{module}.{n}" in names
+        assert getattr(sys.modules[module], n) is getattr(sg, n)
+    # the halves of the small-T stats and the weight split stay sglang's
+    for n in ("hc_mix_stats", "hc_split_sinkhorn", "split_bf16_hc_weight"):
+        assert f"{MHC}.{n}" not in names and getattr(m["mhc"], n) is before[n]
+    model = m["v41_model"]
+    assert model.mhc_mega_boundary is sg.mhc_mega_boundary
+    assert model.hc_combine_norm is sg.hc_combine_norm
+    assert m["mhc"].mhc_pre is sg.mhc_pre  # and V4's with them
+
+    a = v41_inputs(3, seed=h.seed_of("sg41_installed"))
+    got = model.hc_combine_norm(a["residual"].reshape(3, N * H), a["pre_mix"],
+                                a["norm_weight"], 1e-6)
+    assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], a["norm_weight"]))
+
+    restored = sg.uninstall()
+    assert set(restored) == set(names)
+    for n, f in before.items():
+        assert getattr(sys.modules[V41_MODULES.get(n, MHC)], n) is f
+    assert model.mhc_mega_boundary is before["mhc_mega_boundary"]
+
+
+def test_install_refuses_a_changed_v41_signature(monkeypatch, clean_install):
+    changed = RECORDED_V41["mhc_mega_boundary"].replace("sinkhorn_iters)",
+                                                        "sinkhorn_iters, fp8_out=None)")
+    m = build_v41_stack(monkeypatch, {"mhc_mega_boundary": changed})
+    with pytest.raises(SignatureMismatch) as e:
+        sg.install()
+    msg = str(e.value)
+    assert f"{V41_MODULES['mhc_mega_boundary']}.mhc_mega_boundary" in msg
+    assert "fp8_out=None" in msg
+    assert m["mhc"].mhc_post(None, None, None, None) == "sglang" and not sg.installed()
+
+
+def test_install_of_a_stack_without_the_v41_modules(monkeypatch, clean_install):
+    # a 0.5.23 stack that has hc_combine_norm but neither the prefill post+combine nor mega:
+    # those are skipped, the rest replaced
+    m = build_v41_stack(monkeypatch)
+    for n in ("mhc_post_combine_norm_prefill", "mhc_mega_boundary"):
+        monkeypatch.setitem(sys.modules, V41_MODULES[n], None)
+    names = sg.install()
+    assert f"{V41_MODULES['hc_combine_norm']}.hc_combine_norm" in names
+    assert f"{MHC}.hc_mix_stats_sinkhorn" in names
+    assert not any("mhc_mega" in n or "norm_prefill" in n for n in names)
+    assert m["mhc"].mhc_combine is sg.mhc_combine

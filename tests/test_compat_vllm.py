@@ -288,3 +288,170 @@ def test_install_refuses_a_changed_operator_schema(monkeypatch, clean_install):
     assert mod.mhc_post_tilelang(None, None, None, None) == "vllm" and not vl.installed()
     t = torch.zeros(1, N, H, dtype=torch.bfloat16)
     assert torch.equal(torch.ops.vllm_compat_bad.mhc_post_tilelang(t[:, 0], t, t, t), t)
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepSeek-V4.1 (SPEC §2.9, §7.1): vLLM's delayed pre and its boundary (vLLM 0.33 has no
+# function named mhc_shifted_post_pre; mhc_fused_post_pre_delayed_tilelang is that boundary)
+
+RECORDED_V41 = {
+    "mhc_pre_delayed_tilelang": "(residual, fn, hc_scale, hc_base, rms_eps, hc_pre_eps, "
+                                "hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat, "
+                                "pre_mix=None, x=None, norm_weight=None, norm_eps=1e-06)",
+    "mhc_fused_post_pre_delayed_tilelang": "(x, residual, post_layer_mix, comb_res_mix, fn, "
+                                           "hc_scale, hc_base, rms_eps, hc_pre_eps, "
+                                           "hc_sinkhorn_eps, hc_post_mult_value, "
+                                           "sinkhorn_repeat, pre_mix=None, norm_weight=None, "
+                                           "norm_eps=1e-06, capture_aux=False)",
+}
+
+
+def v41_inputs(T, *, seed):
+    a = h.post_inputs(T, N, H, seed=seed)
+    g = h.gen(seed + 1)
+    pre = torch.sigmoid(h.randn(g, T, N)) + 1e-6
+    return {**a, "pre_mix": pre, **h.pre_params(g, N, H, norm=True)}
+
+
+def stream0(residual):
+    """vLLM's model-entry pre: residual stream 0."""
+    pre = torch.zeros(residual.shape[0], N)
+    pre[:, 0] = 1
+    return pre
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_V41))
+def test_v41_signatures_are_vllms(name):
+    assert str(signature_of(getattr(vl, name))) == RECORDED_V41[name]
+    assert name in vl.__all__
+
+
+@pytest.mark.parametrize("T", [0, 1, 7])
+def test_mhc_pre_delayed_is_stats_then_combine(T):
+    a = v41_inputs(T, seed=h.seed_of("vl41_pre", T))
+    p = (a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
+    w = a["norm_weight"]
+    post, comb, li, next_pre = vl.mhc_pre_delayed_tilelang(*p, *DSV4, a["pre_mix"], None, w,
+                                                           1e-6)
+    assert [t.shape for t in (post, comb, li, next_pre)] == [(T, N, 1), (T, N, N), (T, H),
+                                                             (T, N)]
+    pre_s, post_s, comb_s = mhc_ops.mhc_stats(*p)
+    assert_same((post, comb, next_pre), (post_s, comb_s, pre_s))
+    assert_same(li, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w))
+    # keywords, no norm (a float32 weight is rounded once, as vLLM does)
+    got = vl.mhc_pre_delayed_tilelang(*p, *DSV4, pre_mix=a["pre_mix"])
+    assert_same(got[2], mhc_ops.mhc_combine(a["residual"], a["pre_mix"]))
+    got = vl.mhc_pre_delayed_tilelang(*p, *DSV4, pre_mix=a["pre_mix"], norm_weight=w.float())
+    assert_same(got[2], li)
+
+
+def test_mhc_pre_delayed_at_model_entry_takes_stream_zero():
+    a = v41_inputs(5, seed=h.seed_of("vl41_entry"))
+    p = (a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
+    _, _, li, _ = vl.mhc_pre_delayed_tilelang(*p, *DSV4)
+    assert torch.equal(li, a["residual"][:, 0])  # pre_mix=None, no norm: stream 0 itself
+    _, _, li, _ = vl.mhc_pre_delayed_tilelang(*p, *DSV4, norm_weight=a["norm_weight"])
+    assert_same(li, mhc_ops.mhc_combine(a["residual"], stream0(a["residual"]),
+                                        a["norm_weight"]))
+
+
+def test_mhc_pre_delayed_first_layer_projection_input():
+    # vLLM's first layer: the streams are the embedding x [T, H] broadcast, and fn is the
+    # projection summed over the streams [24, H]; the stats equal those of the broadcast
+    # residual with fn spread over the streams
+    T = 6
+    a = v41_inputs(T, seed=h.seed_of("vl41_x"))
+    x = a["x"]
+    residual = x.unsqueeze(1).expand(-1, N, -1).contiguous()
+    fn_summed = a["fn"].reshape(-1, N, H).sum(1)
+    post, comb, li, next_pre = vl.mhc_pre_delayed_tilelang(
+        residual, fn_summed, a["hc_scale"], a["hc_base"], *DSV4, None, x, a["norm_weight"])
+    fn_spread = (fn_summed / N).repeat(1, N)
+    want = mhc_ops.mhc_stats(residual, fn_spread, a["hc_scale"], a["hc_base"])
+    for g, w in zip((next_pre, post, comb), want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    assert_same(li, mhc_ops.mhc_combine(residual, stream0(residual), a["norm_weight"]))
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("T", [0, 1, 9])
+def test_mhc_fused_post_pre_delayed_is_the_shifted_boundary(T, fuse):
+    a = v41_inputs(T, seed=h.seed_of("vl41_fused", T))
+    args = (a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["fn"], a["hc_scale"],
+            a["hc_base"], *DSV4)
+    w = a["norm_weight"]
+    with envs.MHC_FUSE_POST_PRE.override(fuse):
+        got = vl.mhc_fused_post_pre_delayed_tilelang(*args, a["pre_mix"], w, 1e-6, False)
+        want = mhc_ops.mhc_shifted_post_pre(a["x"], a["residual"], a["post_mix"], a["comb_mix"],
+                                            a["pre_mix"], a["fn"], a["hc_scale"], a["hc_base"],
+                                            *DSV4, w, 1e-6)
+    assert [t.shape for t in got] == [(T, N, H), (T, N, 1), (T, N, N), (T, H), (T, N), (0, H)]
+    residual_out, post, comb, li, next_pre, aux = got
+    assert_same((residual_out, li, next_pre, post, comb), want)
+    assert aux.dtype == torch.bfloat16
+    assert_same(residual_out, mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"],
+                                               a["comb_mix"]))
+
+
+def test_mhc_fused_post_pre_delayed_aux_entry_and_2d_post():
+    T = 5
+    a = v41_inputs(T, seed=h.seed_of("vl41_aux"))
+    args = (a["x"], a["residual"], a["post_mix"].reshape(T, N), a["comb_mix"], a["fn"],
+            a["hc_scale"], a["hc_base"], *DSV4)
+    got = vl.mhc_fused_post_pre_delayed_tilelang(*args, capture_aux=True)  # pre_mix=None
+    residual_out, _, _, li, _, aux = got
+    assert aux.shape == (T, H) and aux.dtype == torch.bfloat16
+    assert_same(aux, residual_out.float().mean(1).bfloat16())  # the mean of the new streams
+    assert torch.equal(li, residual_out[:, 0])  # entry: stream 0 of the new residual, no norm
+    full = vl.mhc_fused_post_pre_delayed_tilelang(*args, pre_mix=a["pre_mix"],
+                                                  norm_weight=a["norm_weight"])
+    assert_same(full[3], mhc_ops.mhc_combine(full[0], a["pre_mix"], a["norm_weight"]))
+
+
+def test_install_replaces_the_delayed_functions(monkeypatch, clean_install):
+    mod, model = build_stack(monkeypatch, RECORDED_V41)
+    model.mhc_fused_post_pre_delayed_tilelang = mod.mhc_fused_post_pre_delayed_tilelang
+    before = {n: getattr(mod, n) for n in RECORDED_V41}
+    names = vl.install()
+    for n in RECORDED_V41:
+        assert f"{MODULE}.{n}" in names and getattr(mod, n) is getattr(vl, n)
+    assert model.mhc_fused_post_pre_delayed_tilelang is vl.mhc_fused_post_pre_delayed_tilelang
+    vl.uninstall()
+    for n, f in before.items():
+        assert getattr(mod, n) is f
+    assert model.mhc_fused_post_pre_delayed_tilelang is \
+        before["mhc_fused_post_pre_delayed_tilelang"]
+
+
+def test_install_refuses_a_changed_delayed_signature(monkeypatch, clean_install):
+    changed = RECORDED_V41["mhc_pre_delayed_tilelang"].replace("x=None, ", "")
+    mod, _ = build_stack(monkeypatch, dict(RECORDED_V41, mhc_pre_delayed_tilelang=changed))
+    with pytest.raises(SignatureMismatch, match=f"{MODULE}.mhc_pre_delayed_tilelang"):
+        vl.install()
+    assert mod.mhc_post_tilelang(None, None, None, None) == "vllm" and not vl.installed()
+
+
+# vLLM registers the delayed functions as torch.ops.vllm.* too: a stand-in with the schema vLLM
+# infers from mhc_pre_delayed_tilelang's signature
+_V41 = torch.library.Library("vllm_compat_v41", "DEF")
+_V41.define("mhc_pre_delayed_tilelang(Tensor residual, Tensor fn, Tensor hc_scale, "
+            "Tensor hc_base, float rms_eps, float hc_pre_eps, float hc_sinkhorn_eps, "
+            "float hc_post_mult_value, int sinkhorn_repeat, Tensor? pre_mix=None, "
+            "Tensor? x=None, Tensor? norm_weight=None, float norm_eps=1e-06) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
+_V41.impl("mhc_pre_delayed_tilelang", lambda *a: tuple(torch.zeros(1) for _ in range(4)), "CPU")
+
+
+def test_install_takes_over_the_delayed_operator(monkeypatch, clean_install):
+    build_stack(monkeypatch, RECORDED_V41)
+    monkeypatch.setattr(vl._PATCHER, "op_namespace", "vllm_compat_v41")
+    names = vl.install()
+    assert any(n.startswith("torch.ops.vllm_compat_v41.mhc_pre_delayed_tilelang (")
+               for n in names), names
+    a = v41_inputs(3, seed=h.seed_of("vl41_op"))
+    p = (a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
+    got = torch.ops.vllm_compat_v41.mhc_pre_delayed_tilelang(*p, *DSV4, a["pre_mix"])
+    assert_same(tuple(got), vl.mhc_pre_delayed_tilelang(*p, *DSV4, a["pre_mix"]))
+    vl.uninstall()
+    assert torch.equal(torch.ops.vllm_compat_v41.mhc_pre_delayed_tilelang(*p, *DSV4)[0],
+                       torch.zeros(1))

@@ -41,6 +41,26 @@ SPEC_SCHEMAS = {
         "tf32_hc_prenorm_gemm(Tensor x, Tensor fn, Tensor(a!) out, Tensor(b!) sqrsum, "
         "int? num_splits=None) -> ()"),
     "linear_bf16_fp32": "linear_bf16_fp32(Tensor x, Tensor weight) -> Tensor",
+    "mhc_stats": (
+        "mhc_stats(Tensor residual, Tensor fn, Tensor hc_scale, Tensor hc_base, "
+        "float rms_eps=1e-6, float hc_pre_eps=1e-6, float hc_sinkhorn_eps=1e-6, "
+        "float hc_post_mult_value=2.0, int sinkhorn_repeat=20) "
+        "-> (Tensor pre_mix, Tensor post_mix, Tensor comb_mix)"),
+    "mhc_combine": (
+        "mhc_combine(Tensor residual, Tensor pre_mix, Tensor? norm_weight=None, "
+        "float norm_eps=1e-6) -> Tensor layer_input"),
+    "mhc_post_combine": (
+        "mhc_post_combine(Tensor x, Tensor residual, Tensor post_mix, Tensor comb_mix, "
+        "Tensor pre_mix, Tensor? norm_weight=None, float norm_eps=1e-6) "
+        "-> (Tensor residual_out, Tensor layer_input)"),
+    "mhc_shifted_post_pre": (
+        "mhc_shifted_post_pre(Tensor x, Tensor residual, Tensor post_mix, Tensor comb_mix, "
+        "Tensor pre_mix, Tensor fn, Tensor hc_scale, Tensor hc_base, "
+        "float rms_eps=1e-6, float hc_pre_eps=1e-6, float hc_sinkhorn_eps=1e-6, "
+        "float hc_post_mult_value=2.0, int sinkhorn_repeat=20, "
+        "Tensor? norm_weight=None, float norm_eps=1e-6) "
+        "-> (Tensor residual_out, Tensor layer_input, Tensor next_pre_mix, Tensor next_post_mix, "
+        "Tensor next_comb_mix)"),
 }
 OPS = list(SPEC_SCHEMAS)
 
@@ -116,6 +136,14 @@ def _required_args(op: str, T: int = 5) -> tuple:
     if op == "linear_bf16_fp32":
         p = h.linear_inputs(T, 24, 200, seed=1)
         return p["x"], p["weight"]
+    if op in ("mhc_stats", "mhc_combine", "mhc_post_combine", "mhc_shifted_post_pre"):
+        p = h.v41_inputs(T, n, H, seed=1)
+        names = {"mhc_stats": ("residual", "fn", "hc_scale", "hc_base"),
+                 "mhc_combine": ("residual", "pre_mix"),
+                 "mhc_post_combine": ("x", "residual", "post_mix", "comb_mix", "pre_mix"),
+                 "mhc_shifted_post_pre": ("x", "residual", "post_mix", "comb_mix", "pre_mix",
+                                          "fn", "hc_scale", "hc_base")}[op]
+        return tuple(p[k] for k in names)
     raise ValueError(op)
 
 

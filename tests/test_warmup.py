@@ -23,7 +23,9 @@ def no_flags(monkeypatch):
 def test_kernel_type_is_the_planners():
     assert warmup.KernelType is plan.KernelType
     assert [k.name for k in KernelType] == ["PRENORM_GEMM", "MHC_PRE", "MHC_POST",
-                                            "MHC_FUSED_POST_PRE", "HC_HEAD", "LINEAR_BF16_FP32"]
+                                            "MHC_FUSED_POST_PRE", "HC_HEAD", "LINEAR_BF16_FP32",
+                                            "MHC_STATS", "MHC_COMBINE", "MHC_POST_COMBINE",
+                                            "MHC_SHIFTED_POST_PRE"]
 
 
 @pytest.mark.parametrize("kind", list(KernelType))
@@ -59,8 +61,7 @@ def test_warmup_report_and_no_unwarmed_plans_after_it():
     names = [(k.kind, k.norm) for k in report.kinds]
     expected = []
     for k in KernelType:
-        expected += [(k, False), (k, True)] if k in (KernelType.MHC_PRE,
-                                                     KernelType.MHC_FUSED_POST_PRE) else [(k, False)]
+        expected += [(k, False), (k, True)] if k in warmup.NORM_KINDS else [(k, False)]
     assert names == expected
     for k in report.kinds:
         assert k.token_counts == plan.token_count_representatives(
@@ -127,7 +128,7 @@ def test_warmup_walk_covers_every_reachable_plan(monkeypatch, num_sms, hidden):
     monkeypatch.setattr(warmup.WarmupExecutor, "create",
                         classmethod(lambda cls, kind, **kw: Recorder(kind, kw["norm"])))
     warmup.warmup(hidden, max_tokens=max_tokens, device="cpu", progress=False)
-    assert len(ran) == 8
+    assert len(ran) == len(KernelType) + len(warmup.NORM_KINDS)
     for (kind, norm), calls in ran.items():
         assert {p for _, p in calls} == {0, 1}  # attention and FFN parameter sets
         reachable = {plan.plan_of(kind, t, hidden_size=hidden, num_sms=num_sms, norm=norm)

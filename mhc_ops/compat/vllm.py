@@ -1,4 +1,4 @@
-"""vLLM 0.33's DeepSeek-V4 mHC functions over mhc_ops (SPEC §7.1).
+"""vLLM 0.33's DeepSeek-V4 and V4.1 mHC functions over mhc_ops (SPEC §7.1).
 
 Each function has the name, positional order, keyword names, defaults, accepted input forms
 and output shapes of its namesake in ``vllm.model_executor.kernels.mhc.tilelang``, so that
@@ -9,6 +9,14 @@ What differs from vLLM's kernels is numerics only, within SPEC §3: the prenorm 
 accurate to fp32 (DeepGEMM's ``tf32_hc_prenorm_gemm`` truncates ``fn`` to TF32), and
 ``mhc_fused_post_pre_tilelang`` follows ``MHC_FUSE_POST_PRE`` (its residual is bit-identical
 either way).
+
+DeepSeek-V4.1 (SPEC §2.9, the lagged pre that vLLM calls "delayed"):
+``mhc_pre_delayed_tilelang`` runs :func:`mhc_ops.mhc_stats` and :func:`mhc_ops.mhc_combine`, and
+``mhc_fused_post_pre_delayed_tilelang``, vLLM 0.33's V4.1 boundary, runs
+:func:`mhc_ops.mhc_shifted_post_pre` (fused unless ``MHC_FUSE_POST_PRE=0``). vLLM 0.33 has no
+function named ``mhc_shifted_post_pre``. ``pre_mix=None`` (model entry, where vLLM takes
+residual stream 0) is the combine with a one-hot pre on stream 0: the same bits wherever the
+other streams are finite, as they are at entry (all streams equal the embedding).
 
 vLLM has no tensor-level warmup hook for these functions: its JIT warmup compiles TileLang
 kernels by compile key (``JitWarmupRegistry``). Warm mhc_ops with
@@ -33,6 +41,8 @@ __all__ = [
     "mhc_fused_post_pre_tilelang",
     "mhc_pre_broadcast_tilelang",
     "hc_head_fused_kernel_tilelang",
+    "mhc_pre_delayed_tilelang",
+    "mhc_fused_post_pre_delayed_tilelang",
     "install",
     "uninstall",
     "register",
@@ -173,20 +183,111 @@ def hc_head_fused_kernel_tilelang(
     return _ops.hc_head(hs_flat, fn, hc_scale, hc_base, rms_eps, hc_eps)
 
 
+def _carried_pre(pre_mix: Tensor | None, residual: Tensor) -> Tensor:
+    """The pre of the combine: the carried pre_mix [T, n], or at model entry (None) one-hot on
+    stream 0, which is vLLM's choice of residual stream zero."""
+    if pre_mix is not None:
+        return pre_mix
+    T, n = residual.shape[0], residual.shape[1]
+    entry = torch.zeros(T, n, dtype=torch.float32, device=residual.device)
+    entry[:, 0] = 1.0
+    return entry
+
+
+def mhc_pre_delayed_tilelang(
+    residual: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float,
+    hc_pre_eps: float,
+    hc_sinkhorn_eps: float,
+    hc_post_mult_value: float,
+    sinkhorn_repeat: int,
+    pre_mix: Tensor | None = None,
+    x: Tensor | None = None,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """vLLM's V4.1 ``mhc_pre_delayed_tilelang`` on :func:`mhc_ops.mhc_stats` and
+    :func:`mhc_ops.mhc_combine`.
+
+    residual [T, n, H] bf16; pre_mix [T, n] fp32, the previous hyper-connection's pre, or None
+    for residual stream 0; x [T, input_size] bf16 with fn [n(n+2), input_size] (the first
+    layer's embedding and summed projection) or None for the residual with fn [n(n+2), n*H].
+    Returns post_mix [T, n, 1] fp32, comb_mix [T, n, n] fp32, layer_input [T, H] bf16 (the
+    combine of residual with pre_mix, RMS-normalised with norm_weight when given) and
+    next_pre_mix [T, n] fp32 (the stats' pre, for the next combine).
+
+    With x, the stats read x as n streams of input_size / n (the same products and the same
+    RMS); warm that width with ``mhc_ops.warmup.warmup(input_size // n, kinds=["MHC_STATS"])``.
+    """
+    n = residual.shape[1]
+    stats_in = residual if x is None else x.reshape(x.shape[0], n, x.shape[1] // n)
+    next_pre, post, comb = _ops.mhc_stats(stats_in, fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
+                                          hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat)
+    w, eps = _norm_args(norm_weight, norm_eps)
+    layer_input = _ops.mhc_combine(residual, _carried_pre(pre_mix, residual), w, eps)
+    return post, comb, layer_input, next_pre
+
+
+def mhc_fused_post_pre_delayed_tilelang(
+    x: Tensor,
+    residual: Tensor,
+    post_layer_mix: Tensor,
+    comb_res_mix: Tensor,
+    fn: Tensor,
+    hc_scale: Tensor,
+    hc_base: Tensor,
+    rms_eps: float,
+    hc_pre_eps: float,
+    hc_sinkhorn_eps: float,
+    hc_post_mult_value: float,
+    sinkhorn_repeat: int,
+    pre_mix: Tensor | None = None,
+    norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
+    capture_aux: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """vLLM's V4.1 boundary ``mhc_fused_post_pre_delayed_tilelang`` on
+    :func:`mhc_ops.mhc_shifted_post_pre` (fused unless ``MHC_FUSE_POST_PRE=0``).
+
+    post of this hyper-connection (post_layer_mix [T, n, 1] or [T, n], comb_res_mix), combine
+    of the next sub-layer's input with the carried pre_mix [T, n] (None: residual stream 0),
+    stats of the next hyper-connection (fn, hc_scale, hc_base) from the new residual.
+    Returns residual_out [T, n, H] bf16, post_mix [T, n, 1] fp32, comb_mix [T, n, n] fp32,
+    layer_input [T, H] bf16, next_pre_mix [T, n] fp32, and aux: with capture_aux the bf16 mean
+    of residual_out's streams [T, H] (vLLM's draft models read it), else an empty [0, H].
+    """
+    w, eps = _norm_args(norm_weight, norm_eps)
+    residual_out, layer_input, next_pre, post, comb = _ops.mhc_shifted_post_pre(
+        x, residual, post_layer_mix, comb_res_mix, _carried_pre(pre_mix, residual), fn,
+        hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value,
+        sinkhorn_repeat, w, eps)
+    if capture_aux:
+        aux = residual_out.float().mean(1).to(torch.bfloat16)
+    else:
+        aux = residual_out.new_empty((0, residual_out.shape[-1]))
+    return residual_out, post, comb, layer_input, next_pre, aux
+
+
 _PATCHER = Patcher("vLLM 0.33", [
     Target(MODULE, "mhc_pre_tilelang", mhc_pre_tilelang),
     Target(MODULE, "mhc_post_tilelang", mhc_post_tilelang),
     Target(MODULE, "mhc_fused_post_pre_tilelang", mhc_fused_post_pre_tilelang),
     Target(MODULE, "mhc_pre_broadcast_tilelang", mhc_pre_broadcast_tilelang),
     Target(MODULE, "hc_head_fused_kernel_tilelang", hc_head_fused_kernel_tilelang),
+    Target(MODULE, "mhc_pre_delayed_tilelang", mhc_pre_delayed_tilelang),
+    Target(MODULE, "mhc_fused_post_pre_delayed_tilelang", mhc_fused_post_pre_delayed_tilelang),
 ], op_namespace="vllm")
 
 
 def install() -> list[str]:
-    """Replace vLLM's DeepSeek-V4 mHC functions (``vllm.model_executor.kernels.mhc.tilelang``,
-    every loaded module that imported them by name, and the kernels of the ``torch.ops.vllm``
-    operators vLLM registers them as) with these. Returns the names replaced; raises ImportError without vLLM and SignatureMismatch, replacing nothing, when an
-    installed function's signature differs from vLLM 0.33's."""
+    """Replace vLLM's DeepSeek-V4 and V4.1 mHC functions
+    (``vllm.model_executor.kernels.mhc.tilelang``, every loaded module that imported them by
+    name, and the kernels of the ``torch.ops.vllm`` operators vLLM registers them as) with
+    these. Returns the names replaced; raises ImportError without vLLM and SignatureMismatch,
+    replacing nothing, when an installed function's signature differs from vLLM 0.33's."""
     return _PATCHER.install()
 
 
