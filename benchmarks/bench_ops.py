@@ -26,6 +26,19 @@ written), with
   prenorm T·(8H + 100·S) + 384H        x [T, 4H] in, S splits of out [T, 24] + sqrsum, fn
 (n = 4; prenorm runs upstream's split count S for T, as a DeepGEMM caller would).
 
+DeepSeek-V4.1 (SPEC §2.9, `--model v4.1`: these four ops at H = 5120 unless --ops / --widths say
+otherwise; mhc_ops is called as torch.ops.mhc.<op>, every layer input RMS-normed):
+  stats             T·(8H + 96) + 384H       residual in, pre / post / comb out, fn
+  combine           T·(10H + 16)             residual + pre in, layer_input out
+  post_combine      T·(20H + 96)             post's bytes + pre in + layer_input out
+  shifted_post_pre  T·(20H + 192) + 384H     post_combine's bytes + next gates out, fn
+Peers for them, as their V4.1 model code runs on Hopper (see V41_PEER_FUNCTIONS): sglang
+(stats by T: hc_mix_stats_sinkhorn at T = 1, hc_mix_stats + hc_split_sinkhorn below 32,
+hc_mix_stats_sinkhorn_bf16x3 of split_bf16_hc_weight(fn) (split once per fn, as at weight load)
+from 32; combine = hc_combine_norm; post_combine = mhc_post, then hc_combine_norm; shifted =
+post_combine's calls, then stats of the new residual, in one graph) and vLLM (shifted only:
+mhc_fused_post_pre_delayed_tilelang with the carried pre and the norm).
+
   python benchmarks/bench_ops.py                      # all ops, T and H of SPEC §8
   python benchmarks/bench_ops.py --quick              # one point (T=64, H=7168), all ops
   python benchmarks/bench_ops.py --impls mhc_ops,eager --out r.json   # merge into r.json
@@ -33,6 +46,9 @@ written), with
       --out benchmarks/results/batch_invariant_h100.json            # MHC_BATCH_INVARIANT's cost
   source .peers/setup.sh /tmp/peers && python benchmarks/bench_ops.py \
       --impls mhc_ops,sglang,vllm --out benchmarks/results/peers_h100.json  # against the peers
+  source .peers/setup.sh /tmp/peers && python benchmarks/bench_ops.py --model v4.1 \
+      --impls mhc_ops,eager,sglang,vllm --out benchmarks/results/v41_h100.json  # SPEC §2.9 ops
+  python benchmarks/bench_ops.py --model v4.1 --dry-run   # what would run, byte floors (no GPU)
 Writes JSON rows {op, T, H, l2, impl, us, floor_us} and a PNG plot next to it.
 """
 
@@ -54,9 +70,25 @@ from mhc_ops import envs, plan, reference
 
 N_HC = 4
 OPS = ("mhc_pre", "mhc_post", "mhc_fused_post_pre", "hc_head", "hc_prenorm_gemm")
+# DeepSeek-V4.1's ops (SPEC §2.9), run with --model v4.1 at its hidden size.
+V41_OPS = ("mhc_stats", "mhc_combine", "mhc_post_combine", "mhc_shifted_post_pre")
+ALL_OPS = OPS + V41_OPS
 TOKENS = (1, 8, 32, 64, 512, 4096, 16384)
 WIDTHS = (4096, 7168)
+V41_WIDTHS = (5120,)
+MODELS = {"v4": (OPS, WIDTHS), "v4.1": (V41_OPS, V41_WIDTHS)}  # --model: default ops, widths
 MIN_SETS = 8
+NORM_EPS = 1e-6
+# Where the inputs live; the CPU tests set "cpu" to run the row assembly without a GPU.
+DEVICE = "cuda"
+# ops that take x / post_mix / comb_mix (a post half) and fn / hc_scale / hc_base (a pre half)
+_POST_HALF = ("mhc_post", "mhc_fused_post_pre", "mhc_post_combine", "mhc_shifted_post_pre")
+_PRE_HALF = ("mhc_pre", "mhc_fused_post_pre", "mhc_stats", "mhc_shifted_post_pre")
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,23 +98,28 @@ def make_set(op: str, T: int, H: int, g: torch.Generator) -> dict:
     K, m3 = N_HC * H, N_HC * (N_HC + 2)
 
     def rn(*s, std=1.0, dtype=torch.float32):
-        return (torch.randn(*s, generator=g, device="cuda") * std).to(dtype)
+        return (torch.randn(*s, generator=g, device=DEVICE) * std).to(dtype)
 
     if op == "hc_prenorm_gemm":
         return {"x": rn(T, K, dtype=torch.bfloat16), "fn": rn(m3, K, std=1 / math.sqrt(K))}
     a = {"residual": rn(T, N_HC, H, dtype=torch.bfloat16)}
-    if op in ("mhc_post", "mhc_fused_post_pre"):
+    if op in _POST_HALF:
         a["x"] = rn(T, H, dtype=torch.bfloat16)
         a["post_mix"] = 2 * torch.sigmoid(rn(T, N_HC, 1))
         a["comb_mix"] = reference.sinkhorn(rn(T, N_HC, N_HC), 1e-6, 20)
-    if op in ("mhc_pre", "mhc_fused_post_pre"):
+    if op in _PRE_HALF:
         a["fn"] = rn(m3, K, std=1 / math.sqrt(K))
-        a["hc_scale"] = 0.5 + torch.rand(3, generator=g, device="cuda")
+        a["hc_scale"] = 0.5 + torch.rand(3, generator=g, device=DEVICE)
         a["hc_base"] = rn(m3, std=0.5)
     if op == "hc_head":
         a["fn"] = rn(N_HC, K, std=1 / math.sqrt(K))
-        a["hc_scale"] = 0.5 + torch.rand(1, generator=g, device="cuda")
+        a["hc_scale"] = 0.5 + torch.rand(1, generator=g, device=DEVICE)
         a["hc_base"] = rn(N_HC, std=0.5)
+    if op in V41_OPS and op != "mhc_stats":
+        # the pre carried from the previous stats (sigmoid + eps, [T, n] as the peers take it)
+        # and the next sub-layer's RMSNorm weight
+        a["pre_mix"] = torch.sigmoid(rn(T, N_HC)) + 1e-6
+        a["norm_weight"] = (1.0 + rn(H, std=0.1)).to(torch.bfloat16)
     return a
 
 
@@ -99,6 +136,15 @@ def floor_bytes(op: str, T: int, H: int, sms: int) -> int:
         return T * (20 * H + 160) + 384 * H
     if op == "hc_head":
         return T * 10 * H + 64 * H
+    # SPEC §8, DeepSeek-V4.1 (n = 4): the norm weight is not counted (it stays in L2)
+    if op == "mhc_stats":
+        return T * (8 * H + 96) + 384 * H
+    if op == "mhc_combine":
+        return T * (10 * H + 16)
+    if op == "mhc_post_combine":
+        return T * (20 * H + 96)
+    if op == "mhc_shifted_post_pre":
+        return T * (20 * H + 192) + 384 * H
     S = plan.num_splits(T, N_HC * H, sms)
     return T * (8 * H + 100 * S) + 384 * H
 
@@ -131,20 +177,89 @@ PEER_FUNCTIONS = {
 }
 
 
-def peer_missing(impl: str) -> str | None:
-    """None when the peer's modules import; otherwise why not."""
+_SG_MHC = "sglang.kernels.ops.layernorm.mhc"
+_SG_HCN = "sglang.kernels.ops.layernorm.hc_combine_norm"
+_VL_MHC = "vllm.model_executor.kernels.mhc.tilelang"
+# DeepSeek-V4.1 (SPEC §2.9): the functions each peer's V4.1 model code calls for a step. sglang:
+# as srt/models/deepseek_v4_mhc.py calls them on Hopper (_mix_stats_impl, combine, post; the
+# compensated bf16x3 stats from T = 32 are its path with SGLANG_OPT_DEEPGEMM_HC_PRENORM on, as
+# the peer kit's README gives it); it has no fused boundary on Hopper (mhc_post_combine_norm_
+# prefill and mhc_post_split_h are gated to Blackwell or are newer than the 0.5.23 kernels), so
+# post_combine and shifted_post_pre are its calls in sequence, run in one graph. vLLM 0.33: its
+# fused delayed boundary (post, then stats and the norm-folded combine with the carried pre) is
+# shifted_post_pre; its mhc_pre_delayed is stats + combine in one call, which no op here is.
+V41_PEER_FUNCTIONS = {
+    "sglang": {
+        "mhc_stats": ((_SG_MHC, "hc_mix_stats_sinkhorn"), (_SG_MHC, "hc_mix_stats"),
+                      (_SG_MHC, "hc_split_sinkhorn"), (_SG_MHC, "split_bf16_hc_weight"),
+                      (_SG_MHC, "hc_mix_stats_sinkhorn_bf16x3")),
+        "mhc_combine": ((_SG_HCN, "hc_combine_norm"),),
+        "mhc_post_combine": ((_SG_MHC, "mhc_post"), (_SG_HCN, "hc_combine_norm")),
+    },
+    "vllm": {
+        "mhc_shifted_post_pre": ((_VL_MHC, "mhc_fused_post_pre_delayed_tilelang"),),
+    },
+}
+V41_PEER_FUNCTIONS["sglang"]["mhc_shifted_post_pre"] = tuple(dict.fromkeys(
+    V41_PEER_FUNCTIONS["sglang"]["mhc_post_combine"] + V41_PEER_FUNCTIONS["sglang"]["mhc_stats"]))
+# sglang's stats switch from the split reduce + Sinkhorn kernels to the fused bf16x3 projection
+# (its weight split once at load) at this T on Hopper; T = 1 takes the fused fp32 kernel
+SGLANG_BF16X3_MIN_TOKENS = 32
+
+
+def peer_where(impl: str, op: str) -> tuple[tuple[str, str], ...]:
+    """(module, function) of everything the peer calls for op; () when it has nothing."""
+    if op in V41_OPS:
+        return V41_PEER_FUNCTIONS.get(impl, {}).get(op, ())
+    where = PEER_FUNCTIONS[impl].get(op)
+    return (where,) if where else ()
+
+
+def peer_missing(impl: str, ops=OPS) -> str | None:
+    """None when the peer's modules import and define what ops (default: DeepSeek-V4's) call;
+    otherwise why not."""
     import importlib
 
-    for module in sorted({m for m, _ in PEER_FUNCTIONS[impl].values()}):
+    wheres = [w for op in ops for w in peer_where(impl, op)]
+    if not wheres:
+        return "it has no function for " + ", ".join(ops)
+    for module in sorted({m for m, _ in wheres}):
         try:
-            importlib.import_module(module)
+            mod = importlib.import_module(module)
         except Exception as e:  # noqa: BLE001 - any failure: the peer is not here
             return f"{module}: {type(e).__name__}: {e}"
+        for name in sorted({n for m, n in wheres if m == module}):
+            if not hasattr(mod, name):
+                return f"{module} has no {name} (another version?)"
     return None
 
 
-def peer_config(impl: str) -> str:
+def sglang_stats_calls(T: int) -> str:
+    """The stats call(s) of sglang's V4.1 model on Hopper for T tokens."""
+    if T <= 1:
+        return "hc_mix_stats_sinkhorn"
+    if T < SGLANG_BF16X3_MIN_TOKENS:
+        return "hc_mix_stats + hc_split_sinkhorn"
+    return "hc_mix_stats_sinkhorn_bf16x3"
+
+
+def peer_calls(op: str, impl: str, T: int) -> str | None:
+    """What the peer runs for op at T tokens, in words; None when it has no function."""
+    if op not in V41_OPS:
+        return ".".join(peer_where(impl, op)[0]) if peer_where(impl, op) else None
+    if not peer_where(impl, op):
+        return None
+    if impl == "vllm":
+        return "mhc_fused_post_pre_delayed_tilelang"
+    post_combine = "mhc_post + hc_combine_norm"
+    return {"mhc_stats": sglang_stats_calls(T), "mhc_combine": "hc_combine_norm",
+            "mhc_post_combine": post_combine,
+            "mhc_shifted_post_pre": f"{post_combine} + {sglang_stats_calls(T)}"}[op]
+
+
+def peer_config(impl: str, ops=OPS) -> str:
     """The production switches a peer runs with, as it reports them."""
+    v41 = any(op in V41_OPS for op in ops)
     if impl == "vllm":
         try:
             from vllm.utils.deep_gemm import is_deep_gemm_supported
@@ -153,6 +268,11 @@ def peer_config(impl: str) -> str:
                     else "TileLang prenorm GEMM (DeepGEMM not usable here)")
         except Exception as e:  # noqa: BLE001
             return f"unknown ({type(e).__name__})"
+    if v41:
+        return ("DeepSeek-V4.1 Hopper path: Triton stats (bf16x3 projection from T = "
+                f"{SGLANG_BF16X3_MIN_TOKENS}), TileLang split Sinkhorn and mhc_post, Triton "
+                "hc_combine_norm" + ("; TileLang mHC, Triton hc_head" if any(
+                    op in OPS for op in ops) else ""))
     return "TileLang mHC, Triton hc_head"
 
 
@@ -161,6 +281,8 @@ def peer_fn(op: str, impl: str, T: int, H: int, sms: int):
     the peer exposes none."""
     import importlib
 
+    if op in V41_OPS:
+        return peer_fn_v41(op, impl, T)
     where = PEER_FUNCTIONS[impl].get(op)
     if where is None:
         return None
@@ -185,6 +307,72 @@ def peer_fn(op: str, impl: str, T: int, H: int, sms: int):
     return prenorm
 
 
+def peer_fn_v41(op: str, impl: str, T: int):
+    """The peer's call(s) for a DeepSeek-V4.1 op, as its V4.1 model makes them (outputs in the
+    order of the mhc op); None when the peer has none."""
+    import importlib
+
+    where = peer_where(impl, op)
+    if not where:
+        return None
+    f = {name: getattr(importlib.import_module(module), name) for module, name in where}
+    rms_eps, hc_eps, _, _, iters = DSV4
+    if impl == "vllm":
+        fused = f["mhc_fused_post_pre_delayed_tilelang"]
+
+        def shifted(a):
+            r, post, comb, layer_input, pre, _ = fused(
+                a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["fn"], a["hc_scale"],
+                a["hc_base"], *DSV4, pre_mix=a["pre_mix"], norm_weight=a["norm_weight"],
+                norm_eps=NORM_EPS)
+            return r, layer_input, pre, post, comb
+        return shifted
+
+    if op in ("mhc_stats", "mhc_shifted_post_pre"):
+        if T <= 1:
+            def stats(r, a):
+                return f["hc_mix_stats_sinkhorn"](r.flatten(1), a["fn"], a["hc_scale"],
+                                                  a["hc_base"], N_HC, iters, rms_eps, hc_eps)
+        elif T < SGLANG_BF16X3_MIN_TOKENS:
+            def stats(r, a):
+                mixes = f["hc_mix_stats"](r.flatten(1), a["fn"], rms_eps).unsqueeze(1)
+                pre, post, comb = f["hc_split_sinkhorn"](mixes, a["hc_scale"], a["hc_base"],
+                                                         N_HC, iters, hc_eps)
+                return pre.squeeze(1), post.squeeze(1), comb.squeeze(1)
+        else:
+            # the model splits fn into three bf16 parts once, at weight load: here once per
+            # input set, on the first (untimed) call that sees its fn
+            parts = {}
+
+            def stats(r, a):
+                fn = a["fn"]
+                hit = parts.get(fn.data_ptr())
+                if hit is None or hit[0] is not fn:
+                    hit = parts[fn.data_ptr()] = (fn, f["split_bf16_hc_weight"](fn))
+                return f["hc_mix_stats_sinkhorn_bf16x3"](r.flatten(1), hit[1], a["hc_scale"],
+                                                         a["hc_base"], iters, rms_eps, hc_eps)
+        if op == "mhc_stats":
+            return lambda a: stats(a["residual"], a)
+
+    def combine(r, a):
+        return f["hc_combine_norm"](r.flatten(1), a["pre_mix"], a["norm_weight"], NORM_EPS)
+
+    if op == "mhc_combine":
+        return lambda a: combine(a["residual"], a)
+
+    def post_combine(a):
+        r = f["mhc_post"](a["x"], a["residual"], a["post_mix"], a["comb_mix"])
+        return r, combine(r, a)
+
+    if op == "mhc_post_combine":
+        return post_combine
+
+    def shifted(a):
+        r, layer_input = post_combine(a)
+        return (r, layer_input) + tuple(stats(r, a))
+    return shifted
+
+
 def op_fn(op: str, impl: str, T: int, H: int, sms: int):
     S = prenorm_splits(T, H, sms)
     if impl in PEERS:
@@ -200,9 +388,13 @@ def op_fn(op: str, impl: str, T: int, H: int, sms: int):
     if impl == "mhc_ops":
         if op == "hc_prenorm_gemm":
             return lambda a: mhc_ops.hc_prenorm_gemm(a["x"], a["fn"], S)
+        if op in V41_OPS:  # the registered op itself, whatever the Python wrapper does
+            return lambda a: getattr(torch.ops.mhc, op)(**a)
         return lambda a: getattr(mhc_ops, op)(**a)
     ref = getattr(reference, op)
-    if op == "hc_prenorm_gemm":
+    if op in V41_OPS:
+        f = ref  # every input set holds exactly the op's tensor arguments
+    elif op == "hc_prenorm_gemm":
         def f(x, fn):
             return ref(x, fn, S)
     elif op == "mhc_post":
@@ -228,7 +420,7 @@ def op_fn(op: str, impl: str, T: int, H: int, sms: int):
 def verify(op: str, a: dict, T: int, H: int, sms: int, impl: str = "mhc_ops") -> str | None:
     got = op_fn(op, impl, T, H, sms)(a)
     got = got if isinstance(got, (tuple, list)) else (got,)
-    rows = torch.unique(torch.tensor([0, T // 2, T - 1], device="cuda"))
+    rows = torch.unique(torch.tensor([0, T // 2, T - 1], device=DEVICE))
     if op == "hc_prenorm_gemm":
         want = reference.hc_prenorm_gemm(a["x"][rows], a["fn"], prenorm_splits(T, H, sms),
                                          dtype=torch.float64)
@@ -239,8 +431,12 @@ def verify(op: str, a: dict, T: int, H: int, sms: int, impl: str = "mhc_ops") ->
         want = getattr(reference, op)(**sub, dtype=torch.float64)
         want = want if isinstance(want, (tuple, list)) else (want,)
         got = tuple(o[rows] for o in got)
+    if len(got) != len(want):
+        return f"{len(got)} outputs, {len(want)} expected"
     for i, (o, w) in enumerate(zip(got, want)):
-        o, w = o.double(), w.double()
+        if o.numel() != w.numel():
+            return f"output {i} has shape {tuple(o.shape)}, {tuple(w.shape)} expected"
+        o, w = o.double().reshape(w.shape), w.double()  # a peer's post may be [T, n]
         if not torch.isfinite(o).all():
             return f"output {i} not finite"
         err = float(((o - w).abs() - 0.02 * w.abs()).max())
@@ -305,7 +501,7 @@ def copy_bandwidth_gbps() -> float:
 # ---------------------------------------------------------------------------------------------
 
 def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures, cold_starts):
-    g = torch.Generator(device="cuda").manual_seed(zlib.crc32(repr((op, T, H)).encode()))
+    g = torch.Generator(device=DEVICE).manual_seed(zlib.crc32(repr((op, T, H)).encode()))
     first = make_set(op, T, H, g)
     nsets = max(MIN_SETS, math.ceil(2.5 * l2_bytes / set_bytes(first)))
     for impl in ("mhc_ops", INVARIANT):
@@ -322,9 +518,10 @@ def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures, cold_starts):
         try:
             t0 = time.perf_counter()
             op_fn(op, impl, T, H, sms)(first)
-            torch.cuda.synchronize()
+            _sync()
             cold_starts.append({"op": op, "T": T, "H": H, "impl": impl,
-                                "first_call_s": round(time.perf_counter() - t0, 3)})
+                                "first_call_s": round(time.perf_counter() - t0, 3),
+                                "calls": peer_calls(op, impl, T)})
             msg = verify(op, first, T, H, sms, impl)
         except Exception as e:  # noqa: BLE001 - a peer's failure is a finding, not a crash
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -346,7 +543,7 @@ def run_point(op, T, H, impls, sms, l2_bytes, bw, rows, failures, cold_starts):
                 raise
             print(f"PEER NOT TIMED {op} T={T} H={H} {impl}: {type(e).__name__}: {e}", flush=True)
             timed.remove(impl)
-            torch.cuda.synchronize()
+            _sync()
             continue
         for l2 in ("warm", "cold"):
             rows.append({"op": op, "T": T, "H": H, "l2": l2, "impl": impl,
@@ -368,8 +565,8 @@ def table(rows: list[dict]) -> str:
              f"{'compile':>9s} {'speedup':>7s} {'eager':>9s} {'mhc warm':>9s}"
              + (f" {'invariant':>9s} {'x mhc':>7s}" if inv else "")
              + "".join(f" {p:>9s} {'x mhc':>7s}" for p in peers)]
-    for (op, H, T), v in sorted(key.items(), key=lambda kv: (OPS.index(kv[0][0]), kv[0][1],
-                                                              kv[0][2])):
+    for (op, H, T), v in sorted(key.items(), key=lambda kv: (ALL_OPS.index(kv[0][0]),
+                                                              kv[0][1], kv[0][2])):
         m, c, e = v.get(("mhc_ops", "cold")), v.get(("compile", "cold")), v.get(("eager", "cold"))
         i = v.get((INVARIANT, "cold"))
         f = v["floor"]
@@ -402,10 +599,13 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(WIDTHS), len(OPS), figsize=(4 * len(OPS), 3.6 * len(WIDTHS)),
+    # one panel per op and width that the rows hold (all of SPEC §8's for a full run)
+    ops = [op for op in ALL_OPS if any(r["op"] == op for r in rows)] or list(OPS)
+    widths = sorted({r["H"] for r in rows}) or list(WIDTHS)
+    fig, axes = plt.subplots(len(widths), len(ops), figsize=(4 * len(ops), 3.6 * len(widths)),
                              squeeze=False)
-    for i, H in enumerate(WIDTHS):
-        for j, op in enumerate(OPS):
+    for i, H in enumerate(widths):
+        for j, op in enumerate(ops):
             ax = axes[i][j]
             sel = [r for r in rows if r["op"] == op and r["H"] == H and r["l2"] == "cold"]
             for impl, style, color in (("mhc_ops", "o-", "C0"), ("compile", "s--", "C1"),
@@ -476,19 +676,87 @@ def apply_knobs(args: argparse.Namespace) -> str | None:
     return None
 
 
-def main() -> int:
+IMPLS = ("mhc_ops", "eager", "compile", INVARIANT) + PEERS
+
+
+def registered(op: str) -> bool:
+    """Whether the loaded mhc_ops library registers torch.ops.mhc.<op>."""
+    return hasattr(torch.ops.mhc, op)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with ops / tokens / widths / impls resolved into lists (--model picks the
+    default ops and widths; an op may be named without its mhc_ prefix)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one point: T=64, H=7168, all ops")
-    ap.add_argument("--ops", default=",".join(OPS))
+    ap.add_argument("--model", choices=tuple(MODELS), default="v4",
+                    help="v4: the ops of SPEC §2.1-2.5 at H = 4096, 7168; v4.1: the ops of "
+                    "SPEC §2.9 (stats, combine, post_combine, shifted_post_pre) at H = 5120")
+    ap.add_argument("--quick", action="store_true",
+                    help="one point: T=64 at the model's widest H, all its ops")
+    ap.add_argument("--ops", default=None, help="default: the model's")
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
-    ap.add_argument("--widths", default=",".join(map(str, WIDTHS)))
+    ap.add_argument("--widths", default=None, help="default: the model's")
     ap.add_argument("--impls", default="mhc_ops,eager,compile")
     ap.add_argument("--out", default=None, help="JSON file; rows of other impls are kept")
     ap.add_argument("--plot", default=None, help="PNG path (default: next to --out)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the points, their byte floors and each peer's calls; needs no "
+                    "GPU, runs and writes nothing")
     add_knob_args(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    model_ops, model_widths = MODELS[args.model]
+    ops = args.ops.split(",") if args.ops else list(model_ops)
+    ops = [op if op in ALL_OPS or "mhc_" + op not in ALL_OPS else "mhc_" + op for op in ops]
+    bad = [op for op in ops if op not in ALL_OPS]
+    if bad:
+        ap.error(f"unknown op(s) {','.join(bad)}; known: {','.join(ALL_OPS)}")
+    impls = args.impls.split(",")
+    bad = [i for i in impls if i not in IMPLS]
+    if bad:
+        ap.error(f"unknown impl(s) {','.join(bad)}; known: {','.join(IMPLS)}")
+    args.ops, args.impls = ops, impls
+    args.tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
+    args.widths = ([max(model_widths)] if args.quick else
+                   [int(h) for h in args.widths.split(",")] if args.widths else
+                   list(model_widths))
+    return args
+
+
+def dry_run(args: argparse.Namespace, sms: int = 132) -> str:
+    """The points a run of args would time: bytes moved once per point and what each
+    implementation calls there (prenorm's floor at `sms` SMs)."""
+    lines = [f"{len(args.ops)} op(s) x {len(args.widths)} width(s) x {len(args.tokens)} T, "
+             f"impls {','.join(args.impls)}"]
+    for impl in (i for i in args.impls if i in PEERS):
+        why = peer_missing(impl, args.ops)
+        lines.append(f"peer {impl}: " + (f"does not import ({why}); would be skipped" if why
+                                         else "imports"))
+    for op in args.ops:
+        for H in args.widths:
+            for T in args.tokens:
+                calls = []
+                for impl in args.impls:
+                    if impl in PEERS:
+                        c = peer_calls(op, impl, T)
+                    elif impl in ("mhc_ops", INVARIANT):
+                        c = (f"torch.ops.mhc.{op}" if op in V41_OPS else f"mhc_ops.{op}") + (
+                            " (MHC_BATCH_INVARIANT=1)" if impl == INVARIANT else "")
+                    else:
+                        c = f"{'torch.compile of ' if impl == 'compile' else ''}" \
+                            f"mhc_ops.reference.{op}"
+                    calls.append(f"{impl}: {c or '-'}")
+                lines.append(f"{op:20s} H={H:5d} T={T:6d} bytes={floor_bytes(op, T, H, sms):12d}"
+                             f"  " + "; ".join(calls))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.dry_run:
+        print(dry_run(args))
+        return 0
     results_file = args.out and os.path.basename(args.out) in ("h100.json", "h200.json")
-    if INVARIANT in args.impls.split(",") and results_file:
+    if INVARIANT in args.impls and results_file:
         print(f"bench_ops: {INVARIANT} rows do not belong in the SPEC §8 results file; write "
               "them to their own, e.g. --out benchmarks/results/batch_invariant_h100.json",
               file=sys.stderr)
@@ -500,17 +768,21 @@ def main() -> int:
     if knob_error:
         print(knob_error, file=sys.stderr)
         return 2
-    ops = args.ops.split(",")
-    tokens = [64] if args.quick else [int(t) for t in args.tokens.split(",")]
-    widths = [7168] if args.quick else [int(h) for h in args.widths.split(",")]
-    impls = args.impls.split(",")
+    ops, tokens, widths, impls = args.ops, args.tokens, args.widths, list(args.impls)
+    configs = {}
+    missing = [op for op in ops if op in V41_OPS and not registered(op)]
+    if missing and {"mhc_ops", INVARIANT} & set(impls):
+        print(f"bench_ops: this mhc_ops build registers no torch.ops.mhc.{missing[0]} (SPEC "
+              "§2.9); rebuild it, or leave mhc_ops out of --impls", file=sys.stderr)
+        return 2
     for impl in [i for i in impls if i in PEERS]:
-        why = peer_missing(impl)
+        why = peer_missing(impl, ops)
         if why:
             print(f"bench_ops: peer {impl} does not import ({why}); skipped", flush=True)
             impls.remove(impl)
         else:
-            print(f"bench_ops: peer {impl}: {peer_config(impl)}", flush=True)
+            configs[impl] = peer_config(impl, ops)
+            print(f"bench_ops: peer {impl}: {configs[impl]}", flush=True)
     torch._dynamo.config.cache_size_limit = 256
     if hasattr(torch._dynamo.config, "recompile_limit"):
         torch._dynamo.config.recompile_limit = 256
@@ -520,12 +792,14 @@ def main() -> int:
     print(f"{props.name}: {sms} SMs, L2 {l2 / 2**20:.0f} MiB, copy bandwidth {bw:.0f} GB/s, "
           f"torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
     rows, failures, cold_starts = [], [], []
-    old, old_cold, command = [], [], " ".join(["python"] + sys.argv)
+    argv = sys.argv if argv is None else sys.argv[:1] + list(argv)
+    old, old_cold, command = [], [], " ".join(["python"] + argv)
     if args.out and os.path.exists(args.out):
         with open(args.out) as f:
             prev = json.load(f)
         old = prev["rows"]
         old_cold = prev.get("first_call_s", [])
+        configs = {**prev.get("peers", {}), **configs}
         if prev.get("command") and prev["command"] != command:
             command = prev["command"] + " && " + command
 
@@ -535,6 +809,8 @@ def main() -> int:
                "copy_bandwidth_GBps": round(bw, 1), "command": command,
                "rows": [r for r in old if (r["op"], r["T"], r["H"], r["impl"]) not in keys]
                + rows}
+        if configs:
+            doc["peers"] = configs
         if cold_starts or old_cold:
             ckeys = {(c["op"], c["T"], c["H"], c["impl"]) for c in cold_starts}
             doc["first_call_s"] = [c for c in old_cold if (c["op"], c["T"], c["H"], c["impl"])

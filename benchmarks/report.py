@@ -1,6 +1,7 @@
 """Prints the table of a results JSON written by bench_ops.py (and redraws its plot):
 
   python benchmarks/report.py benchmarks/results/h100.json [--plot]
+  python benchmarks/report.py benchmarks/results/v41_h100.json --plot   # DeepSeek-V4.1 ops
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@
 #   invariant benchmarks/bench_ops.py, mhc_ops against mhc_ops_invariant (MHC_BATCH_INVARIANT=1),
 #             into benchmarks/results/batch_invariant_<gpu>.json (+ .png), copied to $OUT
 #   quick     benchmarks/bench_ops.py --quick (one point, mhc_ops and eager)
+#   v41       benchmarks/bench_ops.py --model v4.1: the DeepSeek-V4.1 ops of SPEC §2.9 at
+#             H = 5120 (mhc_ops, eager, and sglang / vLLM where they import: .peers/setup.sh is
+#             sourced when .peers exists and they do not import yet), into
+#             benchmarks/results/v41_<gpu>.json (+ .png), copied to $OUT
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -90,6 +94,17 @@ print('mhc_ops', mhc_ops.__version__, 'torch', torch.__version__, torch.cuda.get
       run invariant "$PY" benchmarks/bench_ops.py --impls mhc_ops,mhc_ops_invariant \
         --out "$inv"
       cp "$inv" "${inv%.json}.png" "$OUT/" 2>/dev/null
+      ;;
+    v41)
+      if [ -f .peers/setup.sh ] && ! "$PY" -c "import sglang.kernels.ops.layernorm.mhc, \
+vllm.model_executor.kernels.mhc.tilelang" >/dev/null 2>&1; then
+        # shellcheck disable=SC1091
+        source .peers/setup.sh "${PEERS_DIR:-/tmp/peers}"
+      fi
+      v41="benchmarks/results/v41_$tag.json"
+      run v41 "$PY" benchmarks/bench_ops.py --model v4.1 --impls mhc_ops,eager,sglang,vllm \
+        --out "$v41"
+      cp "$v41" "${v41%.json}.png" "$OUT/" 2>/dev/null
       ;;
     bench | compile | quick)
       impls="mhc_ops,eager"

@@ -385,3 +385,116 @@ def big_residual(device: str, seed: int) -> Tensor:
     for t in BIG_CHECKED:
         r[t] = randn(g, BIG_N, BIG_H, dtype=BF16).to(device)
     return r
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepSeek-V4.1 ops (SPEC §2.9): mhc_stats, mhc_combine, mhc_post_combine, mhc_shifted_post_pre.
+
+
+def v41_inputs(T: int, n: int, H: int, *, seed: int, norm: bool = False, device="cpu") -> dict:
+    """Every tensor argument of mhc_shifted_post_pre: x, residual, post_mix [T, n, 1] and
+    comb_mix as post_inputs draws them, pre_mix [T, n] the carried pre of an earlier stats call
+    (sigmoid + 1e-6: positive, in (0, 1)), then fn, hc_scale, hc_base (and norm_weight)."""
+    p = post_inputs(T, n, H, seed=seed, device=device)
+    g = gen(seed + 1)
+    pre = torch.sigmoid(randn(g, T, n)) + 1e-6
+    return {**p, "pre_mix": pre.to(device), **pre_params(g, n, H, norm=norm, device=device)}
+
+
+def check_stats_outputs(outs, residual: Tensor, p: dict, what: str = "mhc_stats", **kw) -> None:
+    """pre_mix [T, n], post_mix [T, n, 1], comb_mix [T, n, n] of mhc_stats(residual, **p, **kw)
+    within 1e-3 max abs of the float64 reference (SPEC §3)."""
+    a = {**PRE_DEFAULTS, **kw}
+    pre, post, comb = outs
+    T, n, H = residual.shape
+    ref = reference.mhc_stats(residual.cpu(), p["fn"].cpu(), p["hc_scale"].cpu(),
+                              p["hc_base"].cpu(), a["rms_eps"], a["hc_pre_eps"],
+                              a["hc_sinkhorn_eps"], a["hc_post_mult_value"], a["sinkhorn_repeat"],
+                              dtype=F64)
+    assert pre.shape == (T, n) and post.shape == (T, n, 1) and comb.shape == (T, n, n), \
+        (pre.shape, post.shape, comb.shape)
+    assert all(o.device == residual.device for o in outs)
+    for o, r, name in zip(outs, ref, ("pre_mix", "post_mix", "comb_mix")):
+        assert_gates_close(o, r, f"{what} {name}")
+
+
+def check_combine_output(layer_input: Tensor, residual: Tensor, pre_mix: Tensor,
+                         norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
+                         what: str = "mhc_combine") -> None:
+    """layer_input = bf16(Σ_i pre_mix[i]·residual[i]) (RMS-normed with norm_weight) against the
+    float64 reference with the SPEC §3 stream-sum bound (4 ulps with the norm). A float32
+    norm_weight is rounded to bf16 first, as the ops do (SPEC §2.8)."""
+    rc = residual.cpu()
+    T, n, H = rc.shape
+    pre = pre_mix.cpu().to(F64).reshape(T, n)
+    w = None if norm_weight is None else norm_weight.cpu().to(BF16)
+    ref = reference.mhc_combine(rc, pre, w, norm_eps, dtype=F64)
+    assert layer_input.shape == (T, H) and layer_input.dtype == BF16, \
+        (layer_input.shape, layer_input.dtype)
+    assert layer_input.device == residual.device
+    term = stream_sum_term(rc, pre)
+    if w is None:
+        assert_bf16_stream_sum(layer_input, ref, term, what=f"{what} layer_input")
+    else:
+        scale = norm_factor64(stream_sum64(rc, pre), w, norm_eps)
+        assert_bf16_stream_sum(layer_input, ref, term * scale, ulps=4, ulps_99=2,
+                               what=f"{what} layer_input (norm)")
+
+
+V41_OPS = ("mhc_stats", "mhc_combine", "mhc_post_combine", "mhc_shifted_post_pre")
+# Tensor arguments of each V4.1 op, in schema order (v41_call passes them by name).
+V41_ARGS = {
+    "mhc_stats": ("residual", "fn", "hc_scale", "hc_base"),
+    "mhc_combine": ("residual", "pre_mix", "norm_weight"),
+    "mhc_post_combine": ("x", "residual", "post_mix", "comb_mix", "pre_mix", "norm_weight"),
+    "mhc_shifted_post_pre": ("x", "residual", "post_mix", "comb_mix", "pre_mix", "fn",
+                             "hc_scale", "hc_base", "norm_weight"),
+}
+POST_KEYS = ("x", "residual", "post_mix", "comb_mix")
+V41_PER_TOKEN = POST_KEYS + ("pre_mix",)  # the arguments with a leading T
+GATE_KW = ("rms_eps", "hc_pre_eps", "hc_sinkhorn_eps", "hc_post_mult_value", "sinkhorn_repeat")
+
+
+def v41_call(op: str, a: dict, **kw):
+    """torch.ops.mhc.<op> on the tensors of a (a v41_inputs dict) that the op takes."""
+    return getattr(torch.ops.mhc, op)(**{k: a[k] for k in V41_ARGS[op]}, **kw)
+
+
+def outs_of(r) -> tuple:
+    return tuple(r) if isinstance(r, (tuple, list)) else (r,)
+
+
+def check_v41_outputs(op: str, outs, a: dict, **kw) -> None:
+    """Every output of v41_call(op, a, **kw) against SPEC §3, and the same-device bit identities
+    of SPEC §2.9: residual_out is mhc_post's bits, layer_input mhc_combine's of that
+    residual_out, shifted's first two outputs mhc_post_combine's; shifted's gates are
+    mhc_stats' of residual_out bit for bit on the CPU and under MHC_BATCH_INVARIANT."""
+    from mhc_ops import envs
+
+    gate_kw = {k: v for k, v in kw.items() if k in GATE_KW}
+    norm_eps = kw.get("norm_eps", 1e-6)
+    outs = outs_of(outs)
+    if op == "mhc_stats":
+        check_stats_outputs(outs, a["residual"], a, **gate_kw)
+        return
+    if op == "mhc_combine":
+        (li,) = outs
+        check_combine_output(li, a["residual"], a["pre_mix"], a["norm_weight"], norm_eps)
+        return
+    ops = torch.ops.mhc
+    r, li = outs[:2]
+    post = [a[k] for k in POST_KEYS]
+    check_post_output(r, dict(zip(POST_KEYS, post)), what=f"{op} residual_out")
+    check_combine_output(li, r, a["pre_mix"], a["norm_weight"], norm_eps, what=op)
+    assert torch.equal(r, ops.mhc_post(*post)), f"{op}: residual_out != mhc_post"
+    assert torch.equal(li, ops.mhc_combine(r, a["pre_mix"], a["norm_weight"], norm_eps)), \
+        f"{op}: layer_input != mhc_combine(residual_out)"
+    if op == "mhc_post_combine":
+        return
+    pc = ops.mhc_post_combine(*post, a["pre_mix"], a["norm_weight"], norm_eps)
+    assert torch.equal(r, pc[0]) and torch.equal(li, pc[1]), f"{op} != mhc_post_combine"
+    check_stats_outputs(outs[2:], r, a, what=f"{op} next", **gate_kw)
+    if r.device.type == "cpu" or envs.MHC_BATCH_INVARIANT.get():
+        want = ops.mhc_stats(r, a["fn"], a["hc_scale"], a["hc_base"], **gate_kw)
+        for g, w in zip(outs[2:], want):
+            assert torch.equal(g, w), f"{op}: next gates != mhc_stats(residual_out)"

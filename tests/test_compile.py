@@ -4,7 +4,8 @@ The model: embedding expanded to n = 4 streams -> mhc_pre -> stand-in sub-layer 
 -> fused post/pre -> stand-in sub-layer -> mhc_post -> hc_head. The sub-layer is
 linear_bf16_fp32 rounded to bf16, so every op in the graph is exact or opaque and the compiled
 model must reproduce eager bit for bit. T = 129 compiles with a symbolic T; T = 0 and T = 1
-are specialised by dynamo (0/1 specialisation) and recompile once each.
+are specialised by dynamo (0/1 specialisation) and recompile once each. TinyV41 builds the same
+kind of model from the DeepSeek-V4.1 ops (SPEC §2.9).
 """
 
 from __future__ import annotations
@@ -62,6 +63,45 @@ def test_compiled_model_matches_eager(device):
         ids = torch.randint(0, VOCAB, (T,), generator=g).to(device)
         want = model(ids)
         # T = 7 must reuse the symbolic-T graph compiled for 129: no recompile
+        with torch._dynamo.config.patch(error_on_recompile=(T == 7)):
+            got = compiled(ids)
+        assert got.shape == (T, H) and got.dtype == torch.bfloat16
+        assert torch.isfinite(got).all()
+        assert torch.equal(got, want), T
+
+
+class TinyV41(TinyMHC):
+    """The same model with DeepSeek-V4.1 hyper-connections (SPEC §2.9), through torch.ops.mhc:
+    stats -> lagged combine -> sub-layer -> shifted post/pre -> sub-layer -> post_combine ->
+    sub-layer -> post -> hc_head. The first combine carries the pre of the stats itself."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.mhc
+        x = torch.nn.functional.embedding(ids, self.embed)
+        residual = x.unsqueeze(1).expand(-1, N_HC, -1).contiguous()
+        p0, p1 = self._p(0), self._p(1)
+        gates0 = (p0["fn"], p0["hc_scale"], p0["hc_base"])
+        gates1 = (p1["fn"], p1["hc_scale"], p1["hc_base"])
+        pre, post, comb = ops.mhc_stats(residual, *gates0)
+        li = ops.mhc_combine(residual, pre, p0["norm_weight"])
+        y = self._sublayer(0, li)
+        residual, li, pre_next, post, comb = ops.mhc_shifted_post_pre(
+            y, residual, post, comb, pre, *gates1, norm_weight=p1["norm_weight"])
+        y = self._sublayer(1, li)
+        residual, li = ops.mhc_post_combine(y, residual, post, comb, pre_next.unsqueeze(-1))
+        y = self._sublayer(0, li)
+        residual = ops.mhc_post(y, residual, post, comb)
+        return mhc_ops.hc_head(residual, self.head_fn, self.head_hc_scale, self.head_hc_base)
+
+
+def test_compiled_v41_model_matches_eager(device):
+    torch._dynamo.reset()
+    model = TinyV41(seed=3).to(device)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    g = h.gen(4)
+    for T in (129, 1, 0, 7):
+        ids = torch.randint(0, VOCAB, (T,), generator=g).to(device)
+        want = model(ids)
         with torch._dynamo.config.patch(error_on_recompile=(T == 7)):
             got = compiled(ids)
         assert got.shape == (T, H) and got.dtype == torch.bfloat16

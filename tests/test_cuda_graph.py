@@ -2,7 +2,9 @@
 
 Every launcher takes the current stream, allocates only through torch's caching allocator and
 never synchronises with the host, so each op can be captured; replays must give the eager bits
-(the kernels are deterministic), also after the captured inputs are overwritten in place.
+(the kernels are deterministic), also after the captured inputs are overwritten in place. The
+DeepSeek-V4.1 ops (mhc_stats, mhc_combine, mhc_post_combine, mhc_shifted_post_pre) are called
+through torch.ops.mhc.
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ def _inputs(T: int, H: int, seed: int) -> dict:
         "hc_base": rn(m3, std=0.5),
         "norm_weight": (1 + 0.1 * rn(H)).bfloat16(),
         "lin_w": rn(256, H, std=1 / math.sqrt(H), dtype=torch.bfloat16),
+        "pre_mix": torch.sigmoid(rn(T, N_HC)) + 1e-6,  # a carried pre (DeepSeek-V4.1 ops)
     }
 
 
 def _all_ops(a: dict) -> list[torch.Tensor]:
-    """Every op once (pre with and without norm, fused, post, head, both prenorm forms, linear)."""
+    """Every op once (pre with and without norm, fused, post, head, both prenorm forms, linear,
+    and the DeepSeek-V4.1 ops: stats, combine with and without norm, post_combine, shifted)."""
     outs = []
     outs += mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
     outs += mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"],
@@ -62,6 +66,19 @@ def _all_ops(a: dict) -> list[torch.Tensor]:
     mhc_ops.tf32_hc_prenorm_gemm(x2, a["fn"], out, sq)
     outs += [out, sq]
     outs.append(mhc_ops.linear_bf16_fp32(a["x"], a["lin_w"]))
+    outs += _v41_ops(a)
+    return outs
+
+
+def _v41_ops(a: dict) -> list[torch.Tensor]:
+    ops = torch.ops.mhc
+    p = (a["fn"], a["hc_scale"], a["hc_base"])
+    post = (a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["pre_mix"])
+    outs = list(ops.mhc_stats(a["residual"], *p))
+    outs.append(ops.mhc_combine(a["residual"], a["pre_mix"]))
+    outs.append(ops.mhc_combine(a["residual"], a["pre_mix"], a["norm_weight"]))
+    outs += ops.mhc_post_combine(*post, a["norm_weight"])
+    outs += ops.mhc_shifted_post_pre(*post, *p, norm_weight=a["norm_weight"])
     return outs
 
 
@@ -110,6 +127,36 @@ def test_compile_reduce_overhead_matches_eager(T):
         return r, mhc_ops.hc_head(r, fn[:N_HC], hc_scale[:1], hc_base[:N_HC])
 
     a = {k: a[k] for k in ("residual", "fn", "hc_scale", "hc_base", "norm_weight")}
+    want = layer(**a)
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    for _ in range(3):  # warmup, record, replay
+        got = compiled(**a)
+    torch.cuda.synchronize()
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("T", [1, 64, 5000])
+def test_compile_reduce_overhead_v41_matches_eager(T):
+    # A DeepSeek-V4.1 boundary chain (stats, lagged combine, shifted post/pre, post_combine)
+    # under torch.compile's CUDA graphs: the eager bits.
+    torch._dynamo.reset()
+    H = 5120
+    a = _inputs(T, H, seed=17 * T)
+    w_sq = (torch.randn(H, H, device="cuda") / math.sqrt(H)).bfloat16()
+
+    def layer(residual, pre_mix, fn, hc_scale, hc_base, norm_weight):
+        ops = torch.ops.mhc
+        pre, post, comb = ops.mhc_stats(residual, fn, hc_scale, hc_base)
+        li = ops.mhc_combine(residual, pre_mix, norm_weight)
+        y = mhc_ops.linear_bf16_fp32(li, w_sq).to(torch.bfloat16)  # stand-in sub-layer
+        r, li, pre2, post, comb = ops.mhc_shifted_post_pre(y, residual, post, comb, pre, fn,
+                                                           hc_scale, hc_base,
+                                                           norm_weight=norm_weight)
+        y = mhc_ops.linear_bf16_fp32(li, w_sq).to(torch.bfloat16)
+        return ops.mhc_post_combine(y, r, post, comb, pre2, norm_weight)
+
+    a = {k: a[k] for k in ("residual", "pre_mix", "fn", "hc_scale", "hc_base", "norm_weight")}
     want = layer(**a)
     compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True, dynamic=False)
     for _ in range(3):  # warmup, record, replay
