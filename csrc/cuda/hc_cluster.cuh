@@ -95,9 +95,8 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   float4 fr[NT][2];
   int u = warp;
   if (u < units) load_fn(u, fr);
-  // Stage by stage, each unrolled with its own wait immediate: a wait chosen at run time (a
-  // switch, an indirect branch) left warps split at the block barrier (compute-sanitizer's
-  // synccheck).
+  // Stage by stage, each unrolled so that its cp.async wait takes an immediate count (no
+  // branch over the counts before the block barrier).
   for_each_index(std::make_integer_sequence<int, kClusterMaxStages>{}, [&](auto stage) {
     constexpr int s = decltype(stage)::value;
     if (s >= stages) return;
