@@ -2,7 +2,8 @@
 description of the planner (mhc_ops._C.launches_of) or, for a build that has none, against a
 recorded table (tests/data/launch_table.json): kernel, grid and block of every launch, for pre,
 fused (plain and with the folded norm), head, post and the prenorm GEMM at the representative
-token counts of every plan and a few more, at both DeepSeek-V4 widths and this GPU's SM count.
+token counts of every plan and a few more, at both DeepSeek-V4 widths and this GPU's SM count,
+and DeepSeek-V4.1's stats, combine, post + combine and shifted boundary at H = 5120.
 
   python tools/launch_check.py [--table tests/data/launch_table.json] [--out r.json]
 
@@ -25,7 +26,8 @@ import torch
 import mhc_ops
 from mhc_ops import plan
 
-KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0}
+KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0, "STATS": 6, "COMBINE": 7,
+         "POST_COMBINE": 8, "SHIFTED": 9}
 MODES = {"0": "PRE", "1": "FUSED", "2": "HEAD"}
 
 
@@ -59,6 +61,8 @@ def canonical(name: str) -> str | None:
         return "head_persist<%s>" % ",".join(v[:4])
     if fn == "mhc_post_kernel":
         return "post<%s,%s>" % (v[0], v[1])
+    if fn == "hc_combine_kernel":  # N, POST, NORM
+        return "combine<%s,%s,%s>" % (v[0], v[1], v[2])
     if fn == "prenorm_kernel":
         return "prenorm<%s,%s>" % (v[0], v[1])
     return None
@@ -110,7 +114,8 @@ def inputs(T, H, n, g):
     return dict(x=rn(T, H, dtype=torch.bfloat16), res=rn(T, n, H, dtype=torch.bfloat16),
                 post=2 * torch.sigmoid(rn(T, n, 1)), comb=torch.softmax(rn(T, n, n), -2),
                 fn=rn(m3, K, std=1 / math.sqrt(K)), scale=0.5 + torch.rand(3, device="cuda"),
-                base=rn(m3, std=0.5), w=rn(H, std=0.1, dtype=torch.bfloat16) + 1)
+                base=rn(m3, std=0.5), w=rn(H, std=0.1, dtype=torch.bfloat16) + 1,
+                pre=torch.sigmoid(rn(T, n)) + 1e-6)
 
 
 def main():
@@ -125,46 +130,61 @@ def main():
     sms = plan.device_num_sms("cuda")
     g = torch.Generator(device="cuda").manual_seed(0)
     n, rows, bad = 4, [], 0
-    ops = [("PRE", False), ("PRE", True), ("FUSED", False), ("FUSED", True), ("HEAD", False),
-           ("POST", False), ("PRENORM", False)]
-    for H in (4096, 7168):
-        for op, norm in ops:
-            kind = {"PRE": "MHC_PRE", "FUSED": "MHC_FUSED_POST_PRE", "HEAD": "HC_HEAD",
-                    "POST": "MHC_POST", "PRENORM": "PRENORM_GEMM"}[op]
-            reps = plan.token_count_representatives(kind, a.max_tokens, hidden_size=H,
-                                                    num_sms=sms, norm=norm,
-                                                    batch_invariant=False)
-            for T in sorted(set(reps) | {1, 7, 33, 300, 4097}):
-                d = inputs(T, H, n, g)
-                nw = d["w"] if norm else None
-                call = {
-                    "PRE": lambda: mhc_ops.mhc_pre(d["res"], d["fn"], d["scale"], d["base"],
-                                                   norm_weight=nw),
-                    "FUSED": lambda: mhc_ops.mhc_fused_post_pre(
-                        d["x"], d["res"], d["post"], d["comb"], d["fn"], d["scale"], d["base"],
-                        norm_weight=nw),
-                    "HEAD": lambda: mhc_ops.hc_head(d["res"], d["fn"][:n].contiguous(),
-                                                    d["scale"][:1], d["base"][:n]),
-                    "POST": lambda: mhc_ops.mhc_post(d["x"], d["res"], d["post"], d["comb"]),
-                    "PRENORM": lambda: mhc_ops.hc_prenorm_gemm(
-                        d["res"].view(T, n * H), d["fn"],
-                        plan.num_splits(T, n * H, sms)),
-                }[op]
-                got = traced(call)
-                persist = [x for x in got if x[0].startswith("head_persist")]
-                resident = persist[0][1] // 16 if persist else 1  # grid / cluster size (16)
-                if table is not None:
-                    want = expected_from_table(table, op, n, H, sms, norm, T, resident)
-                else:
-                    want = [(k, gx, gy, b) for k, gx, gy, b, _s, _c in mhc_ops._C.launches_of(
-                        KINDS[op], T, n, H, sms, norm, False, False, True, resident)]
-                ok = got == want
-                bad += not ok
-                rows.append({"op": op, "norm": norm, "H": H, "T": T, "ok": ok,
-                             "got": got, "want": want})
-                if not ok:
-                    print(f"MISMATCH {op} norm={norm} H={H} T={T}\n  got  {got}\n  want {want}")
-                del d
+    v4 = [("PRE", False), ("PRE", True), ("FUSED", False), ("FUSED", True), ("HEAD", False),
+          ("POST", False), ("PRENORM", False)]
+    # DeepSeek-V4.1's ops at its width (a recorded table has none of them)
+    v41 = [] if table is not None else [
+        ("STATS", False), ("COMBINE", False), ("COMBINE", True), ("POST_COMBINE", False),
+        ("POST_COMBINE", True), ("SHIFTED", False), ("SHIFTED", True)]
+    cases = [(H, op, norm) for H in (4096, 7168) for op, norm in v4]
+    cases += [(5120, op, norm) for op, norm in v41]
+    mhc = torch.ops.mhc
+    for H, op, norm in cases:
+        kind = {"PRE": "MHC_PRE", "FUSED": "MHC_FUSED_POST_PRE", "HEAD": "HC_HEAD",
+                "POST": "MHC_POST", "PRENORM": "PRENORM_GEMM", "STATS": "MHC_STATS",
+                "COMBINE": "MHC_COMBINE", "POST_COMBINE": "MHC_POST_COMBINE",
+                "SHIFTED": "MHC_SHIFTED_POST_PRE"}[op]
+        reps = plan.token_count_representatives(kind, a.max_tokens, hidden_size=H,
+                                                num_sms=sms, norm=norm,
+                                                batch_invariant=False)
+        for T in sorted(set(reps) | {1, 7, 33, 300, 4097}):
+            d = inputs(T, H, n, g)
+            nw = d["w"] if norm else None
+            call = {
+                "PRE": lambda: mhc_ops.mhc_pre(d["res"], d["fn"], d["scale"], d["base"],
+                                               norm_weight=nw),
+                "FUSED": lambda: mhc_ops.mhc_fused_post_pre(
+                    d["x"], d["res"], d["post"], d["comb"], d["fn"], d["scale"], d["base"],
+                    norm_weight=nw),
+                "HEAD": lambda: mhc_ops.hc_head(d["res"], d["fn"][:n].contiguous(),
+                                                d["scale"][:1], d["base"][:n]),
+                "POST": lambda: mhc_ops.mhc_post(d["x"], d["res"], d["post"], d["comb"]),
+                "PRENORM": lambda: mhc_ops.hc_prenorm_gemm(
+                    d["res"].view(T, n * H), d["fn"],
+                    plan.num_splits(T, n * H, sms)),
+                "STATS": lambda: mhc.mhc_stats(d["res"], d["fn"], d["scale"], d["base"]),
+                "COMBINE": lambda: mhc.mhc_combine(d["res"], d["pre"], nw),
+                "POST_COMBINE": lambda: mhc.mhc_post_combine(
+                    d["x"], d["res"], d["post"], d["comb"], d["pre"], nw),
+                "SHIFTED": lambda: mhc.mhc_shifted_post_pre(
+                    d["x"], d["res"], d["post"], d["comb"], d["pre"], d["fn"], d["scale"],
+                    d["base"], norm_weight=nw),
+            }[op]
+            got = traced(call)
+            persist = [x for x in got if x[0].startswith("head_persist")]
+            resident = persist[0][1] // 16 if persist else 1  # grid / cluster size (16)
+            if table is not None:
+                want = expected_from_table(table, op, n, H, sms, norm, T, resident)
+            else:
+                want = [(k, gx, gy, b) for k, gx, gy, b, _s, _c in mhc_ops._C.launches_of(
+                    KINDS[op], T, n, H, sms, norm, False, False, True, resident)]
+            ok = got == want
+            bad += not ok
+            rows.append({"op": op, "norm": norm, "H": H, "T": T, "ok": ok,
+                         "got": got, "want": want})
+            if not ok:
+                print(f"MISMATCH {op} norm={norm} H={H} T={T}\n  got  {got}\n  want {want}")
+            del d
     print(f"launch_check: {len(rows)} calls on {torch.cuda.get_device_name()} ({sms} SMs), "
           f"{bad} mismatches")
     if a.out:
