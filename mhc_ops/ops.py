@@ -43,6 +43,11 @@ def _flatten(t: Tensor, rank: int) -> tuple[Tensor, tuple[int, ...]]:
     return t.reshape(-1, *t.shape[t.dim() - rank + 1 :]), lead
 
 
+def _unflatten(t: Tensor, lead: tuple[int, ...]) -> Tensor:
+    """Give an output of the flattened call the caller's leading dims back."""
+    return t.reshape(*lead, *t.shape[1:])
+
+
 def _describe(t: Tensor) -> str:
     """'bfloat16 [2, 3, 64]', as the ops print a tensor (csrc/core/checks.h)."""
     return f"{str(t.dtype).removeprefix('torch.')} [{', '.join(map(str, t.shape))}]"
@@ -101,8 +106,7 @@ def mhc_pre(
         sinkhorn_repeat, norm_weight, norm_eps)
     if res is residual:
         return post, comb, layer_input
-    return (post.reshape(*lead, *post.shape[1:]), comb.reshape(*lead, *comb.shape[1:]),
-            layer_input.reshape(*lead, layer_input.shape[-1]))
+    return _unflatten(post, lead), _unflatten(comb, lead), _unflatten(layer_input, lead)
 
 
 def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor) -> Tensor:
@@ -122,7 +126,7 @@ def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor) ->
     out = _ops.mhc_post.default(_flatten_like(op, "x", x, lead, residual), res,
                                 _flatten_like(op, "post_mix", post_mix, lead, residual),
                                 _flatten_like(op, "comb_mix", comb_mix, lead, residual))
-    return out.reshape(*lead, *out.shape[1:])
+    return _unflatten(out, lead)
 
 
 def mhc_fused_post_pre(
@@ -160,12 +164,11 @@ def mhc_fused_post_pre(
         return _ops.mhc_fused_post_pre.default(x, residual, post_mix, comb_mix, fn, hc_scale,
                                                hc_base, *args)
     op = "mhc_fused_post_pre"
-    r, post, comb, layer_input = _ops.mhc_fused_post_pre.default(
+    out = _ops.mhc_fused_post_pre.default(
         _flatten_like(op, "x", x, lead, residual), res,
         _flatten_like(op, "post_mix", post_mix, lead, residual),
         _flatten_like(op, "comb_mix", comb_mix, lead, residual), fn, hc_scale, hc_base, *args)
-    return (r.reshape(*lead, *r.shape[1:]), post.reshape(*lead, *post.shape[1:]),
-            comb.reshape(*lead, *comb.shape[1:]), layer_input.reshape(*lead, layer_input.shape[-1]))
+    return tuple(_unflatten(t, lead) for t in out)
 
 
 def mhc_post_pre(
@@ -197,11 +200,6 @@ def mhc_post_pre(
         return mhc_fused_post_pre(x, residual, post_mix, comb_mix, *args)
     r = mhc_post(x, residual, post_mix, comb_mix)
     return (r, *mhc_pre(r, *args))
-
-
-def _unflatten(t: Tensor, lead: tuple[int, ...]) -> Tensor:
-    """Give an output of the flattened call the caller's leading dims back."""
-    return t.reshape(*lead, *t.shape[1:])
 
 
 def mhc_stats(
@@ -361,7 +359,7 @@ def hc_head(residual: Tensor, fn: Tensor, hc_scale: Tensor, hc_base: Tensor,
         return reference.hc_head(residual, fn, hc_scale, hc_base, rms_eps, hc_eps)
     res, lead = _flatten(residual, 3)
     out = _ops.hc_head.default(res, fn, hc_scale, hc_base, rms_eps, hc_eps)
-    return out if res is residual else out.reshape(*lead, out.shape[-1])
+    return out if res is residual else _unflatten(out, lead)
 
 
 def hc_prenorm_gemm(x: Tensor, fn: Tensor, num_splits: int = 1) -> tuple[Tensor, Tensor]:

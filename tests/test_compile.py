@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import helpers as h
@@ -54,22 +55,6 @@ class TinyMHC(torch.nn.Module):
         return mhc_ops.hc_head(residual, self.head_fn, self.head_hc_scale, self.head_hc_base)
 
 
-def test_compiled_model_matches_eager(device):
-    torch._dynamo.reset()
-    model = TinyMHC(seed=1).to(device)
-    compiled = torch.compile(model, fullgraph=True, dynamic=True)
-    g = h.gen(2)
-    for T in (129, 1, 0, 7):
-        ids = torch.randint(0, VOCAB, (T,), generator=g).to(device)
-        want = model(ids)
-        # T = 7 must reuse the symbolic-T graph compiled for 129: no recompile
-        with torch._dynamo.config.patch(error_on_recompile=(T == 7)):
-            got = compiled(ids)
-        assert got.shape == (T, H) and got.dtype == torch.bfloat16
-        assert torch.isfinite(got).all()
-        assert torch.equal(got, want), T
-
-
 class TinyV41(TinyMHC):
     """The same model with DeepSeek-V4.1 hyper-connections (SPEC §2.9), through torch.ops.mhc:
     stats -> lagged combine -> sub-layer -> shifted post/pre -> sub-layer -> post_combine ->
@@ -94,14 +79,17 @@ class TinyV41(TinyMHC):
         return mhc_ops.hc_head(residual, self.head_fn, self.head_hc_scale, self.head_hc_base)
 
 
-def test_compiled_v41_model_matches_eager(device):
+@pytest.mark.parametrize("model_cls, seed", [(TinyMHC, 1), (TinyV41, 3)],
+                         ids=["v4", "v4.1"])
+def test_compiled_model_matches_eager(device, model_cls, seed):
     torch._dynamo.reset()
-    model = TinyV41(seed=3).to(device)
+    model = model_cls(seed=seed).to(device)
     compiled = torch.compile(model, fullgraph=True, dynamic=True)
-    g = h.gen(4)
+    g = h.gen(seed + 1)
     for T in (129, 1, 0, 7):
         ids = torch.randint(0, VOCAB, (T,), generator=g).to(device)
         want = model(ids)
+        # T = 7 must reuse the symbolic-T graph compiled for 129: no recompile
         with torch._dynamo.config.patch(error_on_recompile=(T == 7)):
             got = compiled(ids)
         assert got.shape == (T, H) and got.dtype == torch.bfloat16

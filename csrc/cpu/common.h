@@ -1,9 +1,11 @@
 // Small helpers shared by the CPU kernels.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
+#include <vector>
 
 #include "core/math.h"
 #include "cpu/dot.h"
@@ -40,8 +42,39 @@ inline void token_group(int64_t g, int64_t T, int64_t (&tok)[kDotTokens]) {
 void post_one_token(int64_t n, const uint16_t* x, const uint16_t* r, const float* post,
                     const float* comb, int64_t H, uint16_t* out);
 
-// The gates of mhc_stats (SPEC §2.9; mhc_pre's steps 1-7) of T tokens of res [T, n, H] with fn
-// [n(n+2), nH] into pre [T, n], post [T, n], comb [T, n, n] (cpu/mhc_stats.cpp).
+// SPEC §2.1 steps 1-7 of T tokens of res [T, N, H] (bf16 bits) with fn [N(N+2), NH]: per group
+// of kDotTokens tokens one fixed-order dot pass (dot_rows), then pre_gates of each token, handed
+// to emit(t, row, pre, post, comb, y) with row the token's residual and y a scratch [H] of the
+// worker. Parallel over token groups; a token's gates never depend on T or its neighbours.
+template <int N, class Emit>
+void gate_tokens(const uint16_t* res, int64_t T, int64_t H, const float* fn, const float* base,
+                 const GateParams& p, Emit&& emit) {
+  const int64_t K = N * H;
+  constexpr int m3 = N * (N + 2);
+  const float inv_k = 1.0f / static_cast<float>(K);
+  const int64_t groups = (T + kDotTokens - 1) / kDotTokens;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> y(H);
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint16_t* rows[kDotTokens];
+      int64_t tok[kDotTokens];
+      token_group(g, T, tok);
+      for (int s = 0; s < kDotTokens; ++s) rows[s] = res + tok[s] * K;
+      float dots[kDotTokens * kMaxDotRows], sq[kDotTokens];
+      dot_rows(rows, K, fn, K, m3, dots, sq);
+      for (int s = 0; s < kDotTokens; ++s) {
+        const int64_t t = g * kDotTokens + s;
+        if (t >= T) break;
+        float pre[N], post[N], comb[N][N];
+        pre_gates<N>(dots + s * m3, sq[s], inv_k, base, p, pre, post, comb);
+        emit(t, rows[s], pre, post, comb, y.data());
+      }
+    }
+  });
+}
+
+// The gates of mhc_stats (SPEC §2.9) of T tokens of res [T, n, H] into pre [T, n],
+// post [T, n], comb [T, n, n] (cpu/mhc_stats.cpp).
 void stats_tokens(const uint16_t* res, int64_t T, int64_t n, int64_t H, const float* fn,
                   const float* base, const GateParams& p, float* pre, float* post, float* comb);
 

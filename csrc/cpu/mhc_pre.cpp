@@ -1,14 +1,12 @@
-// mhc_pre on the CPU (SPEC §2.1): per group of 4 tokens, one fixed-order dot pass against fn
-// (cpu/dot.cpp), then the gate epilogue and the weighted stream sum from core/math.h.
-// Parallel over token groups; a token's result never depends on T or its neighbours.
-#include <ATen/Parallel.h>
+// mhc_pre on the CPU (SPEC §2.1): the dot pass and the gates of each token (cpu::gate_tokens),
+// then the weighted stream sum (cpu::stream_sum). A token's result never depends on T or its
+// neighbours.
 #include <ATen/ops/empty.h>
 
 #include "core/math.h"
 #include "core/plan.h"
 #include "core/validate.h"
 #include "cpu/common.h"
-#include "cpu/dot.h"
 #include "ops.h"
 
 namespace mhc {
@@ -21,7 +19,7 @@ Pre3 mhc_pre_cpu(const Tensor& residual, const Tensor& fn, const Tensor& hc_scal
                                         {rms_eps, hc_pre_eps, hc_sinkhorn_eps,
                                          hc_post_mult_value, sinkhorn_repeat, norm_eps},
                                         norm_weight);
-  const int64_t T = d.T, n = d.n, H = d.H, K = d.K, m3 = n * (n + 2);
+  const int64_t T = d.T, n = d.n, H = d.H;
   Tensor post_mix = at::empty({T, n, 1}, residual.options().dtype(at::kFloat));
   Tensor comb_mix = at::empty({T, n, n}, residual.options().dtype(at::kFloat));
   Tensor layer_input = at::empty({T, H}, residual.options());
@@ -41,32 +39,17 @@ Pre3 mhc_pre_cpu(const Tensor& residual, const Tensor& fn, const Tensor& hc_scal
   float* post_p = post_mix.data_ptr<float>();
   float* comb_p = comb_mix.data_ptr<float>();
   uint16_t* out_p = cpu::bf16_bits(layer_input);
-  const float inv_k = 1.0f / static_cast<float>(K);
   const float norm_eps_f = static_cast<float>(norm_eps);
 
   MHC_DISPATCH_HC_MULT(n, N, [&] {
-    const int64_t groups = (T + cpu::kDotTokens - 1) / cpu::kDotTokens;
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<float> y(H);
-      for (int64_t g = g0; g < g1; ++g) {
-        const uint16_t* rows[cpu::kDotTokens];
-        int64_t tok[cpu::kDotTokens];
-        cpu::token_group(g, T, tok);
-        for (int s = 0; s < cpu::kDotTokens; ++s) rows[s] = res_p + tok[s] * K;
-        float dots[cpu::kDotTokens * cpu::kMaxDotRows], sq[cpu::kDotTokens];
-        cpu::dot_rows(rows, K, w_p, K, static_cast<int>(m3), dots, sq);
-        for (int s = 0; s < cpu::kDotTokens; ++s) {
-          const int64_t t = g * cpu::kDotTokens + s;
-          if (t >= T) break;
-          float pre[N], post[N], comb[N][N];
-          pre_gates<N>(dots + s * m3, sq[s], inv_k, base_p, p, pre, post, comb);
-          for (int i = 0; i < N; ++i) post_p[t * N + i] = post[i];
-          for (int j = 0; j < N; ++j)
-            for (int k = 0; k < N; ++k) comb_p[(t * N + j) * N + k] = comb[j][k];
-          cpu::stream_sum<N>(rows[s], H, pre, nw_p, norm_eps_f, y.data(), out_p + t * H);
-        }
-      }
-    });
+    cpu::gate_tokens<N>(res_p, T, H, w_p, base_p, p,
+                        [&](int64_t t, const uint16_t* row, const float (&pre)[N],
+                            const float (&post)[N], const float (&comb)[N][N], float* y) {
+                          for (int i = 0; i < N; ++i) post_p[t * N + i] = post[i];
+                          for (int j = 0; j < N; ++j)
+                            for (int k = 0; k < N; ++k) comb_p[(t * N + j) * N + k] = comb[j][k];
+                          cpu::stream_sum<N>(row, H, pre, nw_p, norm_eps_f, y, out_p + t * H);
+                        });
   });
   return {post_mix, comb_mix, layer_input};
 }

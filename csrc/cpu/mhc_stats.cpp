@@ -1,14 +1,11 @@
-// mhc_stats on the CPU (SPEC §2.9): mhc_pre's dot pass and gate epilogue (cpu/dot.cpp,
-// core/math.h) with pre kept and no stream sum. Parallel over groups of 4 tokens; a token's
-// result never depends on T or its neighbours.
-#include <ATen/Parallel.h>
+// mhc_stats on the CPU (SPEC §2.9): mhc_pre's dot pass and gates (cpu::gate_tokens) with pre
+// kept and no stream sum.
 #include <ATen/ops/empty.h>
 
 #include "core/math.h"
 #include "core/plan.h"
 #include "core/validate.h"
 #include "cpu/common.h"
-#include "cpu/dot.h"
 #include "ops.h"
 
 namespace mhc {
@@ -17,30 +14,15 @@ namespace cpu {
 void stats_tokens(const uint16_t* res, int64_t T, int64_t n, int64_t H, const float* fn,
                   const float* base, const GateParams& p, float* pre_p, float* post_p,
                   float* comb_p) {
-  const int64_t K = n * H, m3 = n * (n + 2);
-  const float inv_k = 1.0f / static_cast<float>(K);
   MHC_DISPATCH_HC_MULT(n, N, [&] {
-    const int64_t groups = (T + kDotTokens - 1) / kDotTokens;
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      for (int64_t g = g0; g < g1; ++g) {
-        const uint16_t* rows[kDotTokens];
-        int64_t tok[kDotTokens];
-        token_group(g, T, tok);
-        for (int s = 0; s < kDotTokens; ++s) rows[s] = res + tok[s] * K;
-        float dots[kDotTokens * kMaxDotRows], sq[kDotTokens];
-        dot_rows(rows, K, fn, K, static_cast<int>(m3), dots, sq);
-        for (int s = 0; s < kDotTokens; ++s) {
-          const int64_t t = g * kDotTokens + s;
-          if (t >= T) break;
-          float pre[N], post[N], comb[N][N];
-          pre_gates<N>(dots + s * m3, sq[s], inv_k, base, p, pre, post, comb);
-          for (int i = 0; i < N; ++i) pre_p[t * N + i] = pre[i];
-          for (int i = 0; i < N; ++i) post_p[t * N + i] = post[i];
-          for (int j = 0; j < N; ++j)
-            for (int k = 0; k < N; ++k) comb_p[(t * N + j) * N + k] = comb[j][k];
-        }
-      }
-    });
+    gate_tokens<N>(res, T, H, fn, base, p,
+                   [&](int64_t t, const uint16_t*, const float (&pre)[N], const float (&post)[N],
+                       const float (&comb)[N][N], float*) {
+                     for (int i = 0; i < N; ++i) pre_p[t * N + i] = pre[i];
+                     for (int i = 0; i < N; ++i) post_p[t * N + i] = post[i];
+                     for (int j = 0; j < N; ++j)
+                       for (int k = 0; k < N; ++k) comb_p[(t * N + j) * N + k] = comb[j][k];
+                   });
   });
 }
 }  // namespace cpu

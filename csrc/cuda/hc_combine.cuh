@@ -68,15 +68,7 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
     float total = 0.f;
     for (int w = 0; w < nth / 32; ++w) total += wsum[w];  // the same order in every thread
     const float rs = 1.0f / sqrtf(total / static_cast<float>(H) + p.norm_eps);
-    for (int v = tid; v < nv; v += nth) {  // this thread's own stores, read back
-      const uint4 zv = *reinterpret_cast<const uint4*>(out + 8 * v);
-      float z[8], wf[8], o[8];
-      unpack8(zv, z);
-      unpack8(ldg16(p.norm_w + 8 * v), wf);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = z[e] * rs * wf[e];
-      stg16_hint(out + 8 * v, pack8(o), pol);
-    }
+    for (int v = tid; v < nv; v += nth) norm_vec8(out, p.norm_w, rs, v);  // its own stores
   }
 }
 

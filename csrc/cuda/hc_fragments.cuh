@@ -329,21 +329,26 @@ __device__ __forceinline__ float stream_pass(const uint16_t* src, const float (&
   return ssq;
 }
 
-// Second pass of the folded RMSNorm: out = bf16(z · rs · w) over the vectors this thread wrote
-// (plain loads: the values were stored by this thread in this kernel).
+// The folded RMSNorm of one stored 8-column vector v of a row: out = bf16(z · rs · w) (a plain
+// load: this thread stored z in this kernel).
+__device__ __forceinline__ void norm_vec8(uint16_t* __restrict__ out,
+                                          const uint16_t* __restrict__ w, float rs, int v) {
+  const uint4 zv = *reinterpret_cast<const uint4*>(out + 8 * v);
+  float z[8], wf[8], o[8];
+  unpack8(zv, z);
+  unpack8(ldg16(w + 8 * v), wf);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) o[e] = z[e] * rs * wf[e];
+  stg16(out + 8 * v, pack8(o));
+}
+
+// Second pass of the folded RMSNorm over the vectors v0, v0 + STRIDE, ... < v1 of a row, which
+// this thread wrote.
 template <int HS, int STRIDE>
 __device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
                                           const uint16_t* __restrict__ w, float rs, int v0,
                                           int v1) {
-  const auto body = [&](int v) {
-    const uint4 zv = *reinterpret_cast<const uint4*>(out + 8 * v);
-    float z[8], wf[8], o[8];
-    unpack8(zv, z);
-    unpack8(ldg16(w + 8 * v), wf);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) o[e] = z[e] * rs * wf[e];
-    stg16(out + 8 * v, pack8(o));
-  };
+  const auto body = [&](int v) { norm_vec8(out, w, rs, v); };
   if constexpr (HS > 0) {
     constexpr int kIters = (HS / 8 + STRIDE - 1) / STRIDE;
 #pragma unroll 4
