@@ -15,8 +15,18 @@ VENV="$ROOT/.cuvenv"
 cd "$ROOT"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 if ! "$VENV/bin/python" -c "import torch, ninja, setuptools, numpy" 2>/dev/null; then
+  # The CUDA build of torch takes about 6 GB in the venv: say so before pip runs out of disk.
+  free_gb=$(( $(df -Pk "$ROOT" | awk 'NR == 2 {print $4}') / 1048576 ))
+  [ "$free_gb" -ge 8 ] || {
+    echo "[cuda-compile] FAILED: $free_gb GB free on $(df -P "$ROOT" | awk 'NR == 2 {print $6}');" \
+         "the CUDA build of torch in $VENV needs about 8 GB" >&2
+    exit 1
+  }
   echo "[cuda-compile] pip install ${MHC_CUDA_TORCH_SPEC:-torch==2.14.1} numpy ninja setuptools wheel" >&2
-  "$VENV/bin/pip" install -q "${MHC_CUDA_TORCH_SPEC:-torch==2.14.1}" numpy ninja setuptools wheel
+  # No cache: the wheels are on local disk, and a cached copy would double the space taken.
+  "$VENV/bin/pip" install -q --no-cache-dir "${MHC_CUDA_TORCH_SPEC:-torch==2.14.1}" numpy ninja \
+    setuptools wheel 2>&1 | { grep -v -E "^WARNING: Location '.*' is ignored" || true; }
+  "$VENV/bin/python" -c "import torch, ninja, setuptools, numpy"
 fi
 cu13="$("$VENV/bin/python" -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
 mkdir -p build/cuda-link

@@ -30,7 +30,7 @@ rm -rf "$PKG"
 mkdir -p "$PKG"
 log "fresh venv $VENV: pip install $TORCH_SPEC numpy setuptools>=77 ninja build"
 python3 -m venv --clear "$VENV"
-"$VPY" -m pip install -q "$TORCH_SPEC" numpy "setuptools>=77" ninja build 2>&1 | quiet
+"$VPY" -m pip install -q --no-cache-dir "$TORCH_SPEC" numpy "setuptools>=77" ninja build 2>&1 | quiet
 torch_before="$("$VPY" -c 'import torch; print(torch.__version__)')"
 
 # 1. The sdist. `python -m build` runs from $PKG: from the repository root, `-m build` would find
