@@ -69,6 +69,24 @@ def _flatten_like(op: str, name: str, t: Tensor, lead: tuple[int, ...],
     return t.reshape(-1, *t.shape[k:])
 
 
+def _flat_call(name: str, residual: Tensor, rest: tuple = (), x: Tensor | None = None,
+               **per_token: Tensor):
+    """torch.ops.mhc.<name>(x, residual, *per_token, *rest) (x where given) with the leading
+    dims of residual collapsed into one in residual, x and the per-token arguments
+    (_flatten_like names them in its error), and given back to the outputs."""
+    op = getattr(_ops, name).default
+    res, lead = _flatten(residual, 3)
+    head = () if x is None else (x,)
+    if res is residual:
+        return op(*head, residual, *per_token.values(), *rest)
+    if x is not None:
+        head = (_flatten_like(name, "x", x, lead, residual),)
+    out = op(*head, res, *(_flatten_like(name, k, v, lead, residual)
+                           for k, v in per_token.items()), *rest)
+    return _unflatten(out, lead) if isinstance(out, Tensor) else \
+        tuple(_unflatten(t, lead) for t in out)
+
+
 def mhc_pre(
     residual: Tensor,
     fn: Tensor,
@@ -100,13 +118,9 @@ def mhc_pre(
         return reference.mhc_pre(residual, fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
                                  hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat,
                                  norm_weight, norm_eps)
-    res, lead = _flatten(residual, 3)
-    post, comb, layer_input = _ops.mhc_pre.default(
-        res, fn, hc_scale, hc_base, rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value,
-        sinkhorn_repeat, norm_weight, norm_eps)
-    if res is residual:
-        return post, comb, layer_input
-    return _unflatten(post, lead), _unflatten(comb, lead), _unflatten(layer_input, lead)
+    return _flat_call("mhc_pre", residual, (fn, hc_scale, hc_base, rms_eps, hc_pre_eps,
+                                            hc_sinkhorn_eps, hc_post_mult_value,
+                                            sinkhorn_repeat, norm_weight, norm_eps))
 
 
 def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor) -> Tensor:
@@ -119,14 +133,7 @@ def mhc_post(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor) ->
     """
     if envs.MHC_DISABLE_KERNELS.get():
         return reference.mhc_post(x, residual, post_mix, comb_mix)
-    res, lead = _flatten(residual, 3)
-    if res is residual:
-        return _ops.mhc_post.default(x, residual, post_mix, comb_mix)
-    op = "mhc_post"
-    out = _ops.mhc_post.default(_flatten_like(op, "x", x, lead, residual), res,
-                                _flatten_like(op, "post_mix", post_mix, lead, residual),
-                                _flatten_like(op, "comb_mix", comb_mix, lead, residual))
-    return _unflatten(out, lead)
+    return _flat_call("mhc_post", residual, x=x, post_mix=post_mix, comb_mix=comb_mix)
 
 
 def mhc_fused_post_pre(
@@ -159,16 +166,8 @@ def mhc_fused_post_pre(
     if envs.MHC_DISABLE_KERNELS.get():
         return reference.mhc_fused_post_pre(x, residual, post_mix, comb_mix, fn, hc_scale,
                                             hc_base, *args)
-    res, lead = _flatten(residual, 3)
-    if res is residual:
-        return _ops.mhc_fused_post_pre.default(x, residual, post_mix, comb_mix, fn, hc_scale,
-                                               hc_base, *args)
-    op = "mhc_fused_post_pre"
-    out = _ops.mhc_fused_post_pre.default(
-        _flatten_like(op, "x", x, lead, residual), res,
-        _flatten_like(op, "post_mix", post_mix, lead, residual),
-        _flatten_like(op, "comb_mix", comb_mix, lead, residual), fn, hc_scale, hc_base, *args)
-    return tuple(_unflatten(t, lead) for t in out)
+    return _flat_call("mhc_fused_post_pre", residual, (fn, hc_scale, hc_base, *args), x=x,
+                      post_mix=post_mix, comb_mix=comb_mix)
 
 
 def mhc_post_pre(
@@ -225,11 +224,7 @@ def mhc_stats(
     args = (rms_eps, hc_pre_eps, hc_sinkhorn_eps, hc_post_mult_value, sinkhorn_repeat)
     if envs.MHC_DISABLE_KERNELS.get():
         return reference.mhc_stats(residual, fn, hc_scale, hc_base, *args)
-    res, lead = _flatten(residual, 3)
-    out = _ops.mhc_stats.default(res, fn, hc_scale, hc_base, *args)
-    if res is residual:
-        return out
-    return tuple(_unflatten(t, lead) for t in out)
+    return _flat_call("mhc_stats", residual, (fn, hc_scale, hc_base, *args))
 
 
 def mhc_combine(residual: Tensor, pre_mix: Tensor, norm_weight: Tensor | None = None,
@@ -244,11 +239,7 @@ def mhc_combine(residual: Tensor, pre_mix: Tensor, norm_weight: Tensor | None = 
     """
     if envs.MHC_DISABLE_KERNELS.get():
         return reference.mhc_combine(residual, pre_mix, norm_weight, norm_eps)
-    res, lead = _flatten(residual, 3)
-    if res is residual:
-        return _ops.mhc_combine.default(residual, pre_mix, norm_weight, norm_eps)
-    pre = _flatten_like("mhc_combine", "pre_mix", pre_mix, lead, residual)
-    return _unflatten(_ops.mhc_combine.default(res, pre, norm_weight, norm_eps), lead)
+    return _flat_call("mhc_combine", residual, (norm_weight, norm_eps), pre_mix=pre_mix)
 
 
 def mhc_post_combine(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Tensor,
@@ -266,17 +257,8 @@ def mhc_post_combine(x: Tensor, residual: Tensor, post_mix: Tensor, comb_mix: Te
     if envs.MHC_DISABLE_KERNELS.get():
         return reference.mhc_post_combine(x, residual, post_mix, comb_mix, pre_mix,
                                           norm_weight, norm_eps)
-    res, lead = _flatten(residual, 3)
-    if res is residual:
-        return _ops.mhc_post_combine.default(x, residual, post_mix, comb_mix, pre_mix,
-                                             norm_weight, norm_eps)
-    op = "mhc_post_combine"
-    out = _ops.mhc_post_combine.default(
-        _flatten_like(op, "x", x, lead, residual), res,
-        _flatten_like(op, "post_mix", post_mix, lead, residual),
-        _flatten_like(op, "comb_mix", comb_mix, lead, residual),
-        _flatten_like(op, "pre_mix", pre_mix, lead, residual), norm_weight, norm_eps)
-    return tuple(_unflatten(t, lead) for t in out)
+    return _flat_call("mhc_post_combine", residual, (norm_weight, norm_eps), x=x,
+                      post_mix=post_mix, comb_mix=comb_mix, pre_mix=pre_mix)
 
 
 def _shifted_post_pre_fused(
@@ -291,17 +273,8 @@ def _shifted_post_pre_fused(
             sinkhorn_repeat, norm_weight, norm_eps)
     if envs.MHC_DISABLE_KERNELS.get():
         return reference.mhc_shifted_post_pre(x, residual, post_mix, comb_mix, pre_mix, *args)
-    res, lead = _flatten(residual, 3)
-    if res is residual:
-        return _ops.mhc_shifted_post_pre.default(x, residual, post_mix, comb_mix, pre_mix,
-                                                 *args)
-    op = "mhc_shifted_post_pre"
-    out = _ops.mhc_shifted_post_pre.default(
-        _flatten_like(op, "x", x, lead, residual), res,
-        _flatten_like(op, "post_mix", post_mix, lead, residual),
-        _flatten_like(op, "comb_mix", comb_mix, lead, residual),
-        _flatten_like(op, "pre_mix", pre_mix, lead, residual), *args)
-    return tuple(_unflatten(t, lead) for t in out)
+    return _flat_call("mhc_shifted_post_pre", residual, args, x=x, post_mix=post_mix,
+                      comb_mix=comb_mix, pre_mix=pre_mix)
 
 
 def mhc_shifted_post_pre(
@@ -357,9 +330,7 @@ def hc_head(residual: Tensor, fn: Tensor, hc_scale: Tensor, hc_base: Tensor,
     """
     if envs.MHC_DISABLE_KERNELS.get():
         return reference.hc_head(residual, fn, hc_scale, hc_base, rms_eps, hc_eps)
-    res, lead = _flatten(residual, 3)
-    out = _ops.hc_head.default(res, fn, hc_scale, hc_base, rms_eps, hc_eps)
-    return out if res is residual else _unflatten(out, lead)
+    return _flat_call("hc_head", residual, (fn, hc_scale, hc_base, rms_eps, hc_eps))
 
 
 def hc_prenorm_gemm(x: Tensor, fn: Tensor, num_splits: int = 1) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mhc_ops import reference
 
@@ -498,3 +499,39 @@ def check_v41_outputs(op: str, outs, a: dict, **kw) -> None:
         want = ops.mhc_stats(r, a["fn"], a["hc_scale"], a["hc_base"], **gate_kw)
         for g, w in zip(outs[2:], want):
             assert torch.equal(g, w), f"{op}: next gates != mhc_stats(residual_out)"
+
+
+def assert_same(got, want):
+    """The same outputs (a tensor or a tuple of them): shapes, dtypes and bits."""
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype and torch.equal(g, w)
+
+
+class OpLog(TorchDispatchMode):
+    """The torch.ops.mhc ops that a call dispatches, in order (their names in .ops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "mhc":
+            self.ops.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def compiled_recording_mhc_ops(fn):
+    """torch.compile(fn, fullgraph=True) (dynamo reset first) with a backend that records, per
+    compiled graph, the set of mhc ops it calls ("mhc.<op>.default"): (compiled fn, the list)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"
+                       and str(n.target).startswith("mhc.")})
+        return gm.forward
+
+    torch._dynamo.reset()
+    return torch.compile(fn, backend=backend, fullgraph=True), graphs

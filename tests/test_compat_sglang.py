@@ -45,14 +45,6 @@ MHC = "sglang.kernels.ops.layernorm.mhc"
 HEAD = "sglang.kernels.ops.layernorm.mhc_head"
 
 
-def assert_same(got, want):
-    got = got if isinstance(got, tuple) else (got,)
-    want = want if isinstance(want, tuple) else (want,)
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype and torch.equal(g, w)
-
-
 @pytest.fixture(autouse=True)
 def no_flags(monkeypatch):
     for name in ("MHC_DISABLE_KERNELS", "MHC_FUSE_POST_PRE", "MHC_BATCH_INVARIANT"):
@@ -77,10 +69,10 @@ def test_mhc_pre_positional_call_with_split_arguments(T):
     got = sg.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4, 1, 32,
                      norm_weight=w, norm_eps=1e-6)
     want = mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4, w, 1e-6)
-    assert_same(got, want)
+    h.assert_same(got, want)
     assert got[0].shape == (T, N, 1) and got[1].shape == (T, N, N) and got[2].shape == (T, H)
     # the split arguments steer nothing here
-    assert_same(sg.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4, 7, 3,
+    h.assert_same(sg.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4, 7, 3,
                            norm_weight=w, norm_eps=1e-6), want)
 
 
@@ -88,7 +80,7 @@ def test_mhc_pre_keyword_call_and_the_stack_defaults():
     a = h.pre_inputs(5, N, H, seed=h.seed_of("sg_pre_kw"))
     got = sg.mhc_pre(residual=a["residual"], fn=a["fn"], hc_scale=a["hc_scale"],
                      hc_base=a["hc_base"], **EPS)  # norm_weight=None, norm_eps=None
-    assert_same(got, mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"]))
+    h.assert_same(got, mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"]))
     h.check_pre_outputs(got, a["residual"], a, what="sglang mhc_pre")
 
 
@@ -100,7 +92,7 @@ def test_mhc_pre_norm_eps_none_takes_rms_eps_and_fp32_weight_is_rounded_once():
                      norm_weight=w32, norm_eps=None)
     want = mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *eps.values(),
                            w32.bfloat16(), 1e-5)
-    assert_same(got, want)
+    h.assert_same(got, want)
     p = dict(a, norm_weight=w32.bfloat16())
     h.check_pre_outputs(got, a["residual"], p, what="sglang mhc_pre norm", rms_eps=1e-5,
                         norm_eps=1e-5)
@@ -112,7 +104,7 @@ def test_mhc_pre_leading_dims():
     post, comb, li = sg.mhc_pre(r, a["fn"], a["hc_scale"], a["hc_base"], *DSV4)
     assert post.shape == (2, 3, N, 1) and comb.shape == (2, 3, N, N) and li.shape == (2, 3, H)
     want = mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
-    assert_same((post.reshape(6, N, 1), comb.reshape(6, N, N), li.reshape(6, H)), want)
+    h.assert_same((post.reshape(6, N, 1), comb.reshape(6, N, N), li.reshape(6, H)), want)
 
 
 @pytest.mark.parametrize("post_2d", [False, True])
@@ -120,7 +112,7 @@ def test_mhc_pre_leading_dims():
 def test_mhc_post(T, post_2d):
     a = h.post_inputs(T, N, H, seed=h.seed_of("sg_post", T), post_2d=post_2d)
     got = sg.mhc_post(a["x"], a["residual"], a["post_mix"], a["comb_mix"])
-    assert_same(got, mhc_ops.mhc_post(**a))
+    h.assert_same(got, mhc_ops.mhc_post(**a))
     assert got.shape == (T, N, H)
 
 
@@ -137,12 +129,12 @@ def test_mhc_fused_post_pre_positional_call(T, fuse):
                                       *pre, *DSV4, a["norm_weight"], 1e-6)
     assert [t.shape for t in got] == [(T, N, H), (T, N, 1), (T, N, N), (T, H)]
     if fuse:
-        assert_same(got, want)
+        h.assert_same(got, want)
     else:
         # mhc_post then mhc_pre: the residual is bit-identical, the rest within SPEC §3
-        assert_same(got[0], want[0])
+        h.assert_same(got[0], want[0])
         r = got[0]
-        assert_same(got[1:], mhc_ops.mhc_pre(r, *pre, *DSV4, a["norm_weight"], 1e-6))
+        h.assert_same(got[1:], mhc_ops.mhc_pre(r, *pre, *DSV4, a["norm_weight"], 1e-6))
 
 
 def test_hc_pre_flat_residual():
@@ -154,7 +146,7 @@ def test_hc_pre_flat_residual():
     want = mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
     assert fused is False
     assert layer_input.shape == (s, H) and comb.shape == (s, N * N) and post.shape == (s, N)
-    assert_same((post.reshape(s, N, 1), comb.reshape(s, N, N), layer_input), want)
+    h.assert_same((post.reshape(s, N, 1), comb.reshape(s, N, N), layer_input), want)
 
 
 def test_hc_pre_norm_weights_and_keywords():
@@ -170,7 +162,7 @@ def test_hc_pre_norm_weights_and_keywords():
     want = mhc_ops.mhc_pre(a["residual"], a["fn"] * hc_norm, a["hc_scale"], a["hc_base"],
                            norm_weight=out_w.bfloat16(), norm_eps=1e-6)
     assert got[3] is True
-    assert_same((got[2].reshape(s, N, 1), got[1].reshape(s, N, N), got[0]), want)
+    h.assert_same((got[2].reshape(s, N, 1), got[1].reshape(s, N, N), got[0]), want)
 
 
 def test_hc_pre_empty_batch_is_sglangs():
@@ -190,7 +182,7 @@ def test_hc_post_flat_residual(s):
     got = sg.hc_post(a["x"], a["residual"].reshape(s, N * H), a["post_mix"].reshape(s, N),
                      a["comb_mix"].reshape(s, N * N), N)
     assert got.shape == (s, N * H) and got.dtype == torch.bfloat16
-    assert_same(got, mhc_ops.mhc_post(**a).reshape(s, N * H))
+    h.assert_same(got, mhc_ops.mhc_post(**a).reshape(s, N * H))
 
 
 @pytest.mark.parametrize("T", [0, 5])
@@ -199,8 +191,8 @@ def test_fused_hc_head_keywords_and_scalar_scale(T):
     want = mhc_ops.hc_head(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], 1e-6, 1e-6)
     got = sg.fused_hc_head(a["residual"], a["fn"], a["hc_scale"].reshape(()), a["hc_base"],
                            norm_eps=1e-6, hc_eps=1e-6)
-    assert_same(got, want)
-    assert_same(sg.fused_hc_head(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], 1e-6,
+    h.assert_same(got, want)
+    h.assert_same(sg.fused_hc_head(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], 1e-6,
                                  1e-6), want)
     if T:
         h.check_head_output(got, a, what="sglang fused_hc_head")
@@ -208,7 +200,7 @@ def test_fused_hc_head_keywords_and_scalar_scale(T):
 
 def test_linear_bf16_fp32():
     a = h.linear_inputs(3, 8, 64, seed=2)
-    assert_same(sg.linear_bf16_fp32(a["x"], a["weight"]), mhc_ops.linear_bf16_fp32(**a))
+    h.assert_same(sg.linear_bf16_fp32(a["x"], a["weight"]), mhc_ops.linear_bf16_fp32(**a))
 
 
 def test_token_count_representatives_are_mhc_ops_plans():
@@ -320,7 +312,7 @@ def test_install_replaces_every_lookup_and_uninstall_restores(monkeypatch, caplo
 
     # model code's call now runs mhc_ops
     a = h.pre_inputs(3, N, H, seed=h.seed_of("sg_installed"))
-    assert_same(m["model"].mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4,
+    h.assert_same(m["model"].mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4,
                                    1, 32, norm_weight=None, norm_eps=None),
                 mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"]))
 
@@ -424,7 +416,7 @@ def test_hc_mix_stats_sinkhorn_is_mhc_stats(T):
                                                20, 1e-6, 1e-6)
     want = mhc_ops.mhc_stats(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *V41_EPS)
     assert pre.shape == (T, N) and post.shape == (T, N) and comb.shape == (T, N, N)
-    assert_same((pre, post.reshape(T, N, 1), comb), want)
+    h.assert_same((pre, post.reshape(T, N, 1), comb), want)
 
 
 def test_hc_mix_stats_sinkhorn_hc_eps_and_a_float_residual():
@@ -435,7 +427,7 @@ def test_hc_mix_stats_sinkhorn_hc_eps_and_a_float_residual():
                                    1e-3)
     want = mhc_ops.mhc_stats(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], 1e-5, 1e-3,
                              1e-3, 2.0, 7)
-    assert_same((got[0], got[1].reshape(5, N, 1), got[2]), want)
+    h.assert_same((got[0], got[1].reshape(5, N, 1), got[2]), want)
     f32 = sg.hc_mix_stats_sinkhorn(x_flat.float(), a["fn"], a["hc_scale"], a["hc_base"], N, 7,
                                    1e-5, 1e-3)
     for g, w in zip(f32, got):
@@ -453,7 +445,7 @@ def test_split_bf16_hc_weight_and_the_bf16x3_stats():
     x = a["residual"].reshape(6, N * H)
     got = sg.hc_mix_stats_sinkhorn_bf16x3(x, parts, a["hc_scale"], a["hc_base"], 20, 1e-6,
                                           1e-6)
-    assert_same(got, sg.hc_mix_stats_sinkhorn(x, a["fn"], a["hc_scale"], a["hc_base"], N, 20,
+    h.assert_same(got, sg.hc_mix_stats_sinkhorn(x, a["fn"], a["hc_scale"], a["hc_base"], N, 20,
                                               1e-6, 1e-6))
 
 
@@ -484,7 +476,7 @@ def test_mhc_combine_is_mhc_ops_combine(T):
     pre = a["pre_mix"].t().contiguous().t()  # sglang reads pre through its strides
     got = sg.mhc_combine(x_flat, pre, N, torch.bfloat16)
     assert got.shape == (T, H) and got.dtype == torch.bfloat16
-    assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"]))
+    h.assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"]))
     f32 = sg.mhc_combine(x_flat, pre, N, torch.float32)  # the sum before its bf16 rounding
     assert f32.dtype == torch.float32
     want = (a["pre_mix"].double().unsqueeze(-1) * a["residual"].double()).sum(1)
@@ -499,7 +491,7 @@ def test_hc_combine_norm_is_mhc_ops_combine_with_the_norm(T):
     got = sg.hc_combine_norm(a["residual"].reshape(T, N * H), a["pre_mix"], a["norm_weight"],
                              1e-6)
     assert got.shape == (T, H) and got.dtype == torch.bfloat16
-    assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], a["norm_weight"], 1e-6))
+    h.assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], a["norm_weight"], 1e-6))
 
 
 @pytest.mark.parametrize("T", [0, 1, 9])
@@ -509,10 +501,10 @@ def test_mhc_post_combine_norm_prefill_is_mhc_post_combine(T):
         a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["pre_mix"], a["norm_weight"],
         1e-6)
     assert updated.shape == (T, N, H) and normalized.shape == (T, H)
-    assert_same((updated, normalized), mhc_ops.mhc_post_combine(
+    h.assert_same((updated, normalized), mhc_ops.mhc_post_combine(
         a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["pre_mix"], a["norm_weight"],
         1e-6))
-    assert_same(updated, mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"], a["comb_mix"]))
+    h.assert_same(updated, mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"], a["comb_mix"]))
 
 
 @pytest.mark.parametrize("fuse", [True, False])
@@ -528,12 +520,12 @@ def test_mhc_mega_boundary_is_mhc_shifted_post_pre(T, fuse):
     want = mhc_ops.mhc_shifted_post_pre(a["x"], a["residual"], a["post_mix"], a["comb_mix"],
                                         a["pre_mix"], a["fn"], a["hc_scale"], a["hc_base"],
                                         *V41_EPS, a["norm_weight"], 1e-6)
-    assert_same((updated, normalized), want[:2])  # bit-identical fused or not (SPEC §2.9)
+    h.assert_same((updated, normalized), want[:2])  # bit-identical fused or not (SPEC §2.9)
     got = (pre, post.reshape(T, N, 1), comb)
     if fuse:
-        assert_same(got, want[2:])
+        h.assert_same(got, want[2:])
     else:
-        assert_same(got, mhc_ops.mhc_stats(updated, a["fn"], a["hc_scale"], a["hc_base"]))
+        h.assert_same(got, mhc_ops.mhc_stats(updated, a["fn"], a["hc_scale"], a["hc_base"]))
 
 
 def build_v41_stack(monkeypatch, overrides=None):
@@ -572,7 +564,7 @@ def test_install_replaces_the_v41_functions_and_uninstall_restores(monkeypatch, 
     a = v41_inputs(3, seed=h.seed_of("sg41_installed"))
     got = model.hc_combine_norm(a["residual"].reshape(3, N * H), a["pre_mix"],
                                 a["norm_weight"], 1e-6)
-    assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], a["norm_weight"]))
+    h.assert_same(got, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], a["norm_weight"]))
 
     restored = sg.uninstall()
     assert set(restored) == set(names)

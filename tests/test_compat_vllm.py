@@ -38,14 +38,6 @@ RECORDED = {
 MODULE = "vllm.model_executor.kernels.mhc.tilelang"
 
 
-def assert_same(got, want):
-    got = got if isinstance(got, tuple) else (got,)
-    want = want if isinstance(want, tuple) else (want,)
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype and torch.equal(g, w)
-
-
 @pytest.fixture(autouse=True)
 def no_flags(monkeypatch):
     for name in ("MHC_DISABLE_KERNELS", "MHC_FUSE_POST_PRE", "MHC_BATCH_INVARIANT"):
@@ -68,14 +60,14 @@ def test_mhc_pre_twelve_positional_arguments(T):
     got = vl.mhc_pre_tilelang(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4, 1, w,
                               1e-6)
     want = mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4, w, 1e-6)
-    assert_same(got, want)
+    h.assert_same(got, want)
     assert got[0].shape == (T, N, 1) and got[1].shape == (T, N, N) and got[2].shape == (T, H)
 
 
 def test_mhc_pre_defaults_keywords_and_fp32_norm_weight():
     a = h.pre_inputs(6, N, H, seed=h.seed_of("vl_pre_kw"), norm=True)
     got = vl.mhc_pre_tilelang(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4)
-    assert_same(got, mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"]))
+    h.assert_same(got, mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"]))
     h.check_pre_outputs(got, a["residual"], dict(a, norm_weight=None), what="vllm mhc_pre")
     w32 = a["norm_weight"].float() + 1e-3
     got = vl.mhc_pre_tilelang(residual=a["residual"], fn=a["fn"], hc_scale=a["hc_scale"],
@@ -84,16 +76,16 @@ def test_mhc_pre_defaults_keywords_and_fp32_norm_weight():
                               norm_weight=w32)  # norm_eps: vLLM's default 1e-6
     want = mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"],
                            norm_weight=w32.bfloat16(), norm_eps=1e-6)
-    assert_same(got, want)
+    h.assert_same(got, want)
     # norm_eps=None is not vLLM's API, but it means its default rather than an error
-    assert_same(vl.mhc_pre_tilelang(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4,
+    h.assert_same(vl.mhc_pre_tilelang(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], *DSV4,
                                     norm_weight=w32, norm_eps=None), want)
 
 
 @pytest.mark.parametrize("T", [0, 3])
 def test_mhc_post(T):
     a = h.post_inputs(T, N, H, seed=h.seed_of("vl_post", T))
-    assert_same(vl.mhc_post_tilelang(a["x"], a["residual"], a["post_mix"], a["comb_mix"]),
+    h.assert_same(vl.mhc_post_tilelang(a["x"], a["residual"], a["post_mix"], a["comb_mix"]),
                 mhc_ops.mhc_post(**a))
 
 
@@ -110,10 +102,10 @@ def test_mhc_fused_post_pre_sixteen_positional_arguments(T, fuse):
                                       *DSV4, a["norm_weight"], 1e-6)
     assert [t.shape for t in got] == [(T, N, H), (T, N, 1), (T, N, N), (T, H)]
     if fuse:
-        assert_same(got, want)
+        h.assert_same(got, want)
     else:
-        assert_same(got[0], want[0])
-        assert_same(got[1:], mhc_ops.mhc_pre(got[0], *pre, *DSV4, a["norm_weight"], 1e-6))
+        h.assert_same(got[0], want[0])
+        h.assert_same(got[1:], mhc_ops.mhc_pre(got[0], *pre, *DSV4, a["norm_weight"], 1e-6))
 
 
 @pytest.mark.parametrize("T", [0, 5])
@@ -125,7 +117,7 @@ def test_mhc_pre_broadcast(T):
                                                       *DSV4, 1, a["norm_weight"], 1e-6, fn_b)
     streams = emb.unsqueeze(1).expand(T, N, H)
     assert r.shape == (T, N, H) and torch.equal(r, streams)
-    assert_same((post, comb, li), mhc_ops.mhc_pre(streams.contiguous(), a["fn"], a["hc_scale"],
+    h.assert_same((post, comb, li), mhc_ops.mhc_pre(streams.contiguous(), a["fn"], a["hc_scale"],
                                                   a["hc_base"], *DSV4, a["norm_weight"], 1e-6))
     with pytest.raises(ValueError, match="mhc_pre_broadcast_tilelang: norm_weight"):
         vl.mhc_pre_broadcast_tilelang(emb, a["fn"], a["hc_scale"], a["hc_base"], *DSV4)
@@ -135,10 +127,10 @@ def test_mhc_pre_broadcast(T):
 def test_hc_head_scalar_scale(T):
     a = h.head_inputs(T, N, H, seed=h.seed_of("vl_head", T))
     want = mhc_ops.hc_head(a["residual"], a["fn"], a["hc_scale"], a["hc_base"], 1e-6, 1e-6)
-    assert_same(vl.hc_head_fused_kernel_tilelang(a["residual"], a["fn"],
+    h.assert_same(vl.hc_head_fused_kernel_tilelang(a["residual"], a["fn"],
                                                  a["hc_scale"].reshape(()), a["hc_base"], 1e-6,
                                                  1e-6), want)
-    assert_same(vl.hc_head_fused_kernel_tilelang(hs_flat=a["residual"], fn=a["fn"],
+    h.assert_same(vl.hc_head_fused_kernel_tilelang(hs_flat=a["residual"], fn=a["fn"],
                                                  hc_scale=a["hc_scale"], hc_base=a["hc_base"],
                                                  rms_eps=1e-6, hc_eps=1e-6), want)
 
@@ -190,7 +182,7 @@ def test_register_installs_and_uninstall_restores(monkeypatch, caplog, clean_ins
     assert model.mhc_fused_post_pre_tilelang is vl.mhc_fused_post_pre_tilelang
 
     a = h.pre_inputs(3, N, H, seed=h.seed_of("vl_installed"))
-    assert_same(model.mhc_pre_tilelang(a["residual"], a["fn"], a["hc_scale"], a["hc_base"],
+    h.assert_same(model.mhc_pre_tilelang(a["residual"], a["fn"], a["hc_scale"], a["hc_base"],
                                        *DSV4, 1, None, 1e-6),
                 mhc_ops.mhc_pre(a["residual"], a["fn"], a["hc_scale"], a["hc_base"]))
 
@@ -269,9 +261,9 @@ def test_install_takes_over_the_torch_ops_registrations(monkeypatch, caplog, cle
     assert any(n.startswith("torch.ops.vllm_compat_ok.mhc_post_tilelang (") and "CPU" in n
                for n in names), names
     assert "torch.ops.vllm_compat_ok.mhc_pre_tilelang (" in caplog.text
-    assert_same(op(*args), mhc_ops.mhc_post(**a))
+    h.assert_same(op(*args), mhc_ops.mhc_post(**a))
     p = h.pre_inputs(2, N, H, seed=h.seed_of("vl_ops_pre"))
-    assert_same(tuple(torch.ops.vllm_compat_ok.mhc_pre_tilelang(
+    h.assert_same(tuple(torch.ops.vllm_compat_ok.mhc_pre_tilelang(
         p["residual"], p["fn"], p["hc_scale"], p["hc_base"], *DSV4)),
         mhc_ops.mhc_pre(p["residual"], p["fn"], p["hc_scale"], p["hc_base"]))
     assert any(n.startswith("torch.ops.vllm_compat_ok.mhc_post_tilelang (")
@@ -336,13 +328,13 @@ def test_mhc_pre_delayed_is_stats_then_combine(T):
     assert [t.shape for t in (post, comb, li, next_pre)] == [(T, N, 1), (T, N, N), (T, H),
                                                              (T, N)]
     pre_s, post_s, comb_s = mhc_ops.mhc_stats(*p)
-    assert_same((post, comb, next_pre), (post_s, comb_s, pre_s))
-    assert_same(li, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w))
+    h.assert_same((post, comb, next_pre), (post_s, comb_s, pre_s))
+    h.assert_same(li, mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w))
     # keywords, no norm (a float32 weight is rounded once, as vLLM does)
     got = vl.mhc_pre_delayed_tilelang(*p, *DSV4, pre_mix=a["pre_mix"])
-    assert_same(got[2], mhc_ops.mhc_combine(a["residual"], a["pre_mix"]))
+    h.assert_same(got[2], mhc_ops.mhc_combine(a["residual"], a["pre_mix"]))
     got = vl.mhc_pre_delayed_tilelang(*p, *DSV4, pre_mix=a["pre_mix"], norm_weight=w.float())
-    assert_same(got[2], li)
+    h.assert_same(got[2], li)
 
 
 def test_mhc_pre_delayed_at_model_entry_takes_stream_zero():
@@ -351,7 +343,7 @@ def test_mhc_pre_delayed_at_model_entry_takes_stream_zero():
     _, _, li, _ = vl.mhc_pre_delayed_tilelang(*p, *DSV4)
     assert torch.equal(li, a["residual"][:, 0])  # pre_mix=None, no norm: stream 0 itself
     _, _, li, _ = vl.mhc_pre_delayed_tilelang(*p, *DSV4, norm_weight=a["norm_weight"])
-    assert_same(li, mhc_ops.mhc_combine(a["residual"], stream0(a["residual"]),
+    h.assert_same(li, mhc_ops.mhc_combine(a["residual"], stream0(a["residual"]),
                                         a["norm_weight"]))
 
 
@@ -370,7 +362,7 @@ def test_mhc_pre_delayed_first_layer_projection_input():
     want = mhc_ops.mhc_stats(residual, fn_spread, a["hc_scale"], a["hc_base"])
     for g, w in zip((next_pre, post, comb), want):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
-    assert_same(li, mhc_ops.mhc_combine(residual, stream0(residual), a["norm_weight"]))
+    h.assert_same(li, mhc_ops.mhc_combine(residual, stream0(residual), a["norm_weight"]))
 
 
 @pytest.mark.parametrize("fuse", [True, False])
@@ -387,9 +379,9 @@ def test_mhc_fused_post_pre_delayed_is_the_shifted_boundary(T, fuse):
                                             *DSV4, w, 1e-6)
     assert [t.shape for t in got] == [(T, N, H), (T, N, 1), (T, N, N), (T, H), (T, N), (0, H)]
     residual_out, post, comb, li, next_pre, aux = got
-    assert_same((residual_out, li, next_pre, post, comb), want)
+    h.assert_same((residual_out, li, next_pre, post, comb), want)
     assert aux.dtype == torch.bfloat16
-    assert_same(residual_out, mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"],
+    h.assert_same(residual_out, mhc_ops.mhc_post(a["x"], a["residual"], a["post_mix"],
                                                a["comb_mix"]))
 
 
@@ -401,11 +393,11 @@ def test_mhc_fused_post_pre_delayed_aux_entry_and_2d_post():
     got = vl.mhc_fused_post_pre_delayed_tilelang(*args, capture_aux=True)  # pre_mix=None
     residual_out, _, _, li, _, aux = got
     assert aux.shape == (T, H) and aux.dtype == torch.bfloat16
-    assert_same(aux, residual_out.float().mean(1).bfloat16())  # the mean of the new streams
+    h.assert_same(aux, residual_out.float().mean(1).bfloat16())  # the mean of the new streams
     assert torch.equal(li, residual_out[:, 0])  # entry: stream 0 of the new residual, no norm
     full = vl.mhc_fused_post_pre_delayed_tilelang(*args, pre_mix=a["pre_mix"],
                                                   norm_weight=a["norm_weight"])
-    assert_same(full[3], mhc_ops.mhc_combine(full[0], a["pre_mix"], a["norm_weight"]))
+    h.assert_same(full[3], mhc_ops.mhc_combine(full[0], a["pre_mix"], a["norm_weight"]))
 
 
 def test_install_replaces_the_delayed_functions(monkeypatch, clean_install):
@@ -451,7 +443,7 @@ def test_install_takes_over_the_delayed_operator(monkeypatch, clean_install):
     a = v41_inputs(3, seed=h.seed_of("vl41_op"))
     p = (a["residual"], a["fn"], a["hc_scale"], a["hc_base"])
     got = torch.ops.vllm_compat_v41.mhc_pre_delayed_tilelang(*p, *DSV4, a["pre_mix"])
-    assert_same(tuple(got), vl.mhc_pre_delayed_tilelang(*p, *DSV4, a["pre_mix"]))
+    h.assert_same(tuple(got), vl.mhc_pre_delayed_tilelang(*p, *DSV4, a["pre_mix"]))
     vl.uninstall()
     assert torch.equal(torch.ops.vllm_compat_v41.mhc_pre_delayed_tilelang(*p, *DSV4)[0],
                        torch.zeros(1))

@@ -110,6 +110,18 @@ def test_graph_replay_is_eager(T, H):
         assert torch.equal(g, w), f"output {i} after new inputs differs from eager"
 
 
+def _assert_compiled_like_eager(layer, a):
+    """layer(**a) under torch.compile's CUDA graphs (warmup, record, replay) gives the eager
+    bits."""
+    want = layer(**a)
+    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    for _ in range(3):  # warmup, record, replay
+        got = compiled(**a)
+    torch.cuda.synchronize()
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 @pytest.mark.parametrize("T", [1, 64, 5000])
 def test_compile_reduce_overhead_matches_eager(T):
     torch._dynamo.reset()
@@ -127,13 +139,7 @@ def test_compile_reduce_overhead_matches_eager(T):
         return r, mhc_ops.hc_head(r, fn[:N_HC], hc_scale[:1], hc_base[:N_HC])
 
     a = {k: a[k] for k in ("residual", "fn", "hc_scale", "hc_base", "norm_weight")}
-    want = layer(**a)
-    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True, dynamic=False)
-    for _ in range(3):  # warmup, record, replay
-        got = compiled(**a)
-    torch.cuda.synchronize()
-    for g, w in zip(got, want):
-        assert torch.equal(g, w)
+    _assert_compiled_like_eager(layer, a)
 
 
 @pytest.mark.parametrize("T", [1, 64, 5000])
@@ -157,13 +163,7 @@ def test_compile_reduce_overhead_v41_matches_eager(T):
         return ops.mhc_post_combine(y, r, post, comb, pre2, norm_weight)
 
     a = {k: a[k] for k in ("residual", "pre_mix", "fn", "hc_scale", "hc_base", "norm_weight")}
-    want = layer(**a)
-    compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True, dynamic=False)
-    for _ in range(3):  # warmup, record, replay
-        got = compiled(**a)
-    torch.cuda.synchronize()
-    for g, w in zip(got, want):
-        assert torch.equal(g, w)
+    _assert_compiled_like_eager(layer, a)
 
 
 @pytest.mark.parametrize("T", [3, 5000])

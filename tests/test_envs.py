@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+import helpers as h
 import mhc_ops
 from mhc_ops import envs
 
@@ -122,17 +122,6 @@ def test_log_level_configures_the_package_logger(monkeypatch):
     assert envs.configure_logging().level == 30
 
 
-class _OpLog(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "mhc":
-            self.ops.append(func.__name__.split(".")[0])
-        return func(*args, **(kwargs or {}))
-
-
 def _post_pre_inputs(T=5, n=4, H=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     K = n * H
@@ -147,10 +136,10 @@ def _post_pre_inputs(T=5, n=4, H=64, seed=0):
 
 def test_fuse_flag_switches_the_path_and_both_agree():
     args = _post_pre_inputs()
-    with _OpLog() as log:
+    with h.OpLog() as log:
         fused = mhc_ops.mhc_post_pre(*args)
     assert log.ops == ["mhc_fused_post_pre"]
-    with envs.MHC_FUSE_POST_PRE.override(False), _OpLog() as log:
+    with envs.MHC_FUSE_POST_PRE.override(False), h.OpLog() as log:
         unfused = mhc_ops.mhc_post_pre(*args)
     assert log.ops == ["mhc_post", "mhc_pre"]
     assert torch.equal(fused[0], unfused[0])  # residual: bit-identical by contract
@@ -160,7 +149,7 @@ def test_fuse_flag_switches_the_path_and_both_agree():
 
 def test_disable_kernels_routes_to_the_reference():
     args = _post_pre_inputs()
-    with envs.MHC_DISABLE_KERNELS.override(True), _OpLog() as log:
+    with envs.MHC_DISABLE_KERNELS.override(True), h.OpLog() as log:
         out = mhc_ops.mhc_fused_post_pre(*args)
         head = mhc_ops.hc_head(args[1], args[4][:4], args[5][:1], args[6][:4])
     assert log.ops == []
@@ -174,15 +163,7 @@ def test_disable_kernels_routes_to_the_reference():
 def test_flag_flip_after_compile_never_half_applies():
     # Under torch.compile the flag value seen while tracing is part of the graph: a flip after
     # compiling must leave each compiled graph entirely on one path (fused, or post + pre).
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"
-                       and str(n.target).startswith("mhc.")})
-        return gm.forward
-
-    torch._dynamo.reset()
-    f = torch.compile(mhc_ops.mhc_post_pre, backend=backend, fullgraph=True)
+    f, graphs = h.compiled_recording_mhc_ops(mhc_ops.mhc_post_pre)
     args = _post_pre_inputs()
     first = f(*args)
     with envs.MHC_FUSE_POST_PRE.override(False):

@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import helpers as h
 import mhc_ops
@@ -50,30 +49,9 @@ def boundary_args(a):
             a["hc_scale"], a["hc_base"])
 
 
-def assert_same(got, want):
-    got = got if isinstance(got, tuple) else (got,)
-    want = want if isinstance(want, tuple) else (want,)
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype and torch.equal(g, w)
-
-
 def lead(t, dims=(2, 3)):
     """t [6, ...] as [2, 3, ...]."""
     return t.reshape(*dims, *t.shape[1:])
-
-
-class OpLog(TorchDispatchMode):
-    """The mhc ops that a call dispatches, in order."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "mhc":
-            self.ops.append(func.__name__.split(".")[0])
-        return func(*args, **(kwargs or {}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,20 +77,20 @@ def test_wrappers_are_the_ops(T):
     a = inputs(T, seed=h.seed_of("v41_ops", T), norm=True)
     w = a["norm_weight"]
     stats = mhc_ops.mhc_stats(*stats_args(a))
-    assert_same(stats, torch.ops.mhc.mhc_stats(*stats_args(a)))
+    h.assert_same(stats, torch.ops.mhc.mhc_stats(*stats_args(a)))
     assert [t.shape for t in stats] == [(T, N), (T, N, 1), (T, N, N)]
     assert all(t.dtype == torch.float32 for t in stats)
     li = mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w)
-    assert_same(li, torch.ops.mhc.mhc_combine(a["residual"], a["pre_mix"], w))
+    h.assert_same(li, torch.ops.mhc.mhc_combine(a["residual"], a["pre_mix"], w))
     assert li.shape == (T, H) and li.dtype == torch.bfloat16
     pc = mhc_ops.mhc_post_combine(a["x"], a["residual"], a["post_mix"], a["comb_mix"],
                                   a["pre_mix"], w)
     assert [t.shape for t in pc] == [(T, N, H), (T, H)]
-    assert_same(pc, torch.ops.mhc.mhc_post_combine(a["x"], a["residual"], a["post_mix"],
+    h.assert_same(pc, torch.ops.mhc.mhc_post_combine(a["x"], a["residual"], a["post_mix"],
                                                    a["comb_mix"], a["pre_mix"], w))
     sp = mhc_ops.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w)
     assert [t.shape for t in sp] == [(T, N, H), (T, H), (T, N), (T, N, 1), (T, N, N)]
-    assert_same(sp, torch.ops.mhc.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w))
+    h.assert_same(sp, torch.ops.mhc.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w))
 
 
 def test_wrappers_agree_with_the_reference():
@@ -138,18 +116,18 @@ def test_leading_dims_are_flattened_and_restored():
     flat = mhc_ops.mhc_stats(*stats_args(a))
     got = mhc_ops.mhc_stats(L["residual"], a["fn"], a["hc_scale"], a["hc_base"])
     assert [t.shape for t in got] == [(2, 3, N), (2, 3, N, 1), (2, 3, N, N)]
-    assert_same(got, tuple(lead(t) for t in flat))
+    h.assert_same(got, tuple(lead(t) for t in flat))
 
     got = mhc_ops.mhc_combine(L["residual"], L["pre_mix"], w)
     assert got.shape == (2, 3, H)
-    assert_same(got, lead(mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w)))
+    h.assert_same(got, lead(mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w)))
 
     got = mhc_ops.mhc_post_combine(L["x"], L["residual"], L["post_mix"], L["comb_mix"],
                                    L["pre_mix"], w)
     want = mhc_ops.mhc_post_combine(a["x"], a["residual"], a["post_mix"], a["comb_mix"],
                                     a["pre_mix"], w)
     assert [t.shape for t in got] == [(2, 3, N, H), (2, 3, H)]
-    assert_same(got, tuple(lead(t) for t in want))
+    h.assert_same(got, tuple(lead(t) for t in want))
 
     for fuse in (True, False):
         with envs.MHC_FUSE_POST_PRE.override(fuse):
@@ -159,24 +137,24 @@ def test_leading_dims_are_flattened_and_restored():
             want = mhc_ops.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w)
         assert [t.shape for t in got] == [(2, 3, N, H), (2, 3, H), (2, 3, N), (2, 3, N, 1),
                                           (2, 3, N, N)]
-        assert_same(got, tuple(lead(t) for t in want))
+        h.assert_same(got, tuple(lead(t) for t in want))
 
 
 def test_pre_mix_with_a_trailing_one_is_the_same_pre():
     a = inputs(6, seed=h.seed_of("v41_pre3"), norm=True)
     w, pre3 = a["norm_weight"], a["pre_mix"].unsqueeze(-1)  # [T, n, 1]
-    assert_same(mhc_ops.mhc_combine(a["residual"], pre3, w),
+    h.assert_same(mhc_ops.mhc_combine(a["residual"], pre3, w),
                 mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w))
     pc = (a["x"], a["residual"], a["post_mix"], a["comb_mix"])
-    assert_same(mhc_ops.mhc_post_combine(*pc, pre3, w),
+    h.assert_same(mhc_ops.mhc_post_combine(*pc, pre3, w),
                 mhc_ops.mhc_post_combine(*pc, a["pre_mix"], w))
     with_pre3 = dict(a, pre_mix=pre3)
     for fuse in (True, False):
         with envs.MHC_FUSE_POST_PRE.override(fuse):
-            assert_same(mhc_ops.mhc_shifted_post_pre(*boundary_args(with_pre3), norm_weight=w),
+            h.assert_same(mhc_ops.mhc_shifted_post_pre(*boundary_args(with_pre3), norm_weight=w),
                         mhc_ops.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w))
     # and with leading dims: [2, 3, n, 1]
-    assert_same(mhc_ops.mhc_combine(lead(a["residual"]), lead(pre3), w),
+    h.assert_same(mhc_ops.mhc_combine(lead(a["residual"]), lead(pre3), w),
                 lead(mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w)))
 
 
@@ -203,17 +181,17 @@ def test_leading_dims_of_pre_mix_must_be_residuals(op):
 def test_fuse_flag_switches_the_boundary_and_both_agree():
     a = inputs(5, seed=h.seed_of("v41_flag"), norm=True)
     w = a["norm_weight"]
-    with OpLog() as log:
+    with h.OpLog() as log:
         fused = mhc_ops.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w)
     assert log.ops == ["mhc_shifted_post_pre"]
-    with envs.MHC_FUSE_POST_PRE.override(False), OpLog() as log:
+    with envs.MHC_FUSE_POST_PRE.override(False), h.OpLog() as log:
         unfused = mhc_ops.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w)
     assert log.ops == ["mhc_post_combine", "mhc_stats"]
     # residual_out and layer_input: bit-identical by contract (SPEC §2.9); gates within §3
-    assert_same(fused[:2], unfused[:2])
+    h.assert_same(fused[:2], unfused[:2])
     for f, u in zip(fused[2:], unfused[2:]):
         torch.testing.assert_close(f, u, rtol=0, atol=1e-6)
-    with OpLog() as log:  # the override is gone: fused again
+    with h.OpLog() as log:  # the override is gone: fused again
         mhc_ops.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w)
     assert log.ops == ["mhc_shifted_post_pre"]
 
@@ -224,13 +202,13 @@ def test_fuse_flag_is_read_at_every_call(monkeypatch):
     for raw, want in (("0", ["mhc_post_combine", "mhc_stats"]), ("1", ["mhc_shifted_post_pre"]),
                       ("false", ["mhc_post_combine", "mhc_stats"])):
         monkeypatch.setenv("MHC_FUSE_POST_PRE", raw)
-        with OpLog() as log:
+        with h.OpLog() as log:
             mhc_ops.mhc_shifted_post_pre(*boundary_args(a))
         seen.append(log.ops)
         assert log.ops == want, raw
     # the V4 dispatcher follows the same flag at the same call
     monkeypatch.setenv("MHC_FUSE_POST_PRE", "0")
-    with OpLog() as log:
+    with h.OpLog() as log:
         mhc_ops.mhc_post_pre(a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["fn"],
                              a["hc_scale"], a["hc_base"])
     assert log.ops == ["mhc_post", "mhc_pre"]
@@ -250,7 +228,7 @@ def test_disable_kernels_routes_to_the_reference(fuse):
     w = a["norm_weight"]
     pc = (a["x"], a["residual"], a["post_mix"], a["comb_mix"], a["pre_mix"])
     with envs.MHC_DISABLE_KERNELS.override(True), envs.MHC_FUSE_POST_PRE.override(fuse), \
-            OpLog() as log:
+            h.OpLog() as log:
         got = (mhc_ops.mhc_stats(*stats_args(a)),
                mhc_ops.mhc_combine(a["residual"], a["pre_mix"], w),
                mhc_ops.mhc_post_combine(*pc, w),
@@ -260,23 +238,15 @@ def test_disable_kernels_routes_to_the_reference(fuse):
             reference.mhc_combine(a["residual"], a["pre_mix"], w),
             reference.mhc_post_combine(*pc, w))
     for g, r in zip(got[:3], want):
-        assert_same(g, r)
+        h.assert_same(g, r)
     ref = reference.mhc_shifted_post_pre(*boundary_args(a), norm_weight=w)
     # fused: the reference's fused form; unfused: its post_combine then its stats (the same)
-    assert_same(got[3], ref)
+    h.assert_same(got[3], ref)
 
 
 def test_flag_flip_after_compile_never_half_applies():
     # Under torch.compile the flag value seen while tracing is part of the graph (SPEC §5).
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"
-                       and str(n.target).startswith("mhc.")})
-        return gm.forward
-
-    torch._dynamo.reset()
-    f = torch.compile(mhc_ops.mhc_shifted_post_pre, backend=backend, fullgraph=True)
+    f, graphs = h.compiled_recording_mhc_ops(mhc_ops.mhc_shifted_post_pre)
     a = inputs(5, seed=h.seed_of("v41_compile"))
     first = f(*boundary_args(a))
     with envs.MHC_FUSE_POST_PRE.override(False):
@@ -289,7 +259,7 @@ def test_flag_flip_after_compile_never_half_applies():
     assert graphs[0] == fused_graph
     for x, y in zip(first, second):
         assert torch.equal(x, y)
-    assert_same(second[:2], eager[:2])
+    h.assert_same(second[:2], eager[:2])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +365,7 @@ def test_kernel_types_and_executors_of_the_v41_ops():
 def test_shifted_executor_runs_the_fused_op_whatever_the_flag():
     ex = warmup.WarmupExecutor.create("MHC_SHIFTED_POST_PRE", max_tokens=8, hidden_size=H,
                                       device="cpu")
-    with envs.MHC_FUSE_POST_PRE.override(False), OpLog() as log:
+    with envs.MHC_FUSE_POST_PRE.override(False), h.OpLog() as log:
         ex.execute(8)
     assert log.ops == ["mhc_shifted_post_pre"]
 

@@ -295,16 +295,24 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   }
 }
 
-// Runs the plan's kernels for hc_mult a.n (compile-time N) and the plan's hidden_spec.
-template <Mode MODE>
+// Runs the plan's kernels for hc_mult a.n (compile-time N) and the plan's hidden_spec. NORM_OK
+// false: mhc_stats' plans (no stream sum), whose kernels are also specialised for H = 5120.
+template <Mode MODE, bool NORM_OK = true>
 void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
             cudaStream_t stream) {
   MHC_DISPATCH_HC_MULT(a.n, N, [&] {
     if constexpr (N == 4) {
-      if (plan.hidden_spec == 4096) return run_hc_spec<4, MODE, 4096>(plan, a, fopts, device, stream);
-      if (plan.hidden_spec == 7168) return run_hc_spec<4, MODE, 7168>(plan, a, fopts, device, stream);
+      switch (plan.hidden_spec) {
+        case 4096: return run_hc_spec<4, MODE, 4096, NORM_OK>(plan, a, fopts, device, stream);
+        case 7168: return run_hc_spec<4, MODE, 7168, NORM_OK>(plan, a, fopts, device, stream);
+        case 5120:
+          if constexpr (!NORM_OK)
+            return run_hc_spec<4, MODE, 5120, false>(plan, a, fopts, device, stream);
+          break;
+        default: break;
+      }
     }
-    return run_hc_spec<N, MODE, 0>(plan, a, fopts, device, stream);
+    return run_hc_spec<N, MODE, 0, NORM_OK>(plan, a, fopts, device, stream);
   });
 }
 
@@ -315,17 +323,7 @@ inline void run_stats(const Plan& plan, const HcCall& a, const at::TensorOptions
   TORCH_INTERNAL_ASSERT(plan.kind == KernelType::MHC_STATS && !plan.norm && a.out == nullptr &&
                             a.pre_out != nullptr,
                         "mhc_stats: not a stats plan and call");
-  MHC_DISPATCH_HC_MULT(a.n, N, [&] {
-    if constexpr (N == 4) {
-      switch (plan.hidden_spec) {
-        case 4096: return run_hc_spec<4, Mode::PRE, 4096, false>(plan, a, fopts, device, stream);
-        case 5120: return run_hc_spec<4, Mode::PRE, 5120, false>(plan, a, fopts, device, stream);
-        case 7168: return run_hc_spec<4, Mode::PRE, 7168, false>(plan, a, fopts, device, stream);
-        default: break;
-      }
-    }
-    return run_hc_spec<N, Mode::PRE, 0, false>(plan, a, fopts, device, stream);
-  });
+  run_hc<Mode::PRE, false>(plan, a, fopts, device, stream);
 }
 
 }  // namespace mhc::cuda
