@@ -1,8 +1,8 @@
 """The kernels each CUDA call launches, with their grids, blocks, shared memory and cluster
 sizes, for every T in 1..16384, H in {4096, 5120, 7168} and 78 / 132 / 148 SMs (n = 4; and n = 1,
-2, 3, 8 at H = 4096, 132 SMs), against tests/data/launch_table.json, the table recorded from the
-build before the kernels moved into one file per role. A planner or launcher change that alters
-any launch fails here until the table is re-recorded on purpose.
+2, 3, 8 at H = 4096, 132 SMs), against tests/data/launch_table.json
+(tools/record_launch_table.py). A planner or launcher change that alters any launch fails here
+until the table is re-recorded on purpose.
 
 Runs on the CPU: launches_of is the host function the CUDA launchers execute.
 """
