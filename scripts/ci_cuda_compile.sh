@@ -45,6 +45,10 @@ PATH="$VENV/bin:$PATH" CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" CPATH="$cu13/in
   }
 so="$(ls build/cuda-lib/mhc_ops/_C*.so)"
 nm -DC "$so" | grep "mhc::mhc_pre_cuda" >/dev/null || { echo "[cuda-compile] no CUDA entry points in $so" >&2; exit 1; }
+# Every mhc:: symbol the library uses is defined in it: a kernel instance declared extern but
+# compiled nowhere (csrc/cuda/hc_fused_instances.h) would otherwise fail only at import.
+undef="$(nm -DC --undefined-only "$so" | grep "mhc::" || true)"
+[ -z "$undef" ] || { echo "[cuda-compile] undefined in $so:" >&2; echo "$undef" >&2; exit 1; }
 archs="$(sed -n "s/^CUDA_ARCH_LIST = '\(.*\)'$/\1/p" build/cuda-lib/mhc_ops/_build_info.py)"
 # Every architecture must have been compiled: torch's ninja file holds the -gencode flags, and
 # cuobjdump, where the toolkit has it, lists what the library carries.

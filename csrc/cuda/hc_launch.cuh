@@ -316,14 +316,4 @@ void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, i
   });
 }
 
-// Runs a plan of mhc_stats (kind MHC_STATS, or the stats part of a shifted boundary): the pre
-// engine's kernels with a.out null, which write pre, post and comb and no stream sum.
-inline void run_stats(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts,
-                      int device, cudaStream_t stream) {
-  TORCH_INTERNAL_ASSERT(plan.kind == KernelType::MHC_STATS && !plan.norm && a.out == nullptr &&
-                            a.pre_out != nullptr,
-                        "mhc_stats: not a stats plan and call");
-  run_hc<Mode::PRE, false>(plan, a, fopts, device, stream);
-}
-
 }  // namespace mhc::cuda

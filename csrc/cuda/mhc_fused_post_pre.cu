@@ -7,7 +7,7 @@
 #include "core/flags.h"
 #include "core/plan.h"
 #include "core/validate.h"
-#include "cuda/hc_launch.cuh"
+#include "cuda/hc_fused_instances.h"
 #include "ops.h"
 
 namespace mhc {

@@ -85,8 +85,11 @@ void run_stats_plan(const Plan& plan, const Tensor& residual, const Tensor& fn,
   call.sinkhorn_eps = static_cast<float>(a.hc_sinkhorn_eps);
   call.post_mult = static_cast<float>(a.hc_post_mult_value);
   call.repeat = a.sinkhorn_repeat;
-  run_stats(plan, call, residual.options().dtype(at::kFloat), dev,
-            at::cuda::getCurrentCUDAStream());
+  // The pre engine's kernels with call.out null: they write pre, post and comb, no stream sum.
+  TORCH_INTERNAL_ASSERT(plan.kind == KernelType::MHC_STATS && !plan.norm,
+                        "mhc_stats: not a stats plan");
+  run_hc<Mode::PRE, false>(plan, call, residual.options().dtype(at::kFloat), dev,
+                           at::cuda::getCurrentCUDAStream());
 }
 }  // namespace cuda
 
