@@ -13,6 +13,7 @@ import torch
 import cuda_helpers as ch
 import helpers as h
 import mhc_ops
+from mhc_ops import plan
 
 # (T, n, H): why the case is here.
 CASES = [
@@ -163,6 +164,30 @@ def test_token_index_past_2_31(device):
 @pytest.mark.parametrize("T", [1, 8, 64, 4096, 16384])
 def test_post_sizes(T, H):
     ch.check_post(T, H, seed=h.seed_of("post", T, H))
+
+@ch.cuda_test
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 5120])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8])
+def test_post_row_plan(n, H):
+    # From T = 4096 the plan at n <= 4 is a CTA per token walking H in 2048-column steps: odd T,
+    # one partial step (H = 520) and a partial last step (5120); n = 8 keeps H / 1024 CTAs per
+    # token. Misaligned views (2-byte loads) give the same bits.
+    T = 4099
+    kw = dict(hc_mult=n, hidden_size=H, num_sms=plan.device_num_sms("cuda"),
+              batch_invariant=False)
+    assert plan.plan_of(plan.KernelType.MHC_POST, T, **kw).block_tokens == (1 if n <= 4 else 0)
+    g = ch.gen(h.seed_of("post-row", n, H))
+    x = ch.randn(g, T, H, dtype=torch.bfloat16)
+    res = ch.randn(g, T, n, H, dtype=torch.bfloat16)
+    post, comb = ch.post_gates(g, T, n)
+    out = mhc_ops.mhc_post(x, res, post, comb)
+    assert torch.isfinite(out).all(), "unwritten or non-finite output"
+    idx = ch.rows(T)
+    h.check_post_output(out[idx], {"x": x[idx], "residual": res[idx], "post_mix": post[idx],
+                                   "comb_mix": comb[idx]})
+    odd = mhc_ops.mhc_post(h.odd_view(x, "offset"), h.odd_view(res, "offset"), post, comb)
+    assert torch.equal(odd, out)
 
 @ch.cuda_test
 def test_post_scalar_fallback_is_bit_identical():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mhc_ops import plan
+from mhc_ops import _C, plan
 from mhc_ops.plan import KernelType
 
 SM_COUNTS = (78, 132, 148)
@@ -291,3 +291,27 @@ def test_split_streams_only_for_fused_decode():
     assert not plan.plan_of(fused, 8, **{**kw, "num_sms": 0}).split_streams  # CPU
     for kind in (KernelType.MHC_PRE, KernelType.HC_HEAD, KernelType.MHC_POST):
         assert not plan.plan_of(kind, 8, **kw).split_streams
+
+
+POST_ROW_TOKENS = 4096  # csrc/core/plan.cpp, docs/performance.md "mhc_post load and store schemes"
+
+
+def test_post_takes_a_cta_per_token_from_its_token_count():
+    kw = dict(hidden_size=7168, num_sms=132, clusters=False)
+    for bi in (False, True):  # the same element arithmetic either way
+        assert plan.plan_of(KernelType.MHC_POST, POST_ROW_TOKENS - 1, batch_invariant=bi,
+                            **kw).block_tokens == 0
+        for t in (POST_ROW_TOKENS, 16384):
+            assert plan.plan_of(KernelType.MHC_POST, t, batch_invariant=bi,
+                                **kw).block_tokens == 1
+    for n in (5, 8):  # measured at n = 4 only
+        assert plan.plan_of(KernelType.MHC_POST, 16384, hc_mult=n, batch_invariant=False,
+                            **kw).block_tokens == 0
+    assert plan.plan_of(KernelType.MHC_POST, 16384, batch_invariant=False,
+                        **{**kw, "num_sms": 0}).variant == "cpu"
+    # a CTA of 256 threads per token, against H / 1024 CTAs of 128 per token
+    def launches(t):
+        return [tuple(x[:4]) for x in _C.launches_of(int(KernelType.MHC_POST), t, 4, 7168, 132,
+                                                     False, False, False, False, 0)]
+    assert launches(5000) == [("post_row<4,1>", 5000, 1, 256)]
+    assert launches(4000) == [("post<4,1>", 4000, 7, 128)]

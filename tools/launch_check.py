@@ -61,6 +61,8 @@ def canonical(name: str) -> str | None:
         return "head_persist<%s>" % ",".join(v[:4])
     if fn == "mhc_post_kernel":
         return "post<%s,%s>" % (v[0], v[1])
+    if fn == "mhc_post_row_kernel":
+        return "post_row<%s,%s>" % (v[0], v[1])
     if fn == "hc_combine_kernel":  # N, POST, NORM
         return "combine<%s,%s,%s>" % (v[0], v[1], v[2])
     if fn == "prenorm_kernel":

@@ -29,7 +29,7 @@ def rule(kernel, gx, t, block_tokens, cluster):
         return ["blocks", block_tokens, cluster]
     if role == "head_persist":
         return ["persist", block_tokens, cluster]
-    if role in ("epilogue", "post"):
+    if role in ("epilogue", "post", "post_row"):
         return ["tokens", gx // t]
     return ["fixed", gx]
 

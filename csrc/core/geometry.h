@@ -32,6 +32,7 @@ inline constexpr int kPrenormTiles = 4;    // 16-row tiles per CTA of the prenor
 inline constexpr int kPrenormRows = kTileTokens * kPrenormTiles;
 inline constexpr int kPrenormWarps = 8;    // warps per CTA of the prenorm GEMM
 inline constexpr int kPostThreads = 128;   // mhc_post: threads of 8 columns per CTA
+inline constexpr int kPostRowThreads = 256;  // mhc_post, a CTA per token: 8 columns a thread and step
 inline constexpr int kCombineMaxThreads = 512;  // mhc_combine / mhc_post_combine: CTA threads
 
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

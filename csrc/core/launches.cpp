@@ -45,6 +45,7 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
       return out;
     case Variant::STREAM:
       if (combine_kind(p.kind)) add(KernelRole::COMBINE, T, 1, combine_threads(H), 0, 0);
+      else if (p.block_tokens == 1) add(KernelRole::POST, T, 1, kPostRowThreads, 0, 0);
       else add(KernelRole::POST, T, ceil_div(H / 8, kPostThreads), kPostThreads, 0, 0);
       return out;
     default:
@@ -132,7 +133,8 @@ std::string kernel_name(const Plan& p, const Launch& l, int64_t n) {
                     p.hidden_spec, p.cluster_buffers, p.cluster_rotated ? 1 : 0);
       break;
     case KernelRole::POST:
-      std::snprintf(buf, sizeof buf, "post<%d,1>", static_cast<int>(n));
+      std::snprintf(buf, sizeof buf, p.block_tokens == 1 ? "post_row<%d,1>" : "post<%d,1>",
+                    static_cast<int>(n));
       break;
     case KernelRole::COMBINE:
       std::snprintf(buf, sizeof buf, "combine<%d,%d,%d>", static_cast<int>(n),

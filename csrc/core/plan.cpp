@@ -55,14 +55,17 @@ constexpr int64_t kEpiCapCtas = 3;
 // ("Cluster plans and the persistent hc_head").
 constexpr int32_t kPersistBuffers4096 = 2;
 constexpr int32_t kPersistBuffers7168 = 3;
+// mhc_post runs a CTA per token, the next step's loads in flight, from this T: 2-4% faster
+// from 4096, slower at 512 ("mhc_post load and store schemes").
+constexpr int64_t kPostRowTokens = 4096;
 
 #ifdef MHC_STUDY
 using study::Knob;
 constexpr int64_t kKnobDefaults[] = {-1, -1, kStagedFnTokens, kFnRingTokens, kEvictInputsBytes,
-                                     0, 0};
+                                     0, 0, kPostRowTokens};
 std::atomic<int64_t> g_knobs[] = {{kKnobDefaults[0]}, {kKnobDefaults[1]}, {kKnobDefaults[2]},
                                   {kKnobDefaults[3]}, {kKnobDefaults[4]}, {kKnobDefaults[5]},
-                                  {kKnobDefaults[6]}};
+                                  {kKnobDefaults[6]}, {kKnobDefaults[7]}};
 static_assert(sizeof(kKnobDefaults) / sizeof(int64_t) == static_cast<int>(Knob::COUNT));
 int64_t knob_or(Knob k, int64_t) { return g_knobs[static_cast<int>(k)].load(); }
 #define MHC_KNOB(name, fallback) knob_or(Knob::name, fallback)
@@ -245,6 +248,7 @@ const char* knob_name(Knob k) {
     case Knob::EVICT_INPUTS_MAX_BYTES: return "evict_inputs_max_bytes";
     case Knob::EPILOGUE_CHUNKS: return "epilogue_chunks";
     case Knob::EPILOGUE_CTAS_PER_SM: return "epilogue_ctas_per_sm";
+    case Knob::POST_ROW_MIN_TOKENS: return "post_row_min_tokens";
     case Knob::COUNT: break;
   }
   return "?";
@@ -285,6 +289,10 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
     case KernelType::MHC_POST:
       p.variant = Variant::STREAM;
       p.hidden_spec = hidden_spec(hc_mult, hidden_size);
+      // a CTA per token walking H (n <= 4, where it is measured) or H / 1024 CTAs per token;
+      // the same arithmetic per element, so batch-invariant plans may take either
+      p.block_tokens = hc_mult <= 4 && num_tokens >= MHC_KNOB(POST_ROW_MIN_TOKENS, kPostRowTokens)
+                           ? 1 : 0;
       return p;
     case KernelType::LINEAR_BF16_FP32:
       p.variant = opt.fp32_gemm ? Variant::FP32_GEMM : Variant::CUBLAS;

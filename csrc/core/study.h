@@ -16,6 +16,7 @@ enum class Knob : int {
   EVICT_INPUTS_MAX_BYTES,   // fused op: evict_first inputs up to this residual_out size; -1 never
   EPILOGUE_CHUNKS,          // SPLIT_K epilogue chunks per token; 0: the planner's
   EPILOGUE_CTAS_PER_SM,     // SPLIT_K epilogue CTAs per SM at most; 0: planner's, -1: no cap
+  POST_ROW_MIN_TOKENS,      // mhc_post runs a CTA per token from this T on
   COUNT
 };
 const char* knob_name(Knob k);

@@ -1,8 +1,11 @@
 // mhc_post on CUDA (docs/spec.md §2.2): new[t, j, h] = bf16(post[t, j]·x[t, h] + Σ_i comb[t, i, j]·
 // residual[t, i, h]), each element through post_vec8 (common.cuh), the function the fused op
-// uses too. Grid (tokens, chunks of 128 threads x 8 columns): every thread reads the 8 columns
-// of x and of the n old streams with 16-byte loads and writes the n new streams; the token's
-// gates come from L1. Bound: HBM bytes, T·(18H + 80) at n = 4, i.e. copy bandwidth.
+// uses too. Two grids, chosen by the planner (Plan::block_tokens): (tokens, chunks of 128
+// threads x 8 columns), every thread reading the 8 columns of x and of the n old streams with
+// 16-byte loads and writing the n new streams; or, from kPostRowTokens, a CTA of 256 threads
+// per token walking its H in 2048-column steps with the next step's loads issued before the
+// current step's mix ("mhc_post load and store schemes"). The token's gates come from L1.
+// Bound: HBM bytes, T·(18H + 80) at n = 4, i.e. copy bandwidth.
 // Misaligned x / residual views take the same kernel with 2-byte loads (the output is ours,
 // hence aligned).
 #include "core/plan.h"
@@ -14,7 +17,8 @@ namespace mhc {
 namespace cuda {
 namespace {
 
-using mhc::kPostThreads;  // core/geometry.h
+using mhc::kPostRowThreads;  // core/geometry.h
+using mhc::kPostThreads;
 
 struct PostParams {
   const uint16_t* x;    // [T, H] bf16
@@ -49,15 +53,10 @@ constexpr int post_min_blocks() {
   return N <= 4 ? 8 : 1;
 }
 
-template <int N, bool VEC>
-__global__ void __launch_bounds__(kPostThreads, post_min_blocks<N>()) mhc_post_kernel(
-    const PostParams p) {
-  const int64_t t = blockIdx.x;
-  const int v = blockIdx.y * kPostThreads + threadIdx.x;
-  pdl_wait();
-  pdl_trigger();
-  if (v >= p.H / 8) return;
-  float post[N], comb[N * N];
+// The token's post gates and comb matrix, 16-byte loads where n allows.
+template <int N>
+__device__ __forceinline__ void load_post_gates(const PostParams& p, int64_t t, float (&post)[N],
+                                                float (&comb)[N * N]) {
   if constexpr (N % 4 == 0) {  // 16-byte aligned rows (the launcher makes the gates aligned)
 #pragma unroll
     for (int q = 0; q < N / 4; ++q) {
@@ -75,14 +74,87 @@ __global__ void __launch_bounds__(kPostThreads, post_min_blocks<N>()) mhc_post_k
 #pragma unroll
     for (int q = 0; q < N * N; ++q) comb[q] = __ldg(p.comb + t * N * N + q);
   }
+}
+
+// Columns 8v .. 8v + 7 of token t: x and the n old streams.
+template <int N, bool VEC>
+__device__ __forceinline__ void load_columns(const PostParams& p, int64_t t, int v, uint4& xv,
+                                             uint4 (&old)[N]) {
   const int64_t h = 8 * static_cast<int64_t>(v);
-  const uint4 xv = load8<VEC>(p.x + t * p.H + h);
-  uint4 old[N], nv[N];
+  xv = load8<VEC>(p.x + t * p.H + h);
 #pragma unroll
   for (int i = 0; i < N; ++i) old[i] = load8<VEC>(p.res + (t * N + i) * p.H + h);
-  post_vec8<N>(post, comb, xv, old, nv);
+}
+
+template <int N>
+__device__ __forceinline__ void store_columns(const PostParams& p, int64_t t, int v,
+                                              const uint4 (&nv)[N]) {
+  const int64_t h = 8 * static_cast<int64_t>(v);
 #pragma unroll
   for (int j = 0; j < N; ++j) stg16(p.out + (t * N + j) * p.H + h, nv[j]);
+}
+
+template <int N, bool VEC>
+__global__ void __launch_bounds__(kPostThreads, post_min_blocks<N>()) mhc_post_kernel(
+    const PostParams p) {
+  const int64_t t = blockIdx.x;
+  const int v = blockIdx.y * kPostThreads + threadIdx.x;
+  pdl_wait();
+  pdl_trigger();
+  if (v >= p.H / 8) return;
+  float post[N], comb[N * N];
+  load_post_gates<N>(p, t, post, comb);
+  uint4 xv, old[N], nv[N];
+  load_columns<N, VEC>(p, t, v, xv, old);
+  post_vec8<N>(post, comb, xv, old, nv);
+  store_columns<N>(p, t, v, nv);
+}
+
+// A CTA per token (the planner's choice from kPostRowTokens, n <= 4): the threads walk H in
+// steps of 8·kPostRowThreads columns; a step's mix and stores run after the next step's loads
+// are issued, so each thread keeps two steps' loads in flight.
+template <int N, bool VEC>
+__global__ void __launch_bounds__(kPostRowThreads) mhc_post_row_kernel(const PostParams p) {
+  const int64_t t = blockIdx.x;
+  const int vectors = p.H / 8;
+  int v = threadIdx.x;
+  pdl_wait();
+  pdl_trigger();
+  if (v >= vectors) return;
+  float post[N], comb[N * N];
+  load_post_gates<N>(p, t, post, comb);
+  uint4 xv, old[N];
+  load_columns<N, VEC>(p, t, v, xv, old);
+  for (;;) {
+    const int next = v + kPostRowThreads;
+    const bool more = next < vectors;
+    uint4 xn, on[N];
+    if (more) load_columns<N, VEC>(p, t, next, xn, on);
+    uint4 nv[N];
+    post_vec8<N>(post, comb, xv, old, nv);
+    store_columns<N>(p, t, v, nv);
+    if (!more) break;
+    xv = xn;
+#pragma unroll
+    for (int i = 0; i < N; ++i) old[i] = on[i];
+    v = next;
+  }
+}
+
+// The row kernel exists for n <= 4 only, the plans that take it.
+template <int N>
+void launch_post(bool row, bool vec, int dev, dim3 grid, dim3 block, cudaStream_t stream,
+                 const PostParams& p) {
+  if constexpr (N <= 4) {
+    if (row) {
+      if (vec) launch(mhc_post_row_kernel<N, true>, dev, grid, block, 0, stream, p);
+      else launch(mhc_post_row_kernel<N, false>, dev, grid, block, 0, stream, p);
+      return;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(!row, "mhc_post: no CTA-per-token kernel for n = ", N);
+  if (vec) launch(mhc_post_kernel<N, true>, dev, grid, block, 0, stream, p);
+  else launch(mhc_post_kernel<N, false>, dev, grid, block, 0, stream, p);
 }
 
 }  // namespace
@@ -108,15 +180,12 @@ Tensor mhc_post_cuda(const Tensor& x, const Tensor& residual, const Tensor& post
                            static_cast<int>(d.H)};
   const bool vec = cuda::aligned16(p.x) && cuda::aligned16(p.res);
   const Launch l = launches_of(plan, d.T, d.n, d.H, {}).step[0];
-  TORCH_INTERNAL_ASSERT(l.role == KernelRole::POST && l.block == cuda::kPostThreads);
+  const bool row = plan.block_tokens == 1;
+  TORCH_INTERNAL_ASSERT(l.role == KernelRole::POST &&
+                        l.block == (row ? cuda::kPostRowThreads : cuda::kPostThreads));
   const dim3 grid(static_cast<unsigned>(l.grid_x), static_cast<unsigned>(l.grid_y));
   const dim3 block(static_cast<unsigned>(l.block));
-  MHC_DISPATCH_HC_MULT(d.n, N, [&] {
-    if (vec)
-      cuda::launch(cuda::mhc_post_kernel<N, true>, dev, grid, block, 0, stream, p);
-    else
-      cuda::launch(cuda::mhc_post_kernel<N, false>, dev, grid, block, 0, stream, p);
-  });
+  MHC_DISPATCH_HC_MULT(d.n, N, [&] { cuda::launch_post<N>(row, vec, dev, grid, block, stream, p); });
   return out;
 }
 

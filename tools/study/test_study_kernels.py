@@ -217,3 +217,34 @@ def test_cluster_plan(T, H):
 def test_cluster_plan_small_hc_mult(n):
     assert _variant(KernelType.HC_HEAD, 333, 7168, n) == "cluster"
     ch.check_head(333, 7168, seed=h.seed_of("chn", n), n=n)
+
+
+# ----------------------------------------------------------------------------------------------
+# mhc_post's two grids (Plan.block_tokens): H / 1024 CTAs per token, or a CTA per token walking
+# H; the same element arithmetic, so the same bits, for every n the row kernel has, at widths of
+# one partial step (520), whole steps (4096) and a partial last step (5120), contiguous and
+# misaligned (2-byte loads).
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 4096, 5120])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("T", [1, 37])
+def test_post_row_kernel_is_bit_identical(T, n, H):
+    g = ch.gen(h.seed_of("post-row", T, n, H))
+    x = ch.randn(g, T, H, dtype=torch.bfloat16)
+    res = ch.randn(g, T, n, H, dtype=torch.bfloat16)
+    post, comb = ch.post_gates(g, T, n)
+    odd = {"x": h.odd_view(x, "offset"), "residual": h.odd_view(res, "offset")}
+    calls = {"aligned": lambda: (mhc_ops.mhc_post(x, res, post, comb),),
+             "misaligned": lambda: (mhc_ops.mhc_post(odd["x"], odd["residual"], post, comb),)}
+    kw = dict(hc_mult=n, hidden_size=H, num_sms=plan.device_num_sms("cuda"),
+              batch_invariant=False)
+
+    def check(kind, start):
+        assert plan.plan_of(KernelType.MHC_POST, T, **kw).block_tokens == (start == 1)
+
+    got = ch.runs_under(mhc_ops._C.set_post_row_min_tokens, (2**63 - 1, 1), calls, check)
+    ch.assert_same_bits(got)  # H / 1024 CTAs per token, a CTA per token
+    assert torch.equal(got["aligned"][0][0], got["misaligned"][1][0])
+    h.check_post_output(got["aligned"][1][0], {"x": x, "residual": res, "post_mix": post,
+                                                "comb_mix": comb})

@@ -83,3 +83,13 @@ def test_epilogue_knobs_move_the_plan():
         assert plan.plan_of("MHC_FUSED_POST_PRE", 8, **kw).epilogue_ctas_per_sm == 0
     with knob("epilogue_ctas_per_sm", 2):
         assert plan.plan_of("MHC_PRE", 8, **kw).epilogue_ctas_per_sm == 2
+
+
+def test_post_row_threshold_moves_the_post_plan():
+    kw = dict(hidden_size=7168, num_sms=132, batch_invariant=False, clusters=False)
+    assert _C.post_row_min_tokens() == 4096
+    with knob("post_row_min_tokens", 1):
+        assert plan.plan_of("MHC_POST", 1, **kw).block_tokens == 1
+        assert plan.plan_of("MHC_POST", 1, hc_mult=8, **kw).block_tokens == 0  # n <= 4 only
+    with knob("post_row_min_tokens", 2**63 - 1):
+        assert plan.plan_of("MHC_POST", 16384, **kw).block_tokens == 0
