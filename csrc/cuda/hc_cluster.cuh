@@ -58,7 +58,11 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   float* gates = dsum + BT * MP;
 
   // fn of this CTA's slice into L2 while the previous kernel finishes (read-only weights).
-  for (int idx = tid; idx < M * N * ng; idx += blockDim.x) {
+  // Loops before the stage barriers run a warp-uniform trip count (lanes past the end skip the
+  // body), so that every warp reaches those barriers converged.
+  for (int base = tid - lane; base < M * N * ng; base += blockDim.x) {
+    const int idx = base + lane;
+    if (idx >= M * N * ng) continue;
     const int q = idx % ng, rest = idx / ng;
     prefetch_l2(p.fn + static_cast<int64_t>(rest / N) * K + static_cast<int64_t>(rest % N) * H +
                 h0 + q * kGroupCols);
@@ -74,7 +78,9 @@ __global__ void __launch_bounds__(kClusterWarps * 32, 2) hc_cluster_kernel(const
   for (int s = 0; s < kClusterMaxStages; ++s) {
     const int q0 = s * gps, q1 = min(ng, q0 + gps);
     const int vcount = q1 > q0 ? 4 * (q1 - q0) : 0;
-    for (int idx = tid; idx < BT * N * vcount; idx += blockDim.x) {
+    for (int base = tid - lane; base < BT * N * vcount; base += blockDim.x) {
+      const int idx = base + lane;
+      if (idx >= BT * N * vcount) continue;
       const int v = 4 * q0 + idx % vcount, rest = idx / vcount;
       const int i = rest % N, t = rest / N;
       const int64_t tok = t0 + t;
