@@ -651,6 +651,8 @@ KNOBS = (
     ("evict_inputs_max_bytes", "bytes of residual_out up to which the fused op's ring loads its "
      "inputs with L2 evict_first (studies only; -1: never)", "fused inputs evict_first up to {} "
      "bytes"),
+    ("full_k_min_tokens", "T from which pre / stats / head / fused plans are FULL_K (studies "
+     "only; -1: the planner's rule)", "FULL_K plans from T = {}"),
     ("post_row_min_tokens", "T from which mhc_post runs a CTA per token (studies only; 2**63-1: "
      "never)", "mhc_post a CTA per token from T = {}"),
 )

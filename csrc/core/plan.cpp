@@ -62,10 +62,10 @@ constexpr int64_t kPostRowTokens = 4096;
 #ifdef MHC_STUDY
 using study::Knob;
 constexpr int64_t kKnobDefaults[] = {-1, -1, kStagedFnTokens, kFnRingTokens, kEvictInputsBytes,
-                                     0, 0, kPostRowTokens};
+                                     0, 0, kPostRowTokens, -1};
 std::atomic<int64_t> g_knobs[] = {{kKnobDefaults[0]}, {kKnobDefaults[1]}, {kKnobDefaults[2]},
                                   {kKnobDefaults[3]}, {kKnobDefaults[4]}, {kKnobDefaults[5]},
-                                  {kKnobDefaults[6]}, {kKnobDefaults[7]}};
+                                  {kKnobDefaults[6]}, {kKnobDefaults[7]}, {kKnobDefaults[8]}};
 static_assert(sizeof(kKnobDefaults) / sizeof(int64_t) == static_cast<int>(Knob::COUNT));
 int64_t knob_or(Knob k, int64_t) { return g_knobs[static_cast<int>(k)].load(); }
 #define MHC_KNOB(name, fallback) knob_or(Knob::name, fallback)
@@ -181,9 +181,12 @@ Plan plan_hc(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       return p;
     }
   }
+  const int64_t full_k_from = MHC_KNOB(FULL_K_MIN_TOKENS, -1);
   const bool full_k = !opt.batch_invariant &&
-                      (upstream_num_splits(num_tokens, k, num_sms) == 1 ||
-                       pre_full_k_early(kind, num_tokens, hc_mult, hidden_size, num_sms));
+                      (full_k_from >= 0 ? num_tokens >= full_k_from
+                                        : upstream_num_splits(num_tokens, k, num_sms) == 1 ||
+                                              pre_full_k_early(kind, num_tokens, hc_mult,
+                                                               hidden_size, num_sms));
   const bool small = small_blocks(kind, num_tokens, hc_mult, full_k, opt.batch_invariant);
   const int32_t block = kTileTokens * tiles_per_block(static_cast<int>(hc_mult), mode, full_k, small);
   int64_t splits = 1;
@@ -249,6 +252,7 @@ const char* knob_name(Knob k) {
     case Knob::EPILOGUE_CHUNKS: return "epilogue_chunks";
     case Knob::EPILOGUE_CTAS_PER_SM: return "epilogue_ctas_per_sm";
     case Knob::POST_ROW_MIN_TOKENS: return "post_row_min_tokens";
+    case Knob::FULL_K_MIN_TOKENS: return "full_k_min_tokens";
     case Knob::COUNT: break;
   }
   return "?";

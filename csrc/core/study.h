@@ -17,6 +17,8 @@ enum class Knob : int {
   EPILOGUE_CHUNKS,          // SPLIT_K epilogue chunks per token; 0: the planner's
   EPILOGUE_CTAS_PER_SM,     // SPLIT_K epilogue CTAs per SM at most; 0: planner's, -1: no cap
   POST_ROW_MIN_TOKENS,      // mhc_post runs a CTA per token from this T on
+  FULL_K_MIN_TOKENS,        // pre / stats / head / fused plans are FULL_K from this T on; below 0:
+                            // the planner's rule
   COUNT
 };
 const char* knob_name(Knob k);

@@ -248,3 +248,31 @@ def test_post_row_kernel_is_bit_identical(T, n, H):
     assert torch.equal(got["aligned"][0][0], got["misaligned"][1][0])
     h.check_post_output(got["aligned"][1][0], {"x": x, "residual": res, "post_mix": post,
                                                 "comb_mix": comb})
+
+
+# ----------------------------------------------------------------------------------------------
+# FULL_K below the split rule (the stats crossover study): every output written and within the
+# float64 reference's bounds, for pre (norm and plain) and stats, with 32-token blocks short of
+# the SMs and a partial last block.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [4096, 5120])
+@pytest.mark.parametrize("T", [1, 300, 1037])
+def test_full_k_below_the_split_rule(T, H):
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False,
+              clusters=False)
+    old = mhc_ops._C.set_full_k_min_tokens(1)
+    try:
+        for kind in (KernelType.MHC_PRE, KernelType.MHC_STATS):
+            assert plan.plan_of(kind, T, **kw).variant == "full_k"
+        for norm in (False, True):
+            ch.check_pre(T, H, norm, seed=h.seed_of("full-k", T, H, norm))
+        a = h.v41_inputs(T, ch.N_HC, H, seed=h.seed_of("full-k-stats", T, H), device="cuda")
+        outs = h.outs_of(h.v41_call("mhc_stats", a))
+        for o in outs:
+            assert torch.isfinite(o).all(), "mhc_stats: unwritten or non-finite output"
+        idx = ch.rows(T)
+        h.check_v41_outputs("mhc_stats", tuple(o[idx] for o in outs),
+                            {k: (v[idx] if k in h.V41_PER_TOKEN else v) for k, v in a.items()})
+    finally:
+        mhc_ops._C.set_full_k_min_tokens(old)

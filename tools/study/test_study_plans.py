@@ -93,3 +93,16 @@ def test_post_row_threshold_moves_the_post_plan():
         assert plan.plan_of("MHC_POST", 1, hc_mult=8, **kw).block_tokens == 0  # n <= 4 only
     with knob("post_row_min_tokens", 2**63 - 1):
         assert plan.plan_of("MHC_POST", 16384, **kw).block_tokens == 0
+
+
+def test_full_k_threshold_moves_the_split_rule():
+    kw = dict(hidden_size=5120, num_sms=132, batch_invariant=False, clusters=False)
+    assert _C.full_k_min_tokens() < 0  # the planner's rule unless a study sets one
+    assert plan.plan_of("MHC_STATS", 2048, **kw).variant == "split_k"
+    with knob("full_k_min_tokens", 512):
+        assert plan.plan_of("MHC_STATS", 512, **kw).variant == "full_k"
+        assert plan.plan_of("MHC_STATS", 511, **kw).variant == "split_k"
+        assert plan.plan_of("MHC_STATS", 512, **{**kw, "batch_invariant": True}).variant == (
+            "split_k")
+    with knob("full_k_min_tokens", 2**62):
+        assert plan.plan_of("MHC_PRE", 16384, **kw).variant == "split_k"
