@@ -362,6 +362,19 @@ def test_kernel_types_and_executors_of_the_v41_ops():
             assert any(lp.plan == want for lp in warmup.launched_plans())
 
 
+def test_combine_kernels_hold_the_norm_group_sums():
+    # The combine kernel's dynamic shared memory: a float per 32 columns with the folded norm
+    # (cuda/norm_tree.cuh), none without; the shifted boundary's combine launch the same.
+    from mhc_ops import _C
+    for kind in (KernelType.MHC_COMBINE, KernelType.MHC_POST_COMBINE,
+                 KernelType.MHC_SHIFTED_POST_PRE):
+        for hidden, groups in ((5120, 160), (520, 17), (8, 1)):
+            plain = _C.launches_of(int(kind), 3, 4, hidden, 132, False, False, False, True, 1)
+            normed = _C.launches_of(int(kind), 3, 4, hidden, 132, True, False, False, True, 1)
+            assert plain[0][0].startswith("combine<") and normed[0][0].startswith("combine<")
+            assert plain[0][4] == 0 and normed[0][4] == 4 * groups
+
+
 def test_shifted_executor_runs_the_fused_op_whatever_the_flag():
     ex = warmup.WarmupExecutor.create("MHC_SHIFTED_POST_PRE", max_tokens=8, hidden_size=H,
                                       device="cpu")

@@ -17,6 +17,9 @@ namespace {
 bool stream_sum_norm(const Plan& p) {
   return p.norm && (p.kind == KernelType::MHC_PRE || p.kind == KernelType::MHC_FUSED_POST_PRE);
 }
+// The combine kernel's dynamic shared memory: the group sums of the folded norm
+// (cuda/norm_tree.cuh), one float per 32 columns.
+int64_t combine_smem(const Plan& p, int64_t H) { return p.norm ? 4 * ceil_div(H, kGroupCols) : 0; }
 }  // namespace
 
 MainInstance main_instance(const Plan& p) {
@@ -44,15 +47,16 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
     case Variant::FP32_GEMM:
       return out;
     case Variant::STREAM:
-      if (combine_kind(p.kind)) add(KernelRole::COMBINE, T, 1, combine_threads(H), 0, 0);
+      if (combine_kind(p.kind))
+        add(KernelRole::COMBINE, T, 1, combine_threads(H), combine_smem(p, H), 0);
       else if (p.block_tokens == 1) add(KernelRole::POST, T, 1, kPostRowThreads, 0, 0);
       else add(KernelRole::POST, T, ceil_div(H / 8, kPostThreads), kPostThreads, 0, 0);
       return out;
     default:
       break;
   }
-  if (p.kind == KernelType::MHC_SHIFTED_POST_PRE)  // mhc_post_combine, then the stats
-    add(KernelRole::COMBINE, T, 1, combine_threads(H), 0, 0);
+  if (p.kind == KernelType::MHC_SHIFTED_POST_PRE)  // mhc_post_combine's kernel, then the stats
+    add(KernelRole::COMBINE, T, 1, combine_threads(H), combine_smem(p, H), 0);
   if (p.kind == KernelType::PRENORM_GEMM) {  // n: fn rows, H: K
     const int64_t nt = ceil_div(n, 8);
     add(KernelRole::PRENORM, ceil_div(T, kPrenormRows), p.num_splits, 32 * kPrenormWarps,

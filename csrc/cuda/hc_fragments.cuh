@@ -6,6 +6,7 @@
 
 #include "core/geometry.h"
 #include "cuda/common.cuh"
+#include "cuda/norm_tree.cuh"
 
 namespace mhc::cuda {
 
@@ -333,13 +334,7 @@ __device__ __forceinline__ float stream_pass(const uint16_t* src, const float (&
 // load: this thread stored z in this kernel).
 __device__ __forceinline__ void norm_vec8(uint16_t* __restrict__ out,
                                           const uint16_t* __restrict__ w, float rs, int v) {
-  const uint4 zv = *reinterpret_cast<const uint4*>(out + 8 * v);
-  float z[8], wf[8], o[8];
-  unpack8(zv, z);
-  unpack8(ldg16(w + 8 * v), wf);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) o[e] = z[e] * rs * wf[e];
-  stg16(out + 8 * v, pack8(o));
+  stg16(out + 8 * v, norm8(*reinterpret_cast<const uint4*>(out + 8 * v), w + 8 * v, rs));
 }
 
 // Second pass of the folded RMSNorm over the vectors v0, v0 + STRIDE, ... < v1 of a row, which

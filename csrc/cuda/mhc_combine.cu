@@ -54,7 +54,9 @@ Combined launch_combine(const Plan& plan, const Tensor& x, const Tensor& residua
   TORCH_INTERNAL_ASSERT(l.role == KernelRole::COMBINE && l.block <= kCombineMaxThreads);
   const dim3 grid(static_cast<unsigned>(l.grid_x)), block(static_cast<unsigned>(l.block));
   MHC_DISPATCH_HC_MULT(d.n, N, [&] {
-    const auto go = [&](auto kernel) { cuda::launch(kernel, dev, grid, block, 0, stream, p); };
+    const auto go = [&](auto kernel) {
+      cuda::launch(kernel, dev, grid, block, static_cast<size_t>(l.smem), stream, p);
+    };
     if (post) {
       if (norm) go(cuda::hc_combine_kernel<N, true, true>);
       else go(cuda::hc_combine_kernel<N, true, false>);
