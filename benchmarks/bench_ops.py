@@ -655,6 +655,9 @@ KNOBS = (
      "only; -1: the planner's rule)", "FULL_K plans from T = {}"),
     ("post_row_min_tokens", "T from which mhc_post runs a CTA per token (studies only; 2**63-1: "
      "never)", "mhc_post a CTA per token from T = {}"),
+    ("boundary_max_tokens", "T up to which mhc_shifted_post_pre runs the fused boundary where "
+     "the fused op's plan is SPLIT_K (studies only; 0: never)", "fused shifted boundary up to "
+     "T = {}"),
 )
 
 

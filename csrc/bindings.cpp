@@ -16,7 +16,7 @@ py::tuple to_py(const mhc::Plan& p) {
                         p.block_tokens, p.hc_mult, p.hidden_spec, p.norm, p.staged_fn,
                         p.split_streams, p.fn_ring, p.evict_inputs, p.main_warps,
                         p.epilogue_chunks, p.epilogue_ctas_per_sm, p.cluster_buffers,
-                        p.cluster_rotated);
+                        p.cluster_rotated, p.fused_boundary);
 }
 mhc::PlanOptions options(bool norm, bool batch_invariant, bool fp32_gemm, bool clusters) {
   mhc::PlanOptions o;

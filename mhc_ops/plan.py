@@ -58,6 +58,8 @@ class Plan(NamedTuple):
     epilogue_ctas_per_sm: int = 0  # SPLIT_K: epilogue CTAs per SM at most (0: no cap)
     cluster_buffers: int = 0  # CLUSTER: buffers of the persistent hc_head kernel (0: one-block)
     cluster_rotated: bool = False  # CLUSTER, persistent: next block's mma behind the barrier
+    fused_boundary: bool = False  # shifted, SPLIT_K: the fused op's kernels, the combine with
+    #                               the carried pre in the epilogue
 
     @classmethod
     def _from_c(cls, t: tuple) -> "Plan":

@@ -1,8 +1,8 @@
 """The kernels each CUDA call launches, with their grids, blocks, shared memory and cluster
 sizes, for every T in 1..16384, H in {4096, 5120, 7168} and 78 / 132 / 148 SMs (n = 4; and n = 1,
-2, 3, 8 at H = 4096, 132 SMs), against tests/data/launch_table.json
-(tools/record_launch_table.py). A planner or launcher change that alters any launch fails here
-until the table is re-recorded on purpose.
+2, 3, 8 at H = 4096, 132 SMs; the DeepSeek-V4.1 ops at H = 5120), against
+tests/data/launch_table.json (tools/record_launch_table.py). A planner or launcher change that
+alters any launch fails here until the table is re-recorded on purpose.
 
 Runs on the CPU: launches_of is the host function the CUDA launchers execute.
 """
@@ -14,7 +14,8 @@ import pytest
 from mhc_ops import _C
 
 TABLE = json.loads((pathlib.Path(__file__).parent / "data" / "launch_table.json").read_text())
-KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0}
+KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0, "STATS": 6, "COMBINE": 7,
+         "POST_COMBINE": 8, "SHIFTED": 9}
 RESIDENT = 15  # clusters of the persistent hc_head kernel resident at once (any value works)
 
 

@@ -364,15 +364,48 @@ def test_kernel_types_and_executors_of_the_v41_ops():
 
 def test_combine_kernels_hold_the_norm_group_sums():
     # The combine kernel's dynamic shared memory: a float per 32 columns with the folded norm
-    # (cuda/norm_tree.cuh), none without; the shifted boundary's combine launch the same.
+    # (cuda/norm_tree.cuh), none without; the shifted boundary's combine launch the same (past
+    # the fused boundary's token counts).
     from mhc_ops import _C
-    for kind in (KernelType.MHC_COMBINE, KernelType.MHC_POST_COMBINE,
-                 KernelType.MHC_SHIFTED_POST_PRE):
+    for kind, T in ((KernelType.MHC_COMBINE, 3), (KernelType.MHC_POST_COMBINE, 3),
+                    (KernelType.MHC_SHIFTED_POST_PRE, 4000)):
         for hidden, groups in ((5120, 160), (520, 17), (8, 1)):
-            plain = _C.launches_of(int(kind), 3, 4, hidden, 132, False, False, False, True, 1)
-            normed = _C.launches_of(int(kind), 3, 4, hidden, 132, True, False, False, True, 1)
+            plain = _C.launches_of(int(kind), T, 4, hidden, 132, False, False, False, True, 1)
+            normed = _C.launches_of(int(kind), T, 4, hidden, 132, True, False, False, True, 1)
             assert plain[0][0].startswith("combine<") and normed[0][0].startswith("combine<")
             assert plain[0][4] == 0 and normed[0][4] == 4 * groups
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 8])
+def test_shifted_boundary_plans(n):
+    # Up to 64 tokens (not batch-invariant) the shifted boundary is the fused op's SPLIT_K plan
+    # with its epilogue combining with the carried pre (no combine kernel); past that, and under
+    # batch invariance, the combine kernel then the stats.
+    from mhc_ops import _C
+    shifted = KernelType.MHC_SHIFTED_POST_PRE
+    for hidden in (5120, 4096, 520):
+        for norm in (False, True):
+            kw = dict(hidden_size=hidden, hc_mult=n, num_sms=132, norm=norm)
+            for T in (1, 7, 33, 64):
+                p = plan.plan_of(shifted, T, batch_invariant=False, **kw)
+                f = plan.plan_of(KernelType.MHC_FUSED_POST_PRE, T, batch_invariant=False, **kw)
+                assert p.fused_boundary and f.variant == "split_k"
+                assert p._replace(kind=f.kind, hidden_spec=f.hidden_spec,
+                                  fused_boundary=False) == f
+                assert p.hidden_spec == 0
+                ls = _C.launches_of(int(shifted), T, n, hidden, 132, norm, False, False, True, 1)
+                fl = _C.launches_of(int(f.kind), T, n, hidden, 132, norm, False, False, True, 1)
+                assert [r[0].split("<")[0] for r in ls] == ["main", "epilogue"]
+                assert ls[0] == fl[0] and ls[0][0].startswith(f"main<{n},FUSED,")
+                assert ls[1][0] == f"epilogue<{n},CARRY,{int(norm)},0>"
+                groups = -(-hidden // 32)
+                if f.epilogue_ctas_per_sm == 0:  # else the cap sizes the shared memory
+                    assert ls[1][4] == fl[1][4] + (4 * groups if norm else 0)
+            for T, bi in ((65, False), (4000, False), (1, True), (64, True)):
+                p = plan.plan_of(shifted, T, batch_invariant=bi, **kw)
+                assert not p.fused_boundary
+                ls = _C.launches_of(int(shifted), T, n, hidden, 132, norm, bi, False, True, 1)
+                assert ls[0][0] == f"combine<{n},1,{int(norm)}>"
 
 
 def test_shifted_executor_runs_the_fused_op_whatever_the_flag():

@@ -50,8 +50,9 @@ def canonical(name: str) -> str | None:
         return "main<%s,%s,%s,%s,%s,0,%s,%s>" % (v[0], MODES[v[1]], *v[2:7])
     if fn == "hc_fused_main_kernel":  # N, FULLK, NORM, HS, HALF, RING
         return "main<%s,FUSED,%s,0>" % (v[0], ",".join(v[1:6]))
-    if fn == "hc_epilogue_kernel":
-        return "epilogue<%s,%s,%s,%s>" % (v[0], MODES[v[1]], v[2], v[3])
+    if fn == "hc_epilogue_kernel":  # N, MODE, NORM, HS, CARRY (the fused shifted boundary)
+        mode = "CARRY" if len(v) > 4 and v[4] == "1" else MODES[v[1]]
+        return "epilogue<%s,%s,%s,%s>" % (v[0], mode, v[2], v[3])
     if fn == "hc_stage_fn_kernel":
         return "stage_fn<%s,%s>" % (v[0], MODES[v[1]])
     if fn == "hc_cluster_kernel":
@@ -134,8 +135,8 @@ def main():
     n, rows, bad = 4, [], 0
     v4 = [("PRE", False), ("PRE", True), ("FUSED", False), ("FUSED", True), ("HEAD", False),
           ("POST", False), ("PRENORM", False)]
-    # DeepSeek-V4.1's ops at its width (a recorded table has none of them)
-    v41 = [] if table is not None else [
+    # DeepSeek-V4.1's ops at its width
+    v41 = [
         ("STATS", False), ("COMBINE", False), ("COMBINE", True), ("POST_COMBINE", False),
         ("POST_COMBINE", True), ("SHIFTED", False), ("SHIFTED", True)]
     cases = [(H, op, norm) for H in (4096, 7168) for op, norm in v4]

@@ -18,7 +18,8 @@ import json
 
 from mhc_ops import _C
 
-KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0}
+KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0, "STATS": 6, "COMBINE": 7,
+         "POST_COMBINE": 8, "SHIFTED": 9}
 
 
 def rule(kernel, gx, t, block_tokens, cluster):
@@ -29,7 +30,7 @@ def rule(kernel, gx, t, block_tokens, cluster):
         return ["blocks", block_tokens, cluster]
     if role == "head_persist":
         return ["persist", block_tokens, cluster]
-    if role in ("epilogue", "post", "post_row"):
+    if role in ("epilogue", "post", "post_row", "combine"):
         return ["tokens", gx // t]
     return ["fixed", gx]
 
@@ -54,6 +55,12 @@ def configs():
     for n in (1, 2, 3, 8):
         for op in ("PRE", "FUSED", "HEAD"):
             yield op, n, 4096, 132, False, False
+    # DeepSeek-V4.1 (n = 4, H = 5120)
+    for sms in (78, 132, 148):
+        for op in ("STATS", "COMBINE", "POST_COMBINE", "SHIFTED"):
+            for norm in (False, True) if op != "STATS" else (False,):
+                for bi in (False, True) if op in ("STATS", "SHIFTED") else (False,):
+                    yield op, 4, 5120, sms, norm, bi
 
 
 def main():

@@ -13,7 +13,8 @@ namespace mhc {
 
 namespace {
 // Whether the pre engine's stream sum folds the RMSNorm: mhc_pre and the fused op. (mhc_stats
-// has no stream sum; the norm of mhc_shifted_post_pre belongs to its combine kernel.)
+// has no stream sum; the norm of mhc_shifted_post_pre belongs to its combine kernel, or in the
+// fused boundary to the epilogue's combine, in norm_tree.cuh's order.)
 bool stream_sum_norm(const Plan& p) {
   return p.norm && (p.kind == KernelType::MHC_PRE || p.kind == KernelType::MHC_FUSED_POST_PRE);
 }
@@ -23,7 +24,7 @@ int64_t combine_smem(const Plan& p, int64_t H) { return p.norm ? 4 * ceil_div(H,
 }  // namespace
 
 MainInstance main_instance(const Plan& p) {
-  const Mode mode = mode_of(p.kind);
+  const Mode mode = plan_mode(p);
   const int n = p.hc_mult;
   MainInstance m{};
   m.full_k = p.variant == Variant::FULL_K;
@@ -55,7 +56,8 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
     default:
       break;
   }
-  if (p.kind == KernelType::MHC_SHIFTED_POST_PRE)  // mhc_post_combine's kernel, then the stats
+  // The shifted boundary outside the fused form: mhc_post_combine's kernel, then the stats.
+  if (p.kind == KernelType::MHC_SHIFTED_POST_PRE && !p.fused_boundary)
     add(KernelRole::COMBINE, T, 1, combine_threads(H), combine_smem(p, H), 0);
   if (p.kind == KernelType::PRENORM_GEMM) {  // n: fn rows, H: K
     const int64_t nt = ceil_div(n, 8);
@@ -63,7 +65,7 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
         kPrenormWarps * kPrenormRows * (8 + 4 * 8 * nt), 0);
     return out;
   }
-  const Mode mode = mode_of(p.kind);
+  const Mode mode = plan_mode(p);
   const int ni = static_cast<int>(n);
   const int64_t G = ceil_div(H, kGroupCols);
   if (p.variant == Variant::CLUSTER) {
@@ -100,6 +102,7 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
   if (full) return out;
 
   int64_t esmem = 4 * (p.num_splits + 4) * MP;
+  if (p.fused_boundary && p.norm) esmem += combine_smem(p, H);  // the group sums, after psum
   if (p.epilogue_ctas_per_sm > 0) {  // through their shared memory
     const int64_t share = dev.smem_per_sm / p.epilogue_ctas_per_sm;
     const int64_t reserve = dev.smem_reserved_per_block + 1024;  // + static shared memory
@@ -112,7 +115,7 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
 
 std::string kernel_name(const Plan& p, const Launch& l, int64_t n) {
   static const char* kModes[] = {"PRE", "FUSED", "HEAD"};
-  const char* mode = kModes[static_cast<int>(mode_of(p.kind))];
+  const char* mode = kModes[static_cast<int>(plan_mode(p))];
   char buf[96];
   switch (l.role) {
     case KernelRole::STAGE_FN:
@@ -126,8 +129,8 @@ std::string kernel_name(const Plan& p, const Launch& l, int64_t n) {
     }
     case KernelRole::EPILOGUE:
       std::snprintf(buf, sizeof buf, "epilogue<%d,%s,%d,%d>", static_cast<int>(n),
-                    p.kind == KernelType::HC_HEAD ? "HEAD" : "PRE", stream_sum_norm(p) ? 1 : 0,
-                    p.hidden_spec);
+                    p.kind == KernelType::HC_HEAD ? "HEAD" : p.fused_boundary ? "CARRY" : "PRE",
+                    stream_sum_norm(p) || (p.fused_boundary && p.norm) ? 1 : 0, p.hidden_spec);
       break;
     case KernelRole::CLUSTER:
       std::snprintf(buf, sizeof buf, "cluster<%d,%s>", static_cast<int>(n), mode);

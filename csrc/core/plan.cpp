@@ -14,6 +14,10 @@
 //    token blocks. It runs in the token ranges where it measured faster (cluster_window).
 //  * MHC_BATCH_INVARIANT pins one plan for every T (SPLIT_K, 16 splits): a token's reduction
 //    tree, and therefore its bits, never depend on the batch it came in.
+//  * DeepSeek-V4.1: mhc_stats runs pre's plans without the stream sum; mhc_combine and
+//    mhc_post_combine one streaming kernel; mhc_shifted_post_pre, up to kBoundaryTokens, the
+//    fused op's SPLIT_K plan with the combine in its epilogue, else the combine kernel and then
+//    the stats.
 //  * mhc_post is one streaming kernel for every T; hc_prenorm_gemm keeps upstream's split count
 //    (its launcher runs the caller's num_splits); linear_bf16_fp32 is cuBLAS or the fp32 GEMM.
 #include "core/plan.h"
@@ -58,14 +62,19 @@ constexpr int32_t kPersistBuffers7168 = 3;
 // mhc_post runs a CTA per token, the next step's loads in flight, from this T: 2-4% faster
 // from 4096, slower at 512 ("mhc_post load and store schemes").
 constexpr int64_t kPostRowTokens = 4096;
+// mhc_shifted_post_pre runs the fused boundary (the fused op's SPLIT_K kernels, the combine in
+// its epilogue) up to this T: one chain of two kernels and one read of residual_out against
+// three kernels and two reads ("The fused shifted boundary").
+constexpr int64_t kBoundaryTokens = 64;
 
 #ifdef MHC_STUDY
 using study::Knob;
 constexpr int64_t kKnobDefaults[] = {-1, -1, kStagedFnTokens, kFnRingTokens, kEvictInputsBytes,
-                                     0, 0, kPostRowTokens, -1};
+                                     0, 0, kPostRowTokens, -1, kBoundaryTokens};
 std::atomic<int64_t> g_knobs[] = {{kKnobDefaults[0]}, {kKnobDefaults[1]}, {kKnobDefaults[2]},
                                   {kKnobDefaults[3]}, {kKnobDefaults[4]}, {kKnobDefaults[5]},
-                                  {kKnobDefaults[6]}, {kKnobDefaults[7]}, {kKnobDefaults[8]}};
+                                  {kKnobDefaults[6]}, {kKnobDefaults[7]}, {kKnobDefaults[8]},
+                                  {kKnobDefaults[9]}};
 static_assert(sizeof(kKnobDefaults) / sizeof(int64_t) == static_cast<int>(Knob::COUNT));
 int64_t knob_or(Knob k, int64_t) { return g_knobs[static_cast<int>(k)].load(); }
 #define MHC_KNOB(name, fallback) knob_or(Knob::name, fallback)
@@ -253,6 +262,7 @@ const char* knob_name(Knob k) {
     case Knob::EPILOGUE_CTAS_PER_SM: return "epilogue_ctas_per_sm";
     case Knob::POST_ROW_MIN_TOKENS: return "post_row_min_tokens";
     case Knob::FULL_K_MIN_TOKENS: return "full_k_min_tokens";
+    case Knob::BOUNDARY_MAX_TOKENS: return "boundary_max_tokens";
     case Knob::COUNT: break;
   }
   return "?";
@@ -316,9 +326,24 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
     case KernelType::MHC_POST_COMBINE:
       p.variant = Variant::STREAM;
       return p;
-    case KernelType::MHC_STATS:
     case KernelType::MHC_SHIFTED_POST_PRE:
-      // shifted: mhc_post_combine's kernel, then the stats of this plan (launches_of)
+      // The fused boundary where the fused op's plan is SPLIT_K: its main kernel (generic in H)
+      // and an epilogue that also combines with the carried pre. Not under batch invariance,
+      // where the next gates must be mhc_stats' bits.
+      if (!opt.batch_invariant && num_tokens <= MHC_KNOB(BOUNDARY_MAX_TOKENS, kBoundaryTokens)) {
+        Plan f = plan_hc(KernelType::MHC_FUSED_POST_PRE, num_tokens, hc_mult, hidden_size,
+                         num_sms, opt, base_plan(KernelType::MHC_FUSED_POST_PRE,
+                                                 static_cast<int32_t>(hc_mult), norm));
+        if (f.variant == Variant::SPLIT_K) {
+          f.kind = kind;
+          f.hidden_spec = 0;
+          f.fused_boundary = true;
+          return f;
+        }
+      }
+      // otherwise mhc_post_combine's kernel, then the stats of this plan (launches_of)
+      [[fallthrough]];
+    case KernelType::MHC_STATS:
       p.hidden_spec = stats_hidden_spec(hc_mult, hidden_size);
       return plan_hc(kind, num_tokens, hc_mult, hidden_size, num_sms, opt, p);
   }

@@ -79,16 +79,25 @@ struct Plan {
                             // for the one-block-per-cluster kernel
   bool cluster_rotated;     // CLUSTER, persistent: reducers run the next block's mma between
                             // arriving at a block's cluster barrier and waiting on it
+  bool fused_boundary;      // mhc_shifted_post_pre, SPLIT_K: the fused op's main kernel writes
+                            // residual_out and the stats' partials; the epilogue writes the next
+                            // gates and combines residual_out with the carried pre (no combine
+                            // kernel, residual_out read once more instead of twice)
 
   auto key() const {
     return std::make_tuple(static_cast<int32_t>(kind), static_cast<int32_t>(variant), num_splits,
                            block_tokens, hc_mult, hidden_spec, norm, staged_fn, split_streams,
                            fn_ring, evict_inputs, main_warps, epilogue_chunks,
-                           epilogue_ctas_per_sm, cluster_buffers, cluster_rotated);
+                           epilogue_ctas_per_sm, cluster_buffers, cluster_rotated,
+                           fused_boundary);
   }
   bool operator==(const Plan& o) const { return key() == o.key(); }
   bool operator<(const Plan& o) const { return key() < o.key(); }
 };
+
+// The Mode of a plan's main kernel and epilogue: its kind's (mode_of), except the fused
+// shifted boundary, which runs the fused op's kernels.
+constexpr Mode plan_mode(const Plan& p) { return p.fused_boundary ? Mode::FUSED : mode_of(p.kind); }
 
 struct PlanOptions {
   bool norm = false;

@@ -19,6 +19,8 @@ enum class Knob : int {
   POST_ROW_MIN_TOKENS,      // mhc_post runs a CTA per token from this T on
   FULL_K_MIN_TOKENS,        // pre / stats / head / fused plans are FULL_K from this T on; below 0:
                             // the planner's rule
+  BOUNDARY_MAX_TOKENS,      // mhc_shifted_post_pre runs the fused boundary (where the fused op's
+                            // plan is SPLIT_K) up to this T; 0: never
   COUNT
 };
 const char* knob_name(Knob k);

@@ -22,11 +22,13 @@ struct HcCall {
   const float* post_in = nullptr;    // fused: [T, n]
   const float* comb_in = nullptr;    // fused: [T, n, n]
   uint16_t* res_out = nullptr;       // fused: [T, n, H] bf16 new residual
+  const float* pre_in = nullptr;     // fused shifted boundary: [T, n] the carried pre, the
+                                     // weights of layer_input's combine
   const float* fn = nullptr;         // [M, n H] fp32
   const float* scale = nullptr;      // hc_scale [3] (pre, fused) or [1] (head)
   const float* base = nullptr;       // hc_base [M]
   const uint16_t* norm_w = nullptr;  // [H] bf16, null without the folded norm
-  float* pre_out = nullptr;          // mhc_stats: [T, n]
+  float* pre_out = nullptr;          // mhc_stats, the shifted boundary: [T, n]
   float* post_out = nullptr;         // pre / fused / stats: [T, n]
   float* comb_out = nullptr;         // pre / fused / stats: [T, n, n]
   uint16_t* out = nullptr;           // [T, H] layer_input / hc_head output; null for stats
@@ -60,6 +62,7 @@ struct MainParams {
 struct EpiParams {
   const uint16_t* src;     // [T, N, H] residual (pre, head) or residual_out (fused)
   const float* ws;         // [T, S, MP] partials of the main kernel
+  const float* pre_in;     // the fused shifted boundary: [T, N] carried pre (CARRY)
   const float* scale;
   const float* base;
   const uint16_t* norm_w;

@@ -7,8 +7,12 @@
 // Grid: T * Plan::epilogue_chunks CTAs (token, chunk of H); block: 128 stream threads, plus the
 // gate warp for pre / fused. Launched with programmatic dependent launch, so it is resident when
 // the main kernel ends: for pre / head it has already loaded its residual chunk into registers.
-// Dynamic shared memory: partials [S][MP], run sums [4][MP] (more where Plan::
-// epilogue_ctas_per_sm caps the CTAs per SM through it).
+// CARRY (the fused shifted boundary, Plan::fused_boundary): the gate warp writes the next pre
+// too, and the stream threads combine residual_out with the carried pre instead of the gates'
+// (hc_combine.cuh's arithmetic, the norm in norm_tree.cuh's order: layer_input is bit-identical
+// to mhc_combine of residual_out), beside the Sinkhorn rather than after it.
+// Dynamic shared memory: partials [S][MP], run sums [4][MP], with CARRY and NORM the group sums
+// [ceil(H / 32)] (more where Plan::epilogue_ctas_per_sm caps the CTAs per SM through it).
 // Bound: at decode, latency (the chain partials -> gates -> stores); at prefill, HBM bytes of
 // the second read of the residual (or residual_out) and the output.
 #pragma once
@@ -17,14 +21,57 @@
 #include "cuda/common.cuh"
 #include "cuda/hc_args.cuh"
 #include "cuda/hc_fragments.cuh"
+#include "cuda/norm_tree.cuh"
 
 namespace mhc::cuda {
+
+// The fused boundary's layer_input row t, vectors v0 .. v1 - 1 (the whole row with NORM): z =
+// combine8(residual_out, carried pre) as hc_combine_kernel computes it, stored; with NORM each
+// vector's Σ z², the 32-column group sums S(g) (4 consecutive lanes, warp-uniform bases from a
+// multiple of 4) into gsum, then the row's sum and the norm of this thread's own stores, all in
+// norm_tree.cuh's order. Called by the kEpiThreads stream threads.
+template <int N, bool NORM>
+__device__ __forceinline__ void carry_combine(const EpiParams& p, const uint16_t* __restrict__ src,
+                                              const float (&pre)[N], float* gsum, int64_t t,
+                                              int v0, int v1) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int H = p.H;
+  uint16_t* out = p.out + t * H;
+  const uint64_t pol = l2_evict_first();
+  for (int base = v0 + tid - lane; base < v1; base += kEpiThreads) {
+    const int v = base + lane;
+    const bool live = v < v1;
+    float q = 0.f;
+    if (live) {
+      uint4 r[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) r[i] = ldg16_hint(src + static_cast<int64_t>(i) * H + 8 * v, pol);
+      const uint4 z = combine8<N>(r, pre);
+      if constexpr (NORM) {
+        stg16(out + 8 * v, z);  // read back by this thread's norm pass
+        q = vec8_sumsq(z);
+      } else {
+        stg16_hint(out + 8 * v, z, pol);
+      }
+    }
+    if constexpr (NORM) {
+      const float S = group4_sum(q);
+      if (live && (lane & 3) == 0) gsum[v >> 2] = S;
+    }
+  }
+  if constexpr (NORM) {
+    asm volatile("bar.sync 1, %0;" ::"n"(kEpiThreads) : "memory");
+    const float rs = norm_rs(row_sumsq(gsum, (v1 + 3) / 4, lane), H, p.norm_eps);
+    for (int v = v0 + tid; v < v1; v += kEpiThreads) norm_vec8(out, p.norm_w, rs, v);
+  }
+}
 
 // Launch bounds of one block per SM leave the register count to the code: held to 32
 // registers, the H = 4096 instance ran the decode epilogue 2.5-4.5 us slower
 // (docs/performance.md, "Decode latency chain").
-template <int N, Mode MODE, bool NORM, int HS>
+template <int N, Mode MODE, bool NORM, int HS, bool CARRY = false>
 __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const EpiParams p) {
+  static_assert(!CARRY || (MODE == Mode::PRE && HS == 0), "CARRY: the fused boundary, any H");
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, MP = Sh::MP;
   constexpr int kRuns = kEpiThreads / MP < 1 ? 1 : (kEpiThreads / MP > 4 ? 4 : kEpiThreads / MP);
@@ -80,6 +127,12 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   const int pm = tid % MP, pq = tid / MP;
   const int s0 = pq * (p.S / parts) + min(pq, p.S % parts);
   const int s1 = s0 + p.S / parts + (pq < p.S % parts ? 1 : 0);
+  // CARRY: the carried pre is an input of the call as well.
+  float cpre[N];
+  if constexpr (CARRY) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) cpre[i] = tid < kEpiThreads ? __ldg(p.pre_in + t * N + i) : 0.f;
+  }
   pdl_wait();
   pdl_trigger();
 
@@ -123,6 +176,10 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
     return;
   }
   if (p.out == nullptr) return;  // mhc_stats: the gates only
+  if constexpr (CARRY) {
+    carry_combine<N, NORM>(p, src, cpre, psum + 4 * MP, t, v0, v1);
+    return;
+  }
   float pre[N];
   head_gates<N>(dsum, dsum[M], inv_k, gsm, gsm[M], p.rms_eps, p.pre_eps, pre);
   uint16_t* out = p.out + t * H;

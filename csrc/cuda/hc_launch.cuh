@@ -280,6 +280,21 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
         ep.HC = HC;
         ep.CW = static_cast<int>(ceil_div(a.H / 8, HC));
         ep.src_is_input = MODE != Mode::FUSED && a.out != nullptr;
+        ep.pre_in = a.pre_in;
+        TORCH_INTERNAL_ASSERT(plan.fused_boundary == (a.pre_in != nullptr),
+                              "plan and call disagree on the fused boundary");
+        if constexpr (MODE == Mode::FUSED && HS == 0) {  // the boundary's plans are generic in H
+          if (plan.fused_boundary) {
+            TORCH_INTERNAL_ASSERT(!norm || HC == 1, "the boundary's norm needs whole rows");
+            const auto go = [&](auto kernel) {
+              launch(kernel, device, grid, block, smem, stream, ep);
+            };
+            if (norm) go(hc_epilogue_kernel<N, EM, true, 0, true>);
+            else go(hc_epilogue_kernel<N, EM, false, 0, true>);
+            break;
+          }
+        }
+        TORCH_INTERNAL_ASSERT(!plan.fused_boundary, "no fused boundary for hidden_spec ", HS);
         if constexpr (EM != Mode::HEAD && NORM_OK) {
           if (norm) {
             launch(hc_epilogue_kernel<N, EM, true, HS>, device, grid, block, smem, stream, ep);

@@ -1,9 +1,11 @@
 // mhc_combine, mhc_post_combine and mhc_shifted_post_pre on CUDA (docs/spec.md §2.9): validate,
 // allocate, plan, launch hc_combine.cuh's kernel; the shifted boundary then runs mhc_stats'
-// kernels (cuda/stats.h) on residual_out, the plan's last launches (launches_of).
+// kernels (cuda/stats.h) on residual_out, the plan's last launches (launches_of), or where the
+// plan is the fused boundary the fused op's kernels (cuda/boundary.h) instead of both.
 #include "core/flags.h"
 #include "core/plan.h"
 #include "core/validate.h"
+#include "cuda/boundary.h"
 #include "cuda/common.cuh"
 #include "cuda/hc_combine.cuh"
 #include "cuda/stats.h"
@@ -127,9 +129,18 @@ Shifted5 mhc_shifted_post_pre_cuda(const Tensor& x, const Tensor& residual,
             next_pre, next_post, next_comb};
   const c10::cuda::CUDAGuard guard(residual.device());
   const int dev = residual.get_device();
-  // One plan for the boundary: the combine kernel of mhc_post_combine, then mhc_stats' kernels.
+  // One plan for the boundary: the fused op's kernels, or the combine kernel of
+  // mhc_post_combine, then mhc_stats' kernels.
   const Plan plan = combine_plan(KernelType::MHC_SHIFTED_POST_PRE, d, dev, has_norm(norm_weight));
   record_plan(dev, plan);
+  if (plan.fused_boundary) {
+    const cuda::BoundaryOutputs out{at::empty({d.T, d.n, d.H}, residual.options()),
+                                    at::empty({d.T, d.H}, residual.options()), next_pre,
+                                    next_post, next_comb};
+    cuda::run_fused_boundary(plan, x, residual, post_mix, comb_mix, pre_mix, fn, hc_scale,
+                             hc_base, a, norm_weight_bf16(norm_weight), out);
+    return {out.residual_out, out.layer_input, next_pre, next_post, next_comb};
+  }
   Plan combine = plan_of(KernelType::MHC_POST_COMBINE, d.T, d.n, d.H, cuda::num_sms(dev),
                          {plan.norm, false, false, false});
   Combined r =

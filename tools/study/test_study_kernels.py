@@ -276,3 +276,33 @@ def test_full_k_below_the_split_rule(T, H):
                             {k: (v[idx] if k in h.V41_PER_TOKEN else v) for k, v in a.items()})
     finally:
         mhc_ops._C.set_full_k_min_tokens(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused shifted boundary past its planner threshold: at every SPLIT_K size of the fused op
+# residual_out stays mhc_post's bits, layer_input mhc_combine's, the next gates within bounds.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [520, 5120])
+@pytest.mark.parametrize("T", [65, 300, 2049])
+def test_fused_boundary_at_prefill_sizes(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+    old = mhc_ops._C.set_boundary_max_tokens(1 << 20)
+    try:
+        for norm in (False, True):
+            p = plan.plan_of(KernelType.MHC_SHIFTED_POST_PRE, T, norm=norm, **kw)
+            assert p.fused_boundary and p.variant == "split_k"
+            a = h.v41_inputs(T, ch.N_HC, H, seed=h.seed_of("boundary", T, H, norm),
+                             device="cuda", norm=norm)
+            outs = h.outs_of(h.v41_call("mhc_shifted_post_pre", a))
+            for o in outs:
+                assert torch.isfinite(o).all(), "mhc_shifted_post_pre: unwritten output"
+            r, li = outs[:2]
+            assert torch.equal(r, torch.ops.mhc.mhc_post(*(a[k] for k in h.POST_KEYS)))
+            assert torch.equal(li, torch.ops.mhc.mhc_combine(r, a["pre_mix"], a["norm_weight"]))
+            idx = ch.rows(T)
+            h.check_v41_outputs("mhc_shifted_post_pre", tuple(o[idx] for o in outs),
+                                {k: (v[idx] if k in h.V41_PER_TOKEN else v) for k, v in a.items()})
+    finally:
+        mhc_ops._C.set_boundary_max_tokens(old)

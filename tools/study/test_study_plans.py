@@ -106,3 +106,22 @@ def test_full_k_threshold_moves_the_split_rule():
             "split_k")
     with knob("full_k_min_tokens", 2**62):
         assert plan.plan_of("MHC_PRE", 16384, **kw).variant == "split_k"
+
+
+def test_boundary_threshold_moves_the_fused_shifted_boundary():
+    kw = dict(hidden_size=5120, num_sms=132, batch_invariant=False)
+    default = _C.boundary_max_tokens()
+    assert default > 0
+    assert plan.plan_of("MHC_SHIFTED_POST_PRE", default, **kw).fused_boundary
+    assert not plan.plan_of("MHC_SHIFTED_POST_PRE", default + 1, **kw).fused_boundary
+    with knob("boundary_max_tokens", 2048):
+        assert plan.plan_of("MHC_SHIFTED_POST_PRE", 2048, **kw).fused_boundary
+        assert not plan.plan_of("MHC_SHIFTED_POST_PRE", 2049, **kw).fused_boundary
+        # only where the fused op's plan is SPLIT_K
+        assert not plan.plan_of("MHC_SHIFTED_POST_PRE", 2048, **{**kw, "batch_invariant": True}
+                                ).fused_boundary
+    with knob("boundary_max_tokens", 16384):
+        p = plan.plan_of("MHC_SHIFTED_POST_PRE", 16384, **kw)
+        assert not p.fused_boundary and p.variant == "full_k"
+    with knob("boundary_max_tokens", 0):
+        assert not plan.plan_of("MHC_SHIFTED_POST_PRE", 1, **kw).fused_boundary
