@@ -92,9 +92,16 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
   };
   // Vectors v = tid, tid + nth, ...: the first HELD unrolled, then the rest.
   constexpr int HELD = combine_held(N);
-  uint4 in[HELD][N + 1], held[HELD];
+  uint4 in[HELD][N + 1], held[HELD], wv[HELD];
 #pragma unroll
   for (int k = 0; k < HELD; ++k) load(tid - lane + k * nth, in[k]);
+  // With NORM the held vectors' norm weights too, in flight with the row's loads: after the
+  // barrier the norm pass then waits for no global load.
+  if constexpr (NORM) {
+#pragma unroll
+    for (int k = 0; k < HELD; ++k)
+      if (tid + k * nth < nv) wv[k] = ldg16(p.norm_w + 8 * (tid + k * nth));
+  }
 #pragma unroll
   for (int k = 0; k < HELD; ++k)
     if (tid - lane + k * nth < nv) finish(tid - lane + k * nth, in[k], true, held[k]);
@@ -109,7 +116,7 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
 #pragma unroll
     for (int k = 0; k < HELD; ++k) {
       const int v = tid + k * nth;
-      if (v < nv) stg16(out + 8 * v, norm8(held[k], p.norm_w + 8 * v, rs));
+      if (v < nv) stg16(out + 8 * v, norm8(held[k], wv[k], rs));
     }
     for (int v = tid + HELD * nth; v < nv; v += nth)
       norm_vec8(out, p.norm_w, rs, v);  // its own stores

@@ -46,14 +46,19 @@ __device__ __forceinline__ float norm_rs(float sumsq, int H, float eps) {
   return 1.0f / sqrtf(sumsq / static_cast<float>(H) + eps);
 }
 
-// bf16(z · rs · w) of one 8-column vector; w8: the norm weight's 8 columns.
-__device__ __forceinline__ uint4 norm8(const uint4& z8, const uint16_t* __restrict__ w8, float rs) {
+// bf16(z · rs · w) of one 8-column vector; w8: the norm weight's 8 columns (loaded already,
+// or read here from w8p).
+__device__ __forceinline__ uint4 norm8(const uint4& z8, const uint4& w8, float rs) {
   float z[8], wf[8], o[8];
   unpack8(z8, z);
-  unpack8(ldg16(w8), wf);
+  unpack8(w8, wf);
 #pragma unroll
   for (int e = 0; e < 8; ++e) o[e] = z[e] * rs * wf[e];
   return pack8(o);
+}
+__device__ __forceinline__ uint4 norm8(const uint4& z8, const uint16_t* __restrict__ w8p,
+                                       float rs) {
+  return norm8(z8, ldg16(w8p), rs);
 }
 
 }  // namespace mhc::cuda
