@@ -25,30 +25,35 @@
 
 namespace mhc::cuda {
 
+// Vectors of a stream thread that the fused boundary's combine loads at once and keeps in
+// registers (with the norm weights) up to the norm pass: a whole row up to H = 5120 at n <= 4
+// (640 vectors over 128 threads); the rest go through a loop that stores z and reads it back.
+constexpr int carry_held(int n) { return n <= 4 ? 5 : 2; }
+
 // The fused boundary's layer_input row t, vectors v0 .. v1 - 1 (the whole row with NORM): z =
-// combine8(residual_out, carried pre) as hc_combine_kernel computes it, stored; with NORM each
-// vector's Σ z², the 32-column group sums S(g) (4 consecutive lanes, warp-uniform bases from a
-// multiple of 4) into gsum, then the row's sum and the norm of this thread's own stores, all in
+// combine8(residual_out, carried pre) as hc_combine_kernel computes it; with NORM each vector's
+// Σ z², the 32-column group sums S(g) (4 consecutive lanes, warp-uniform bases from a multiple
+// of 4) into gsum, then the row's sum and the norm of this thread's vectors, all in
 // norm_tree.cuh's order. Called by the kEpiThreads stream threads.
 template <int N, bool NORM>
 __device__ __forceinline__ void carry_combine(const EpiParams& p, const uint16_t* __restrict__ src,
                                               const float (&pre)[N], float* gsum, int64_t t,
                                               int v0, int v1) {
+  constexpr int CH = carry_held(N);
   const int tid = threadIdx.x, lane = tid & 31;
   const int H = p.H;
   uint16_t* out = p.out + t * H;
   const uint64_t pol = l2_evict_first();
-  for (int base = v0 + tid - lane; base < v1; base += kEpiThreads) {
+  // z of vector v = base + lane (base warp-uniform): stored (without NORM, or past the held
+  // vectors, for this thread's norm pass to read back), its group sum into gsum.
+  const auto finish = [&](int base, const uint4 (&r)[N], bool hold, uint4& z) {
     const int v = base + lane;
     const bool live = v < v1;
     float q = 0.f;
     if (live) {
-      uint4 r[N];
-#pragma unroll
-      for (int i = 0; i < N; ++i) r[i] = ldg16_hint(src + static_cast<int64_t>(i) * H + 8 * v, pol);
-      const uint4 z = combine8<N>(r, pre);
+      z = combine8<N>(r, pre);
       if constexpr (NORM) {
-        stg16(out + 8 * v, z);  // read back by this thread's norm pass
+        if (!hold) stg16(out + 8 * v, z);
         q = vec8_sumsq(z);
       } else {
         stg16_hint(out + 8 * v, z, pol);
@@ -58,11 +63,41 @@ __device__ __forceinline__ void carry_combine(const EpiParams& p, const uint16_t
       const float S = group4_sum(q);
       if (live && (lane & 3) == 0) gsum[v >> 2] = S;
     }
+  };
+  const auto load = [&](int v, uint4 (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) r[i] = ldg16_hint(src + static_cast<int64_t>(i) * H + 8 * v, pol);
+  };
+  // The held vectors' loads (and norm weights) all in flight before the first combine.
+  uint4 r[CH][N], z[CH], w[CH];
+#pragma unroll
+  for (int k = 0; k < CH; ++k) {
+    const int v = v0 + tid + k * kEpiThreads;
+    if (v < v1) {
+      load(v, r[k]);
+      if constexpr (NORM) w[k] = ldg16(p.norm_w + 8 * v);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < CH; ++k) {
+    const int base = v0 + tid - lane + k * kEpiThreads;
+    if (base < v1) finish(base, r[k], true, z[k]);
+  }
+  for (int base = v0 + tid - lane + CH * kEpiThreads; base < v1; base += kEpiThreads) {
+    uint4 one[N], spare;
+    if (base + lane < v1) load(base + lane, one);
+    finish(base, one, false, spare);
   }
   if constexpr (NORM) {
     asm volatile("bar.sync 1, %0;" ::"n"(kEpiThreads) : "memory");
     const float rs = norm_rs(row_sumsq(gsum, (v1 + 3) / 4, lane), H, p.norm_eps);
-    for (int v = v0 + tid; v < v1; v += kEpiThreads) norm_vec8(out, p.norm_w, rs, v);
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      const int v = v0 + tid + k * kEpiThreads;
+      if (v < v1) stg16(out + 8 * v, norm8(z[k], w[k], rs));
+    }
+    for (int v = v0 + tid + CH * kEpiThreads; v < v1; v += kEpiThreads)
+      norm_vec8(out, p.norm_w, rs, v);  // its own stores
   }
 }
 
