@@ -14,8 +14,6 @@ import pytest
 from mhc_ops import _C
 
 TABLE = json.loads((pathlib.Path(__file__).parent / "data" / "launch_table.json").read_text())
-KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0, "STATS": 6, "COMBINE": 7,
-         "POST_COMBINE": 8, "SHIFTED": 9}
 RESIDENT = 15  # clusters of the persistent hc_head kernel resident at once (any value works)
 
 
@@ -37,7 +35,7 @@ def _case_id(c):
 
 @pytest.mark.parametrize("case", TABLE["table"], ids=_case_id)
 def test_launches_match_recorded_table(case):
-    kind, n, h, sms = KINDS[case["op"]], case["hc_mult"], case["hidden"], case["num_sms"]
+    kind, n, h, sms = case["kind"], case["hc_mult"], case["hidden"], case["num_sms"]
     mismatches = []
     for lo, hi, rows in case["runs"]:
         for t in range(lo, hi + 1):

@@ -26,8 +26,6 @@ import torch
 import mhc_ops
 from mhc_ops import plan
 
-KINDS = {"PRE": 1, "POST": 2, "FUSED": 3, "HEAD": 4, "PRENORM": 0, "STATS": 6, "COMBINE": 7,
-         "POST_COMBINE": 8, "SHIFTED": 9}
 MODES = {"0": "PRE", "1": "FUSED", "2": "HEAD"}
 
 
@@ -180,7 +178,8 @@ def main():
                 want = expected_from_table(table, op, n, H, sms, norm, T, resident)
             else:
                 want = [(k, gx, gy, b) for k, gx, gy, b, _s, _c in mhc_ops._C.launches_of(
-                    KINDS[op], T, n, H, sms, norm, False, False, True, resident)]
+                    int(plan.KernelType[kind]), T, n, H, sms, norm, False, False, True,
+                    resident)]
             ok = got == want
             bad += not ok
             rows.append({"op": op, "norm": norm, "H": H, "T": T, "ok": ok,

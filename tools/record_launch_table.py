@@ -77,8 +77,8 @@ def main():
                 runs[-1][1] = t
             else:
                 runs.append([t, t, row])
-        table.append({"op": op, "hc_mult": n, "hidden": h, "num_sms": sms, "norm": norm,
-                      "batch_invariant": bi, "runs": runs})
+        table.append({"op": op, "kind": KINDS[op], "hc_mult": n, "hidden": h, "num_sms": sms,
+                      "norm": norm, "batch_invariant": bi, "runs": runs})
     with open(a.out, "w") as f:
         json.dump({"max_tokens": a.max_tokens, "table": table}, f, separators=(",", ":"))
     print(a.out, sum(len(c["runs"]) for c in table), "runs")
