@@ -658,6 +658,8 @@ KNOBS = (
     ("boundary_max_tokens", "T up to which mhc_shifted_post_pre runs the fused boundary where "
      "the fused op's plan is SPLIT_K (studies only; 0: never)", "fused shifted boundary up to "
      "T = {}"),
+    ("combine_split_max_tokens", "T up to which mhc_combine / mhc_post_combine split a row over "
+     "a cluster of CTAs (studies only; 0: never)", "split combine up to T = {}"),
 )
 
 

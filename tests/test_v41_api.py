@@ -376,6 +376,36 @@ def test_combine_kernels_hold_the_norm_group_sums():
             assert plain[0][4] == 0 and normed[0][4] == 4 * groups
 
 
+def test_split_combine_plans():
+    # Up to 64 tokens mhc_combine / mhc_post_combine split a row over CTAs of about 128 vectors
+    # (at most 8, whole 32-column groups each), with the norm a cluster per token (sm_90+);
+    # beyond, or with one CTA's worth of row, one CTA per token.
+    from mhc_ops import _C
+    for kind in (KernelType.MHC_COMBINE, KernelType.MHC_POST_COMBINE):
+        post = int(kind == KernelType.MHC_POST_COMBINE)
+        for hidden, ctas, threads in ((5120, 5, 128), (4096, 4, 128), (7168, 7, 128),
+                                      (1088, 2, 96), (16384, 8, 256), (65536, 8, 512),
+                                      (520, 1, 96), (8, 1, 32)):
+            for norm in (False, True):
+                kw = dict(hidden_size=hidden, num_sms=132, norm=norm, batch_invariant=False)
+                for T in (1, 37, 64):
+                    p = plan.plan_of(kind, T, **kw)
+                    assert p.variant == "stream" and p.num_splits == ctas
+                    ls = _C.launches_of(int(kind), T, 4, hidden, 132, norm, False, False, True, 1)
+                    cluster = ctas if ctas > 1 and norm else 0
+                    assert ls == [(f"combine<4,{post},{int(norm)},{int(cluster > 0)}>", T * ctas,
+                                   1, threads if ctas > 1 else ls[0][3],
+                                   4 * -(-hidden // 32) if norm else 0, cluster)]
+                    # without clusters (before sm_90) only the plain combine splits
+                    nc = plan.plan_of(kind, T, clusters=False, **kw)
+                    assert nc.num_splits == (1 if norm else ctas)
+                    # batch invariance keeps the split: the bits do not depend on it
+                    assert plan.plan_of(kind, T, **{**kw, "batch_invariant": True}) == p
+                assert plan.plan_of(kind, 65, **kw).num_splits == 1
+                assert _C.launches_of(int(kind), 65, 4, hidden, 132, norm, False, False, True,
+                                      1)[0][1:2] == (65,)
+
+
 @pytest.mark.parametrize("n", [1, 3, 4, 8])
 def test_shifted_boundary_plans(n):
     # Up to 64 tokens (not batch-invariant) the shifted boundary is the fused op's SPLIT_K plan
@@ -405,7 +435,7 @@ def test_shifted_boundary_plans(n):
                 p = plan.plan_of(shifted, T, batch_invariant=bi, **kw)
                 assert not p.fused_boundary
                 ls = _C.launches_of(int(shifted), T, n, hidden, 132, norm, bi, False, True, 1)
-                assert ls[0][0] == f"combine<{n},1,{int(norm)}>"
+                assert ls[0][0] == f"combine<{n},1,{int(norm)},0>" and ls[0][1] == T
 
 
 def test_shifted_executor_runs_the_fused_op_whatever_the_flag():

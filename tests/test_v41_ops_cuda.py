@@ -120,6 +120,29 @@ def test_deterministic_large_batch(op):
         assert all(torch.equal(x, y) for x, y in zip(h.outs_of(h.v41_call(op, a)), first))
 
 
+@pytest.mark.parametrize("H", [5120, 4096, 7168, 520, 1088, 16384])
+@pytest.mark.parametrize("op", ["mhc_combine", "mhc_post_combine"])
+def test_split_combine_bits_match_row_plan(op, H):
+    # At small T a row is split over a cluster of CTAs (Plan.num_splits > 1), at large T one CTA
+    # per token: the same arithmetic and norm order (cuda/norm_tree.cuh), so a token's outputs
+    # are the same bits in either plan. 1088 splits in two CTAs, 520 does not split.
+    kind = KINDS[op]
+    sms = plan.device_num_sms("cuda")
+    cl = plan.device_supports_clusters("cuda")
+    big = 300
+    for norm in (False, True):
+        a = _inputs(big, H, seed=h.seed_of("split", op, H, norm), norm=norm)
+        kw = dict(hidden_size=H, num_sms=sms, norm=norm, clusters=cl)
+        assert plan.plan_of(kind, big, **kw).num_splits == 1
+        whole = h.outs_of(h.v41_call(op, a))
+        splits = 1 if H == 520 or (norm and not cl) else min(8, -(-(H // 8) // 128))
+        for T in (1, 7, 64):
+            assert plan.plan_of(kind, T, **kw).num_splits == splits
+            part = h.outs_of(h.v41_call(op, _rows(a, slice(0, T))))
+            for g, w in zip(part, whole):
+                assert torch.equal(g, w[:T]), f"T={T}, norm={norm}"
+
+
 def test_cpu_and_cuda_both_within_bounds():
     # SPEC §3 "CPU vs CUDA: each within the bounds above", on the same inputs; the gates then
     # agree within twice the gate bound.

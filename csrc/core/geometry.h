@@ -47,6 +47,31 @@ constexpr int combine_threads(int64_t H) {
   return static_cast<int>(t < 32 ? 32 : t);
 }
 
+// The split combine (a cluster of CTAs per token at small T): each CTA the vectors
+// [rank · V, (rank + 1) · V) of a row, V = combine_split_vectors(H) a multiple of 32 (whole
+// warps and whole 32-column norm groups per CTA), about 128 per CTA on at most 8 CTAs;
+// combine_split_ctas(H) CTAs cover the row (1: no split), combine_split_threads(H) threads each
+// (every thread the same number of vectors, as combine_threads). The norm's order stays
+// norm_tree.cuh's, so the bits are the one-CTA kernel's.
+inline constexpr int kCombineSplitVectors = 128;  // vectors per CTA the split aims at
+inline constexpr int kCombineSplitMax = 8;        // CTAs per token at most (portable clusters)
+constexpr int combine_split_vectors(int64_t H) {
+  const int64_t v = H / 8;
+  const int64_t want = ceil_div(v, kCombineSplitVectors);
+  const int64_t ctas = want < 1 ? 1 : want > kCombineSplitMax ? kCombineSplitMax : want;
+  const int64_t per = ceil_div(ceil_div(v, ctas), 32) * 32;
+  return static_cast<int>(per < 32 ? 32 : per);
+}
+constexpr int combine_split_ctas(int64_t H) {
+  const int64_t c = ceil_div(H / 8, combine_split_vectors(H));
+  return static_cast<int>(c < 1 ? 1 : c);
+}
+constexpr int combine_split_threads(int64_t H) {
+  const int64_t v = combine_split_vectors(H);
+  const int64_t iters = ceil_div(v, kCombineMaxThreads);
+  return static_cast<int>(ceil_div(ceil_div(v, iters), 32) * 32);
+}
+
 // Gate rows of fn (M), 8-row mma blocks (NT), a token's partial row (M dots, the sum of squares,
 // padding to 16 bytes: MP) and the fused op's post / comb inputs of a token (NC).
 constexpr int gate_rows(int n, Mode mode) { return mode == Mode::HEAD ? n : n * (n + 2); }

@@ -48,7 +48,10 @@ Launches launches_of(const Plan& p, int64_t T, int64_t n, int64_t H, const Devic
     case Variant::FP32_GEMM:
       return out;
     case Variant::STREAM:
-      if (combine_kind(p.kind))
+      if (combine_kind(p.kind) && p.num_splits > 1)  // the split combine
+        add(KernelRole::COMBINE, T * p.num_splits, 1, combine_split_threads(H),
+            combine_smem(p, H), p.norm ? p.num_splits : 0);
+      else if (combine_kind(p.kind))
         add(KernelRole::COMBINE, T, 1, combine_threads(H), combine_smem(p, H), 0);
       else if (p.block_tokens == 1) add(KernelRole::POST, T, 1, kPostRowThreads, 0, 0);
       else add(KernelRole::POST, T, ceil_div(H / 8, kPostThreads), kPostThreads, 0, 0);
@@ -144,8 +147,9 @@ std::string kernel_name(const Plan& p, const Launch& l, int64_t n) {
                     static_cast<int>(n));
       break;
     case KernelRole::COMBINE:
-      std::snprintf(buf, sizeof buf, "combine<%d,%d,%d>", static_cast<int>(n),
-                    p.kind == KernelType::MHC_COMBINE ? 0 : 1, p.norm ? 1 : 0);
+      std::snprintf(buf, sizeof buf, "combine<%d,%d,%d,%d>", static_cast<int>(n),
+                    p.kind == KernelType::MHC_COMBINE ? 0 : 1, p.norm ? 1 : 0,
+                    l.cluster > 0 ? 1 : 0);
       break;
     case KernelRole::PRENORM:
       std::snprintf(buf, sizeof buf, "prenorm<%d,1>",

@@ -15,7 +15,8 @@
 //  * MHC_BATCH_INVARIANT pins one plan for every T (SPLIT_K, 16 splits): a token's reduction
 //    tree, and therefore its bits, never depend on the batch it came in.
 //  * DeepSeek-V4.1: mhc_stats runs pre's plans without the stream sum; mhc_combine and
-//    mhc_post_combine one streaming kernel; mhc_shifted_post_pre, up to kBoundaryTokens, the
+//    mhc_post_combine one streaming kernel (a cluster of CTAs per token at small T);
+//    mhc_shifted_post_pre, up to kBoundaryTokens, the
 //    fused op's SPLIT_K plan with the combine in its epilogue, else the combine kernel and then
 //    the stats.
 //  * mhc_post is one streaming kernel for every T; hc_prenorm_gemm keeps upstream's split count
@@ -66,15 +67,19 @@ constexpr int64_t kPostRowTokens = 4096;
 // its epilogue) up to this T: one chain of two kernels and one read of residual_out against
 // three kernels and two reads ("The fused shifted boundary").
 constexpr int64_t kBoundaryTokens = 64;
+// mhc_combine / mhc_post_combine split a row over a cluster of CTAs up to this T: the row's
+// loads spread over several SMs, against a cluster barrier and more CTAs ("The split combine").
+constexpr int64_t kCombineSplitTokens = 64;
 
 #ifdef MHC_STUDY
 using study::Knob;
 constexpr int64_t kKnobDefaults[] = {-1, -1, kStagedFnTokens, kFnRingTokens, kEvictInputsBytes,
-                                     0, 0, kPostRowTokens, -1, kBoundaryTokens};
+                                     0, 0, kPostRowTokens, -1, kBoundaryTokens,
+                                     kCombineSplitTokens};
 std::atomic<int64_t> g_knobs[] = {{kKnobDefaults[0]}, {kKnobDefaults[1]}, {kKnobDefaults[2]},
                                   {kKnobDefaults[3]}, {kKnobDefaults[4]}, {kKnobDefaults[5]},
                                   {kKnobDefaults[6]}, {kKnobDefaults[7]}, {kKnobDefaults[8]},
-                                  {kKnobDefaults[9]}};
+                                  {kKnobDefaults[9]}, {kKnobDefaults[10]}};
 static_assert(sizeof(kKnobDefaults) / sizeof(int64_t) == static_cast<int>(Knob::COUNT));
 int64_t knob_or(Knob k, int64_t) { return g_knobs[static_cast<int>(k)].load(); }
 #define MHC_KNOB(name, fallback) knob_or(Knob::name, fallback)
@@ -263,6 +268,7 @@ const char* knob_name(Knob k) {
     case Knob::POST_ROW_MIN_TOKENS: return "post_row_min_tokens";
     case Knob::FULL_K_MIN_TOKENS: return "full_k_min_tokens";
     case Knob::BOUNDARY_MAX_TOKENS: return "boundary_max_tokens";
+    case Knob::COMBINE_SPLIT_MAX_TOKENS: return "combine_split_max_tokens";
     case Knob::COUNT: break;
   }
   return "?";
@@ -325,6 +331,11 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
     case KernelType::MHC_COMBINE:
     case KernelType::MHC_POST_COMBINE:
       p.variant = Variant::STREAM;
+      // At small T a row over combine_split_ctas(H) CTAs, with the norm a cluster (sm_90+).
+      // The same arithmetic and norm order either way, so batch-invariant plans may split.
+      if ((opt.clusters || !norm) &&
+          num_tokens <= MHC_KNOB(COMBINE_SPLIT_MAX_TOKENS, kCombineSplitTokens))
+        p.num_splits = combine_split_ctas(hidden_size);
       return p;
     case KernelType::MHC_SHIFTED_POST_PRE:
       // The fused boundary where the fused op's plan is SPLIT_K: its main kernel (generic in H)

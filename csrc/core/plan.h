@@ -60,7 +60,8 @@ constexpr Mode mode_of(KernelType kind) {
 struct Plan {
   KernelType kind;
   Variant variant;
-  int32_t num_splits;    // K splits (SPLIT_K), CTAs per cluster (CLUSTER); 1 otherwise
+  int32_t num_splits;    // K splits (SPLIT_K), CTAs per cluster (CLUSTER), CTAs per token of
+                         // the split combine (STREAM, mhc_combine / mhc_post_combine); 1 otherwise
   int32_t block_tokens;  // tokens per CTA or cluster (0 when it does not apply)
   int32_t hc_mult;
   int32_t hidden_spec;   // hidden size the kernel is specialised for, 0 for the generic kernel

@@ -21,6 +21,8 @@ enum class Knob : int {
                             // the planner's rule
   BOUNDARY_MAX_TOKENS,      // mhc_shifted_post_pre runs the fused boundary (where the fused op's
                             // plan is SPLIT_K) up to this T; 0: never
+  COMBINE_SPLIT_MAX_TOKENS,  // mhc_combine / mhc_post_combine split a row over CTAs up to this T;
+                             // 0: never
   COUNT
 };
 const char* knob_name(Knob k);

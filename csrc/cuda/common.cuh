@@ -310,11 +310,12 @@ inline bool smem_limit_below(const void* kernel, int device, size_t smem) {
   return true;
 }
 
-// Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
-// serialisation where the device supports it, and raises dynamic shared memory past 48 KB.
+// Launches kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of `cluster`
+// CTAs along x (0: no cluster), with programmatic stream serialisation where the device
+// supports it, and raises dynamic shared memory past 48 KB.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), int device, dim3 grid, dim3 block, size_t smem,
-            cudaStream_t stream, Args&&... args) {
+void launch_clustered(void (*kernel)(Params...), int device, dim3 grid, dim3 block, size_t smem,
+                      cudaStream_t stream, int cluster, Args&&... args) {
   if (smem > 48 * 1024 && smem_limit_below(reinterpret_cast<const void*>(kernel), device, smem))
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
@@ -323,15 +324,31 @@ void launch(void (*kernel)(Params...), int device, dim3 grid, dim3 block, size_t
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  if (pdl_supported(device)) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (cluster > 0) {
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = static_cast<unsigned>(cluster);
+    attr[na].val.clusterDim.y = 1;
+    attr[na].val.clusterDim.z = 1;
+    ++na;
   }
+  if (pdl_supported(device)) {
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na].val.programmaticStreamSerializationAllowed = 1;
+    ++na;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = na;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// launch_clustered without clusters.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), int device, dim3 grid, dim3 block, size_t smem,
+            cudaStream_t stream, Args&&... args) {
+  launch_clustered(kernel, device, grid, block, smem, stream, 0, std::forward<Args>(args)...);
 }
 
 }  // namespace mhc::cuda

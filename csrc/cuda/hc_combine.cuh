@@ -7,14 +7,18 @@
 // norm_tree.cuh (a function of H alone), then the RMSNorm of the thread's vectors, from
 // registers (or from its own stores past HELD vectors). So mhc_post_combine's and
 // mhc_shifted_post_pre's layer_input is bit-identical to mhc_combine of their residual_out.
-// Grid: T CTAs (one token each); block: combine_threads(H), every thread the same number of
-// vectors (1 up to H = 4096, 2 up to H = 8192); dynamic shared memory: with NORM, 4 bytes per
-// 32-column group.
+// Grid: T CTAs (one token each), block combine_threads(H), every thread the same number of
+// vectors (1 up to H = 4096, 2 up to H = 8192); or, the split combine at small T, T ·
+// combine_split_ctas(H) CTAs of combine_split_threads(H), CTA r of a token its vectors
+// [r · V, (r + 1) · V) (geometry.h), with NORM a cluster per token (CLUSTER) whose CTAs store
+// their group sums into every CTA's shared memory before one cluster barrier. Dynamic shared
+// memory: with NORM, 4 bytes per 32-column group of the row.
 // Bound: HBM bytes, T·(10H + 16) (combine) or T·(20H + 96) (post_combine) at n = 4: residual
 // (and x) read once, residual_out and layer_input written once.
 #pragma once
 
 #include "core/geometry.h"
+#include "cuda/cluster.cuh"
 #include "cuda/common.cuh"
 #include "cuda/hc_args.cuh"
 #include "cuda/hc_fragments.cuh"
@@ -26,12 +30,17 @@ namespace mhc::cuda {
 // reads no global memory; one above n = 4 (registers).
 constexpr int combine_held(int n) { return n <= 4 ? 2 : 1; }
 
-template <int N, bool POST, bool NORM>
+// CLUSTER (with NORM and p.ctas > 1 only): the CTAs of a token are one cluster.
+template <int N, bool POST, bool NORM, bool CLUSTER>
 __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const CombineParams p) {
+  static_assert(NORM || !CLUSTER, "the split combine needs a cluster only for the norm");
   extern __shared__ float gsum[];  // NORM: the row's group sums S(g) (norm_tree.cuh)
-  const int64_t t = blockIdx.x;
+  const int64_t t = blockIdx.x / p.ctas;
   const int tid = threadIdx.x, nth = blockDim.x, lane = tid & 31;
   const int H = p.H, nv = H / 8;
+  // This CTA's vectors [v0, v1) of the row, v0 a multiple of 32.
+  const int v0 = static_cast<int>(blockIdx.x % p.ctas) * p.vectors;
+  const int v1 = min(nv, v0 + p.vectors);
   pdl_wait();
   pdl_trigger();
   float pre[N];
@@ -52,7 +61,7 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
   // back by it. Called by whole warps (base warp-uniform; the group sums shuffle).
   const auto load = [&](int base, uint4 (&in)[N + 1]) {
     const int v = base + lane;
-    if (v >= nv) return;
+    if (v >= v1) return;
     const int64_t h = 8 * static_cast<int64_t>(v);
 #pragma unroll
     for (int i = 0; i < N; ++i) in[i] = ldg16_hint(p.res + (t * N + i) * H + h, pol);
@@ -60,7 +69,7 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
   };
   const auto finish = [&](int base, const uint4 (&in)[N + 1], bool hold, uint4& held) {
     const int v = base + lane;
-    const bool live = v < nv;
+    const bool live = v < v1;
     float q = 0.f;
     if (live) {
       const int64_t h = 8 * static_cast<int64_t>(v);
@@ -87,38 +96,57 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
     }
     if constexpr (NORM) {
       const float S = group4_sum(q);
-      if (live && (lane & 3) == 0) gsum[v >> 2] = S;
+      if (live && (lane & 3) == 0) {
+        if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          for (int r = 0; r < p.ctas; ++r) st_cluster(cluster_addr(&gsum[v >> 2], r), S);
+#endif
+        } else {
+          gsum[v >> 2] = S;
+        }
+      }
     }
   };
-  // Vectors v = tid, tid + nth, ...: the first HELD unrolled, then the rest.
+  // Vectors v = v0 + tid, v0 + tid + nth, ...: the first HELD unrolled, then the rest.
   constexpr int HELD = combine_held(N);
+  const int w0 = v0 + tid - lane;  // this warp's first vector
   uint4 in[HELD][N + 1], held[HELD], wv[HELD];
 #pragma unroll
-  for (int k = 0; k < HELD; ++k) load(tid - lane + k * nth, in[k]);
+  for (int k = 0; k < HELD; ++k) load(w0 + k * nth, in[k]);
   // With NORM the held vectors' norm weights too, in flight with the row's loads: after the
   // barrier the norm pass then waits for no global load.
   if constexpr (NORM) {
 #pragma unroll
     for (int k = 0; k < HELD; ++k)
-      if (tid + k * nth < nv) wv[k] = ldg16(p.norm_w + 8 * (tid + k * nth));
+      if (v0 + tid + k * nth < v1) wv[k] = ldg16(p.norm_w + 8 * (v0 + tid + k * nth));
   }
 #pragma unroll
   for (int k = 0; k < HELD; ++k)
-    if (tid - lane + k * nth < nv) finish(tid - lane + k * nth, in[k], true, held[k]);
-  for (int base = tid - lane + HELD * nth; base < nv; base += nth) {
+    if (w0 + k * nth < v1) finish(w0 + k * nth, in[k], true, held[k]);
+  for (int base = w0 + HELD * nth; base < v1; base += nth) {
     uint4 one[N + 1], spare;
     load(base, one);
     finish(base, one, false, spare);
   }
   if constexpr (NORM) {
-    __syncthreads();
+    // Every group sum of the row in this CTA's shared memory (with CLUSTER stored by the
+    // cluster's CTAs; after the barrier no CTA touches another's shared memory, so each may
+    // exit when done).
+    if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      cluster_arrive();
+      cluster_wait();
+#endif
+    } else {
+      __syncthreads();
+    }
     const float rs = norm_rs(row_sumsq(gsum, (nv + 3) / 4, lane), H, p.norm_eps);
 #pragma unroll
     for (int k = 0; k < HELD; ++k) {
-      const int v = tid + k * nth;
-      if (v < nv) stg16(out + 8 * v, norm8(held[k], wv[k], rs));
+      const int v = v0 + tid + k * nth;
+      if (v < v1) stg16(out + 8 * v, norm8(held[k], wv[k], rs));
     }
-    for (int v = tid + HELD * nth; v < nv; v += nth)
+    for (int v = v0 + tid + HELD * nth; v < v1; v += nth)
       norm_vec8(out, p.norm_w, rs, v);  // its own stores
   }
 }

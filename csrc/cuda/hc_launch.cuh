@@ -57,22 +57,8 @@ void launch_cluster(Kernel kernel, int device, const Launch& l, cudaStream_t str
                     const ClusterParams& cp) {
   const size_t smem = static_cast<size_t>(l.smem);
   raise_cluster_limits(kernel, device, smem);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(l.grid_x));
-  cfg.blockDim = dim3(static_cast<unsigned>(l.block));
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(l.cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_supported(device) ? 2 : 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, cp));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_clustered(kernel, device, dim3(static_cast<unsigned>(l.grid_x)),
+                   dim3(static_cast<unsigned>(l.block)), smem, stream, l.cluster, cp);
 }
 
 // Clusters of `kernel` (cs CTAs, smem bytes each) resident on `device` at once, asked once per

@@ -54,17 +54,24 @@ Combined launch_combine(const Plan& plan, const Tensor& x, const Tensor& residua
   p.norm_eps = static_cast<float>(norm_eps);
   const Launch l = launches_of(plan, d.T, d.n, d.H, {}).step[0];
   TORCH_INTERNAL_ASSERT(l.role == KernelRole::COMBINE && l.block <= kCombineMaxThreads);
+  const bool split = plan.num_splits > 1;
+  p.ctas = plan.num_splits;
+  p.vectors = split ? combine_split_vectors(d.H) : static_cast<int>(d.H / 8);
+  TORCH_INTERNAL_ASSERT(l.grid_x == d.T * p.ctas && (l.cluster > 0) == (split && norm));
   const dim3 grid(static_cast<unsigned>(l.grid_x)), block(static_cast<unsigned>(l.block));
   MHC_DISPATCH_HC_MULT(d.n, N, [&] {
     const auto go = [&](auto kernel) {
-      cuda::launch(kernel, dev, grid, block, static_cast<size_t>(l.smem), stream, p);
+      cuda::launch_clustered(kernel, dev, grid, block, static_cast<size_t>(l.smem), stream,
+                             l.cluster, p);
     };
     if (post) {
-      if (norm) go(cuda::hc_combine_kernel<N, true, true>);
-      else go(cuda::hc_combine_kernel<N, true, false>);
+      if (!norm) go(cuda::hc_combine_kernel<N, true, false, false>);
+      else if (l.cluster > 0) go(cuda::hc_combine_kernel<N, true, true, true>);
+      else go(cuda::hc_combine_kernel<N, true, true, false>);
     } else {
-      if (norm) go(cuda::hc_combine_kernel<N, false, true>);
-      else go(cuda::hc_combine_kernel<N, false, false>);
+      if (!norm) go(cuda::hc_combine_kernel<N, false, false, false>);
+      else if (l.cluster > 0) go(cuda::hc_combine_kernel<N, false, true, true>);
+      else go(cuda::hc_combine_kernel<N, false, true, false>);
     }
   });
   return r;
@@ -141,8 +148,12 @@ Shifted5 mhc_shifted_post_pre_cuda(const Tensor& x, const Tensor& residual,
                              hc_base, a, norm_weight_bf16(norm_weight), out);
     return {out.residual_out, out.layer_input, next_pre, next_post, next_comb};
   }
+  // mhc_post_combine's kernel one CTA per token, as launches_of describes this plan (the
+  // split combine serves only the small T that the fused boundary takes here, where it is not
+  // batch-invariant).
   Plan combine = plan_of(KernelType::MHC_POST_COMBINE, d.T, d.n, d.H, cuda::num_sms(dev),
                          {plan.norm, false, false, false});
+  combine.num_splits = 1;
   Combined r =
       launch_combine(combine, x, residual, post_mix, comb_mix, pre_mix, norm_weight, norm_eps, d);
   Plan stats = plan;
