@@ -306,3 +306,27 @@ def test_fused_boundary_at_prefill_sizes(T, H, monkeypatch):
                                 {k: (v[idx] if k in h.V41_PER_TOKEN else v) for k, v in a.items()})
     finally:
         mhc_ops._C.set_boundary_max_tokens(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# The split combine past its planner threshold: the same bits as one CTA per token.
+
+@pytest.mark.parametrize("H", [1088, 5120, 16384])
+@pytest.mark.parametrize("op", ["mhc_combine", "mhc_post_combine"])
+def test_split_combine_at_prefill_sizes(op, H):
+    T = 1000
+    kind = KernelType.MHC_COMBINE if op == "mhc_combine" else KernelType.MHC_POST_COMBINE
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"))
+    for norm in (False, True):
+        a = h.v41_inputs(T, ch.N_HC, H, seed=h.seed_of("split", op, H, norm), device="cuda",
+                         norm=norm)
+        assert plan.plan_of(kind, T, norm=norm, **kw).num_splits == 1
+        want = h.outs_of(h.v41_call(op, a))
+        old = mhc_ops._C.set_combine_split_max_tokens(1 << 20)
+        try:
+            assert plan.plan_of(kind, T, norm=norm, **kw).num_splits > 1
+            got = h.outs_of(h.v41_call(op, a))
+        finally:
+            mhc_ops._C.set_combine_split_max_tokens(old)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w), f"norm={norm}"

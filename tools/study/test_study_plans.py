@@ -125,3 +125,16 @@ def test_boundary_threshold_moves_the_fused_shifted_boundary():
         assert not p.fused_boundary and p.variant == "full_k"
     with knob("boundary_max_tokens", 0):
         assert not plan.plan_of("MHC_SHIFTED_POST_PRE", 1, **kw).fused_boundary
+
+
+def test_combine_split_threshold():
+    kw = dict(hidden_size=5120, num_sms=132, batch_invariant=False, norm=True)
+    default = _C.combine_split_max_tokens()
+    assert default > 0
+    for kind in ("MHC_COMBINE", "MHC_POST_COMBINE"):
+        assert plan.plan_of(kind, default, **kw).num_splits == 5
+        assert plan.plan_of(kind, default + 1, **kw).num_splits == 1
+        with knob("combine_split_max_tokens", 4096):
+            assert plan.plan_of(kind, 4096, **kw).num_splits == 5
+        with knob("combine_split_max_tokens", 0):
+            assert plan.plan_of(kind, 1, **kw).num_splits == 1
