@@ -1,6 +1,6 @@
-// Thread-block cluster primitives of the hc_head cluster kernels (sm_90+): cluster barriers,
-// distributed shared memory loads and stores, and the named barriers and cp.async waits with
-// runtime counts that the persistent kernel needs.
+// Thread-block cluster primitives (sm_90+) of the hc_head cluster kernels and the split combine:
+// cluster barriers, distributed shared memory loads and stores, and the named barriers and
+// cp.async waits with runtime counts that the persistent kernel needs.
 #pragma once
 
 #include <cstdint>
