@@ -11,8 +11,9 @@
 // vectors (1 up to H = 4096, 2 up to H = 8192); or, the split combine at small T, T ·
 // combine_split_ctas(H) CTAs of combine_split_threads(H), CTA r of a token its vectors
 // [r · V, (r + 1) · V) (geometry.h), with NORM a cluster per token (CLUSTER) whose CTAs store
-// their group sums into every CTA's shared memory before one cluster barrier. Dynamic shared
-// memory: with NORM, 4 bytes per 32-column group of the row.
+// their group sums into every CTA's shared memory between two cluster barriers (the first, all
+// CTAs running, overlaps the row's loads). Dynamic shared memory: with NORM, 4 bytes per
+// 32-column group of the row.
 // Bound: HBM bytes, T·(10H + 16) (combine) or T·(20H + 96) (post_combine) at n = 4: residual
 // (and x) read once, residual_out and layer_input written once.
 #pragma once
@@ -41,6 +42,11 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
   // This CTA's vectors [v0, v1) of the row, v0 a multiple of 32.
   const int v0 = static_cast<int>(blockIdx.x % p.ctas) * p.vectors;
   const int v1 = min(nv, v0 + p.vectors);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // A CTA may store into another's shared memory only once that one runs: every CTA arrives
+  // here and waits before its first store (the loads are in flight meanwhile).
+  if constexpr (CLUSTER) cluster_arrive_relaxed();
+#endif
   pdl_wait();
   pdl_trigger();
   float pre[N];
@@ -120,6 +126,9 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
     for (int k = 0; k < HELD; ++k)
       if (v0 + tid + k * nth < v1) wv[k] = ldg16(p.norm_w + 8 * (v0 + tid + k * nth));
   }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (CLUSTER) cluster_wait();  // every CTA of the cluster runs
+#endif
 #pragma unroll
   for (int k = 0; k < HELD; ++k)
     if (w0 + k * nth < v1) finish(w0 + k * nth, in[k], true, held[k]);
