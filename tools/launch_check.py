@@ -62,7 +62,7 @@ def canonical(name: str) -> str | None:
         return "post<%s,%s>" % (v[0], v[1])
     if fn == "mhc_post_row_kernel":
         return "post_row<%s,%s>" % (v[0], v[1])
-    if fn == "hc_combine_kernel":  # N, POST, NORM, CLUSTER
+    if fn == "hc_combine_kernel":  # N, POST, NORM, SPLIT
         return "combine<%s,%s,%s,%s>" % (v[0], v[1], v[2], v[3])
     if fn == "prenorm_kernel":
         return "prenorm<%s,%s>" % (v[0], v[1])

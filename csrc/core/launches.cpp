@@ -149,7 +149,7 @@ std::string kernel_name(const Plan& p, const Launch& l, int64_t n) {
     case KernelRole::COMBINE:
       std::snprintf(buf, sizeof buf, "combine<%d,%d,%d,%d>", static_cast<int>(n),
                     p.kind == KernelType::MHC_COMBINE ? 0 : 1, p.norm ? 1 : 0,
-                    l.cluster > 0 ? 1 : 0);
+                    combine_kind(p.kind) && p.num_splits > 1 ? 1 : 0);
       break;
     case KernelRole::PRENORM:
       std::snprintf(buf, sizeof buf, "prenorm<%d,1>",

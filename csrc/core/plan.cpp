@@ -68,8 +68,9 @@ constexpr int64_t kPostRowTokens = 4096;
 // three kernels and two reads ("The fused shifted boundary").
 constexpr int64_t kBoundaryTokens = 64;
 // mhc_combine / mhc_post_combine split a row over a cluster of CTAs up to this T: the row's
-// loads spread over several SMs, against a cluster barrier and more CTAs ("The split combine").
-constexpr int64_t kCombineSplitTokens = 64;
+// loads spread over several SMs, against two cluster barriers and more CTAs; faster at T <= 8,
+// slower at 64 ("The split combine").
+constexpr int64_t kCombineSplitTokens = 8;
 
 #ifdef MHC_STUDY
 using study::Knob;

@@ -88,9 +88,9 @@ struct CombineParams {
   uint16_t* res_out;       // post_combine: [T, N, H]
   uint16_t* out;           // [T, H] layer_input
   int H;
+  float norm_eps;
   int ctas;                // CTAs per token: 1, or combine_split_ctas(H) (the split combine)
   int vectors;             // 8-column vectors per CTA: H / 8, or combine_split_vectors(H)
-  float norm_eps;
 };
 
 // hc_head's cluster kernels (hc_cluster.cuh, hc_head_persistent.cuh).

@@ -31,17 +31,18 @@ namespace mhc::cuda {
 // reads no global memory; one above n = 4 (registers).
 constexpr int combine_held(int n) { return n <= 4 ? 2 : 1; }
 
-// CLUSTER (with NORM and p.ctas > 1 only): the CTAs of a token are one cluster.
-template <int N, bool POST, bool NORM, bool CLUSTER>
+// SPLIT: p.ctas CTAs per token, with NORM one cluster (CLUSTER). Without SPLIT the indices are
+// compile-time whole rows (the one-CTA kernel keeps its registers: 2 CTAs per SM at H = 5120).
+template <int N, bool POST, bool NORM, bool SPLIT>
 __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const CombineParams p) {
-  static_assert(NORM || !CLUSTER, "the split combine needs a cluster only for the norm");
+  constexpr bool CLUSTER = SPLIT && NORM;
   extern __shared__ float gsum[];  // NORM: the row's group sums S(g) (norm_tree.cuh)
-  const int64_t t = blockIdx.x / p.ctas;
+  const int64_t t = SPLIT ? blockIdx.x / p.ctas : blockIdx.x;
   const int tid = threadIdx.x, nth = blockDim.x, lane = tid & 31;
   const int H = p.H, nv = H / 8;
   // This CTA's vectors [v0, v1) of the row, v0 a multiple of 32.
-  const int v0 = static_cast<int>(blockIdx.x % p.ctas) * p.vectors;
-  const int v1 = min(nv, v0 + p.vectors);
+  const int v0 = SPLIT ? static_cast<int>(blockIdx.x % p.ctas) * p.vectors : 0;
+  const int v1 = SPLIT ? min(nv, v0 + p.vectors) : nv;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // A CTA may store into another's shared memory only once that one runs: every CTA arrives
   // here and waits before its first store (the loads are in flight meanwhile).

@@ -2,6 +2,8 @@
 // allocate, plan, launch hc_combine.cuh's kernel; the shifted boundary then runs mhc_stats'
 // kernels (cuda/stats.h) on residual_out, the plan's last launches (launches_of), or where the
 // plan is the fused boundary the fused op's kernels (cuda/boundary.h) instead of both.
+#include <type_traits>
+
 #include "core/flags.h"
 #include "core/plan.h"
 #include "core/validate.h"
@@ -64,15 +66,17 @@ Combined launch_combine(const Plan& plan, const Tensor& x, const Tensor& residua
       cuda::launch_clustered(kernel, dev, grid, block, static_cast<size_t>(l.smem), stream,
                              l.cluster, p);
     };
-    if (post) {
-      if (!norm) go(cuda::hc_combine_kernel<N, true, false, false>);
-      else if (l.cluster > 0) go(cuda::hc_combine_kernel<N, true, true, true>);
-      else go(cuda::hc_combine_kernel<N, true, true, false>);
-    } else {
-      if (!norm) go(cuda::hc_combine_kernel<N, false, false, false>);
-      else if (l.cluster > 0) go(cuda::hc_combine_kernel<N, false, true, true>);
-      else go(cuda::hc_combine_kernel<N, false, true, false>);
-    }
+    const auto pick = [&](auto post_c, auto norm_c) {
+      constexpr bool P = decltype(post_c)::value, NM = decltype(norm_c)::value;
+      if (split) go(cuda::hc_combine_kernel<N, P, NM, true>);
+      else go(cuda::hc_combine_kernel<N, P, NM, false>);
+    };
+    constexpr std::true_type yes{};
+    constexpr std::false_type no{};
+    if (post && norm) pick(yes, yes);
+    else if (post) pick(yes, no);
+    else if (norm) pick(no, yes);
+    else pick(no, no);
   });
   return r;
 }
