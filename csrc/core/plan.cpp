@@ -16,9 +16,8 @@
 //    tree, and therefore its bits, never depend on the batch it came in.
 //  * DeepSeek-V4.1: mhc_stats runs pre's plans without the stream sum; mhc_combine and
 //    mhc_post_combine one streaming kernel (a cluster of CTAs per token at small T);
-//    mhc_shifted_post_pre, up to kBoundaryTokens, the
-//    fused op's SPLIT_K plan with the combine in its epilogue, else the combine kernel and then
-//    the stats.
+//    mhc_shifted_post_pre, up to kBoundaryTokens, the fused op's SPLIT_K plan with the combine
+//    in its epilogue, else the combine kernel (one CTA per token) and then the stats.
 //  * mhc_post is one streaming kernel for every T; hc_prenorm_gemm keeps upstream's split count
 //    (its launcher runs the caller's num_splits); linear_bf16_fp32 is cuBLAS or the fp32 GEMM.
 #include "core/plan.h"
@@ -359,6 +358,12 @@ Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidde
       p.hidden_spec = stats_hidden_spec(hc_mult, hidden_size);
       return plan_hc(kind, num_tokens, hc_mult, hidden_size, num_sms, opt, p);
   }
+  return p;
+}
+
+Plan shifted_combine_plan(const Plan& shifted) {
+  Plan p = base_plan(KernelType::MHC_POST_COMBINE, shifted.hc_mult, shifted.norm);
+  p.variant = Variant::STREAM;
   return p;
 }
 

@@ -117,6 +117,10 @@ int64_t upstream_num_splits(int64_t num_tokens, int64_t k, int64_t num_sms);
 Plan plan_of(KernelType kind, int64_t num_tokens, int64_t hc_mult, int64_t hidden_size,
              int64_t num_sms, const PlanOptions& opt);
 
+// The combine kernel's plan of a shifted boundary plan outside the fused form (its first
+// launch in launches_of): mhc_post_combine's kernel, one CTA per token.
+Plan shifted_combine_plan(const Plan& shifted);
+
 // For each distinct plan over T in 1..max_tokens, the largest T with that plan, sorted.
 std::vector<int64_t> token_count_representatives(KernelType kind, int64_t max_tokens,
                                                  int64_t hc_mult, int64_t hidden_size,

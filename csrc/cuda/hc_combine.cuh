@@ -151,13 +151,7 @@ __global__ void __launch_bounds__(kCombineMaxThreads) hc_combine_kernel(const Co
       __syncthreads();
     }
     const float rs = norm_rs(row_sumsq(gsum, (nv + 3) / 4, lane), H, p.norm_eps);
-#pragma unroll
-    for (int k = 0; k < HELD; ++k) {
-      const int v = v0 + tid + k * nth;
-      if (v < v1) stg16(out + 8 * v, norm8(held[k], wv[k], rs));
-    }
-    for (int v = v0 + tid + HELD * nth; v < v1; v += nth)
-      norm_vec8(out, p.norm_w, rs, v);  // its own stores
+    norm_held_pass<HELD>(out, p.norm_w, held, wv, rs, v0 + tid, nth, v1);
   }
 }
 

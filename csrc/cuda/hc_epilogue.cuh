@@ -91,13 +91,7 @@ __device__ __forceinline__ void carry_combine(const EpiParams& p, const uint16_t
   if constexpr (NORM) {
     asm volatile("bar.sync 1, %0;" ::"n"(kEpiThreads) : "memory");
     const float rs = norm_rs(row_sumsq(gsum, (v1 + 3) / 4, lane), H, p.norm_eps);
-#pragma unroll
-    for (int k = 0; k < CH; ++k) {
-      const int v = v0 + tid + k * kEpiThreads;
-      if (v < v1) stg16(out + 8 * v, norm8(z[k], w[k], rs));
-    }
-    for (int v = v0 + tid + CH * kEpiThreads; v < v1; v += kEpiThreads)
-      norm_vec8(out, p.norm_w, rs, v);  // its own stores
+    norm_held_pass<CH>(out, p.norm_w, z, w, rs, v0 + tid, kEpiThreads, v1);
   }
 }
 

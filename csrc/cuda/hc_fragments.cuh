@@ -357,6 +357,23 @@ __device__ __forceinline__ void norm_pass(uint16_t* __restrict__ out,
   }
 }
 
+// The norm pass of the V4.1 combines (hc_combine.cuh, the fused boundary's epilogue) over the
+// vectors first, first + stride, ... < v1 of a row that this thread combined: the first HELD
+// from registers (z and its norm weights wv, loaded before the row's barrier), the rest read
+// back from this thread's own stores of z.
+template <int HELD>
+__device__ __forceinline__ void norm_held_pass(uint16_t* __restrict__ out,
+                                               const uint16_t* __restrict__ w,
+                                               const uint4 (&z)[HELD], const uint4 (&wv)[HELD],
+                                               float rs, int first, int stride, int v1) {
+#pragma unroll
+  for (int k = 0; k < HELD; ++k) {
+    const int v = first + k * stride;
+    if (v < v1) stg16(out + 8 * v, norm8(z[k], wv[k], rs));
+  }
+  for (int v = first + HELD * stride; v < v1; v += stride) norm_vec8(out, w, rs, v);
+}
+
 // Weighted stream sum of a cluster CTA's slice held in shared memory: tokens 0 .. live - 1 of
 // the block from t0, vectors 0 .. nv - 1 of each stream row (a token's row is RS 16-byte units
 // in `data`, a stream's SV) with their gates [BT][N], into columns h0 + 8 v of out; by threads

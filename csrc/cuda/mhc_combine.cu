@@ -2,8 +2,6 @@
 // allocate, plan, launch hc_combine.cuh's kernel; the shifted boundary then runs mhc_stats'
 // kernels (cuda/stats.h) on residual_out, the plan's last launches (launches_of), or where the
 // plan is the fused boundary the fused op's kernels (cuda/boundary.h) instead of both.
-#include <type_traits>
-
 #include "core/flags.h"
 #include "core/plan.h"
 #include "core/validate.h"
@@ -62,21 +60,19 @@ Combined launch_combine(const Plan& plan, const Tensor& x, const Tensor& residua
   TORCH_INTERNAL_ASSERT(l.grid_x == d.T * p.ctas && (l.cluster > 0) == (split && norm));
   const dim3 grid(static_cast<unsigned>(l.grid_x)), block(static_cast<unsigned>(l.block));
   MHC_DISPATCH_HC_MULT(d.n, N, [&] {
-    const auto go = [&](auto kernel) {
-      cuda::launch_clustered(kernel, dev, grid, block, static_cast<size_t>(l.smem), stream,
-                             l.cluster, p);
-    };
-    const auto pick = [&](auto post_c, auto norm_c) {
-      constexpr bool P = decltype(post_c)::value, NM = decltype(norm_c)::value;
-      if (split) go(cuda::hc_combine_kernel<N, P, NM, true>);
-      else go(cuda::hc_combine_kernel<N, P, NM, false>);
-    };
-    constexpr std::true_type yes{};
-    constexpr std::false_type no{};
-    if (post && norm) pick(yes, yes);
-    else if (post) pick(yes, no);
-    else if (norm) pick(no, yes);
-    else pick(no, no);
+    // hc_combine_kernel<N, POST, NORM, SPLIT>, indexed [post][norm][split]
+    using Kernel = void (*)(cuda::CombineParams);
+    const Kernel kernels[2][2][2] = {
+        {{cuda::hc_combine_kernel<N, false, false, false>,
+          cuda::hc_combine_kernel<N, false, false, true>},
+         {cuda::hc_combine_kernel<N, false, true, false>,
+          cuda::hc_combine_kernel<N, false, true, true>}},
+        {{cuda::hc_combine_kernel<N, true, false, false>,
+          cuda::hc_combine_kernel<N, true, false, true>},
+         {cuda::hc_combine_kernel<N, true, true, false>,
+          cuda::hc_combine_kernel<N, true, true, true>}}};
+    cuda::launch_clustered(kernels[post][norm][split], dev, grid, block,
+                           static_cast<size_t>(l.smem), stream, l.cluster, p);
   });
   return r;
 }
@@ -152,14 +148,8 @@ Shifted5 mhc_shifted_post_pre_cuda(const Tensor& x, const Tensor& residual,
                              hc_base, a, norm_weight_bf16(norm_weight), out);
     return {out.residual_out, out.layer_input, next_pre, next_post, next_comb};
   }
-  // mhc_post_combine's kernel one CTA per token, as launches_of describes this plan (the
-  // split combine serves only the small T that the fused boundary takes here, where it is not
-  // batch-invariant).
-  Plan combine = plan_of(KernelType::MHC_POST_COMBINE, d.T, d.n, d.H, cuda::num_sms(dev),
-                         {plan.norm, false, false, false});
-  combine.num_splits = 1;
-  Combined r =
-      launch_combine(combine, x, residual, post_mix, comb_mix, pre_mix, norm_weight, norm_eps, d);
+  Combined r = launch_combine(shifted_combine_plan(plan), x, residual, post_mix, comb_mix,
+                              pre_mix, norm_weight, norm_eps, d);
   Plan stats = plan;
   stats.kind = KernelType::MHC_STATS;
   stats.norm = false;
