@@ -660,6 +660,9 @@ KNOBS = (
      "T = {}"),
     ("combine_split_max_tokens", "T up to which mhc_combine / mhc_post_combine split a row over "
      "a cluster of CTAs (studies only; 0: never)", "split combine up to T = {}"),
+    ("chunk_tokens", "pre / fused / stats run their plans over token chunks of this size, so "
+     "that a chunk's second read of its rows can hit L2 (studies only; 0: one plan)",
+     "plans over chunks of {} tokens"),
 )
 
 

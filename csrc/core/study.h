@@ -23,6 +23,9 @@ enum class Knob : int {
                             // plan is SPLIT_K) up to this T; 0: never
   COMBINE_SPLIT_MAX_TOKENS,  // mhc_combine / mhc_post_combine split a row over CTAs up to this T;
                              // 0: never
+  CHUNK_TOKENS,             // pre / fused / stats (not CLUSTER plans) run over token chunks of this
+                            // size, each chunk its own plan, so that the second read of a
+                            // chunk's rows can hit L2; 0: one plan for all T
   COUNT
 };
 const char* knob_name(Knob k);

@@ -18,6 +18,7 @@
 
 #include "core/geometry.h"
 #include "core/plan.h"
+#include "core/study.h"
 #include "cuda/common.cuh"
 #include "cuda/hc_args.cuh"
 #include "cuda/hc_cluster.cuh"
@@ -299,8 +300,8 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 // Runs the plan's kernels for hc_mult a.n (compile-time N) and the plan's hidden_spec. NORM_OK
 // false: mhc_stats' plans (no stream sum), whose kernels are also specialised for H = 5120.
 template <Mode MODE, bool NORM_OK = true>
-void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
-            cudaStream_t stream) {
+void run_hc_once(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
+                 cudaStream_t stream) {
   MHC_DISPATCH_HC_MULT(a.n, N, [&] {
     if constexpr (N == 4) {
       switch (plan.hidden_spec) {
@@ -315,6 +316,48 @@ void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, i
     }
     return run_hc_spec<N, MODE, 0, NORM_OK>(plan, a, fopts, device, stream);
   });
+}
+
+#ifdef MHC_STUDY
+// Tokens t0 .. t0 + len - 1 of a call: every per-token pointer moved to row t0.
+inline HcCall token_slice(const HcCall& a, int64_t t0, int64_t len) {
+  HcCall c = a;
+  const int64_t n = a.n, H = a.H;
+  const auto at_row = [t0](auto* ptr, int64_t per_token) { return ptr ? ptr + t0 * per_token : ptr; };
+  c.T = len;
+  c.res = at_row(a.res, n * H);
+  c.x = at_row(a.x, H);
+  c.post_in = at_row(a.post_in, n);
+  c.comb_in = at_row(a.comb_in, n * n);
+  c.res_out = at_row(a.res_out, n * H);
+  c.pre_in = at_row(a.pre_in, n);
+  c.pre_out = at_row(a.pre_out, n);
+  c.post_out = at_row(a.post_out, n);
+  c.comb_out = at_row(a.comb_out, n * n);
+  c.out = at_row(a.out, H);
+  return c;
+}
+#endif
+
+// run_hc_once, or in a study build with the chunk_tokens knob set, the plans of token chunks
+// one after the other (pre, fused and stats outside the fused boundary; not CLUSTER plans).
+template <Mode MODE, bool NORM_OK = true>
+void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
+            cudaStream_t stream) {
+#ifdef MHC_STUDY
+  const int64_t chunk = study::knob(study::Knob::CHUNK_TOKENS);
+  if (chunk > 0 && a.T > chunk && MODE != Mode::HEAD && plan.variant != Variant::CLUSTER &&
+      !plan.fused_boundary) {
+    for (int64_t t0 = 0; t0 < a.T; t0 += chunk) {
+      const HcCall c = token_slice(a, t0, std::min(chunk, a.T - t0));
+      const Plan cp = plan_of(plan.kind, c.T, a.n, a.H, num_sms(device),
+                              {plan.norm, false, false, supports_clusters(device)});
+      run_hc_once<MODE, NORM_OK>(cp, c, fopts, device, stream);
+    }
+    return;
+  }
+#endif
+  run_hc_once<MODE, NORM_OK>(plan, a, fopts, device, stream);
 }
 
 }  // namespace mhc::cuda

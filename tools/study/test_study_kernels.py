@@ -330,3 +330,36 @@ def test_split_combine_at_prefill_sizes(op, H):
             mhc_ops._C.set_combine_split_max_tokens(old)
         for g, w in zip(got, want):
             assert torch.equal(g, w), f"norm={norm}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Plans over token chunks (chunk_tokens): each chunk is the call on its rows, so the outputs
+# are those of the calls on the slices, bit for bit, every row written.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("T", [700, 1301])
+def test_chunked_plans_equal_calls_on_slices(T, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    H, chunk = 4096, 256
+    x, res, post, comb, p = ch.call_inputs(h.seed_of("chunk", T), T, H, norm=True)
+    plain = ch.sub(p, norm_weight=None)
+    a = h.v41_inputs(T, ch.N_HC, 5120, seed=h.seed_of("chunk41", T), device="cuda")
+    calls = {
+        "pre": lambda r: mhc_ops.mhc_pre(res[r], **plain),
+        "pre_norm": lambda r: mhc_ops.mhc_pre(res[r], **p),
+        "fused": lambda r: mhc_ops.mhc_fused_post_pre(x[r], res[r], post[r], comb[r], **p),
+        "stats": lambda r: h.outs_of(h.v41_call("mhc_stats", {
+            k: (v[r] if k == "residual" else v) for k, v in a.items()})),
+    }
+    whole = slice(0, T)
+    old = mhc_ops._C.set_chunk_tokens(chunk)
+    try:
+        got = {k: f(whole) for k, f in calls.items()}
+    finally:
+        mhc_ops._C.set_chunk_tokens(old)
+    for k, f in calls.items():
+        parts = [f(slice(t0, min(T, t0 + chunk))) for t0 in range(0, T, chunk)]
+        want = [torch.cat(col) for col in zip(*parts)]
+        for g, w in zip(got[k], want):
+            assert torch.equal(g, w), k
+    h.check_pre_outputs(got["pre_norm"], res, p)
