@@ -14,7 +14,7 @@
 // each launch, a 128 MB memset before it (L2 cold), median of 15; beside them one
 // device-to-device copy of the residual, the copy rate at that size.
 // Standalone (no torch), on the GPU machine:
-//   nvcc -O3 -std=c++17 -arch=sm_90 tools/post_schemes_probe.cu -o /tmp/psp && /tmp/psp
+//   nvcc -O3 -std=c++20 -arch=sm_90 -Icsrc tools/post_schemes_probe.cu -o /tmp/psp && /tmp/psp
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <algorithm>
@@ -23,6 +23,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#include "cuda/bf16.cuh"  // the kernels' bf16 unpacking and rounding
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1); } } while (0)
 
@@ -42,12 +44,9 @@ __device__ __forceinline__ void stg16(uint16_t* p, uint4 v) { *reinterpret_cast<
 __device__ __forceinline__ void stg16_cs(uint16_t* p, uint4 v) {
   asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
 }
-__device__ __forceinline__ float lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
-__device__ __forceinline__ uint32_t pack(float a, float b) {
-  __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
+using mhc::cuda::bf16_hi;
+using mhc::cuda::bf16_lo;
+using mhc::cuda::pack2;
 __device__ __forceinline__ void mix(const float* post, const float* comb, uint4 xv, const uint4* old, uint4* nv) {
   const uint32_t* xw = &xv.x;
 #pragma unroll
@@ -55,14 +54,14 @@ __device__ __forceinline__ void mix(const float* post, const float* comb, uint4 
     uint32_t o[4];
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      float a = post[j] * lo(xw[q]), b = post[j] * hi(xw[q]);
+      float a = post[j] * bf16_lo(xw[q]), b = post[j] * bf16_hi(xw[q]);
 #pragma unroll
       for (int i = 0; i < N; ++i) {
         const uint32_t w = (&old[i].x)[q];
-        a = fmaf(comb[i * N + j], lo(w), a);
-        b = fmaf(comb[i * N + j], hi(w), b);
+        a = fmaf(comb[i * N + j], bf16_lo(w), a);
+        b = fmaf(comb[i * N + j], bf16_hi(w), b);
       }
-      o[q] = pack(a, b);
+      o[q] = pack2(a, b);
     }
     nv[j] = make_uint4(o[0], o[1], o[2], o[3]);
   }
