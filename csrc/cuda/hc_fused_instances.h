@@ -11,7 +11,7 @@
 #define MHC_FUSED_INSTANCE(N_, HS_)                                                           \
   template void run_hc_spec<N_, Mode::FUSED, HS_, true>(const Plan&, const HcCall&,           \
                                                        const at::TensorOptions&, int,         \
-                                                       cudaStream_t)
+                                                       cudaStream_t, ChunkShared*)
 
 namespace mhc::cuda {
 

@@ -195,9 +195,16 @@ void set_call_fields(P& p, const HcCall& a) {
   p.repeat = a.repeat;
 }
 
+// Buffers that the token chunks of one call share (the chunk_tokens study knob): fn staged
+// once, and one SPLIT_K partial buffer for every chunk that fits it (stream order: a chunk's
+// main kernel waits for the previous chunk's epilogue before it writes).
+struct ChunkShared {
+  at::Tensor staged, ws;
+};
+
 template <int N, Mode MODE, int HS, bool NORM_OK = true>
 void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, ChunkShared* shared = nullptr) {
   if (plan.variant == Variant::CLUSTER) {
     if constexpr (MODE == Mode::HEAD && N <= 4) return run_cluster_plan<N, MODE, HS>(plan, a, device, stream);
     TORCH_INTERNAL_ASSERT(false, "no cluster kernel for this op and hc_mult ", N);
@@ -238,10 +245,15 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
     switch (l.role) {
       case KernelRole::STAGE_FN:
         if constexpr (MODE != Mode::HEAD) {
+          if (shared != nullptr && shared->staged.defined()) {  // staged by an earlier chunk
+            mp.fnf = reinterpret_cast<const uint4*>(shared->staged.data_ptr<float>());
+            break;
+          }
           const int64_t items = static_cast<int64_t>(G) * N * Sh::NT;  // one warp each
           staged = at::empty({items * kParts * 32 * 4}, fopts);         // uint4 per lane, part
           uint4* fnf = reinterpret_cast<uint4*>(staged.data_ptr<float>());
           mp.fnf = fnf;
+          if (shared != nullptr) shared->staged = staged;
           launch(hc_stage_fn_kernel<N, MODE>, device, grid, block, smem, stream, a.fn, fnf, a.H,
                  G);
           break;
@@ -249,7 +261,13 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
         TORCH_INTERNAL_ASSERT(false, "hc_head never stages fn");
       case KernelRole::MAIN:
         if (!full) {
-          ws = at::empty({a.T, S, Sh::MP}, fopts);
+          const int64_t need = a.T * S * Sh::MP;
+          if (shared != nullptr && shared->ws.defined() && shared->ws.numel() >= need) {
+            ws = shared->ws;
+          } else {
+            ws = at::empty({a.T, S, Sh::MP}, fopts);
+            if (shared != nullptr) shared->ws = ws;
+          }
           mp.ws = ws.data_ptr<float>();
         }
         with_main_kernel<N, MODE, HS, NORM_OK>(plan, [&](auto kernel) {
@@ -301,20 +319,22 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 // false: mhc_stats' plans (no stream sum), whose kernels are also specialised for H = 5120.
 template <Mode MODE, bool NORM_OK = true>
 void run_hc_once(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, ChunkShared* shared = nullptr) {
   MHC_DISPATCH_HC_MULT(a.n, N, [&] {
     if constexpr (N == 4) {
       switch (plan.hidden_spec) {
-        case 4096: return run_hc_spec<4, MODE, 4096, NORM_OK>(plan, a, fopts, device, stream);
-        case 7168: return run_hc_spec<4, MODE, 7168, NORM_OK>(plan, a, fopts, device, stream);
+        case 4096:
+          return run_hc_spec<4, MODE, 4096, NORM_OK>(plan, a, fopts, device, stream, shared);
+        case 7168:
+          return run_hc_spec<4, MODE, 7168, NORM_OK>(plan, a, fopts, device, stream, shared);
         case 5120:
           if constexpr (!NORM_OK)
-            return run_hc_spec<4, MODE, 5120, false>(plan, a, fopts, device, stream);
+            return run_hc_spec<4, MODE, 5120, false>(plan, a, fopts, device, stream, shared);
           break;
         default: break;
       }
     }
-    return run_hc_spec<N, MODE, 0, NORM_OK>(plan, a, fopts, device, stream);
+    return run_hc_spec<N, MODE, 0, NORM_OK>(plan, a, fopts, device, stream, shared);
   });
 }
 
@@ -323,7 +343,9 @@ void run_hc_once(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
 inline HcCall token_slice(const HcCall& a, int64_t t0, int64_t len) {
   HcCall c = a;
   const int64_t n = a.n, H = a.H;
-  const auto at_row = [t0](auto* ptr, int64_t per_token) { return ptr ? ptr + t0 * per_token : ptr; };
+  const auto at_row = [t0](auto* ptr, int64_t per_token) {
+    return ptr ? ptr + t0 * per_token : ptr;
+  };
   c.T = len;
   c.res = at_row(a.res, n * H);
   c.x = at_row(a.x, H);
@@ -348,11 +370,12 @@ void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, i
   const int64_t chunk = study::knob(study::Knob::CHUNK_TOKENS);
   if (chunk > 0 && a.T > chunk && MODE != Mode::HEAD && plan.variant != Variant::CLUSTER &&
       !plan.fused_boundary) {
+    ChunkShared shared;
     for (int64_t t0 = 0; t0 < a.T; t0 += chunk) {
       const HcCall c = token_slice(a, t0, std::min(chunk, a.T - t0));
       const Plan cp = plan_of(plan.kind, c.T, a.n, a.H, num_sms(device),
                               {plan.norm, false, false, supports_clusters(device)});
-      run_hc_once<MODE, NORM_OK>(cp, c, fopts, device, stream);
+      run_hc_once<MODE, NORM_OK>(cp, c, fopts, device, stream, &shared);
     }
     return;
   }

@@ -333,17 +333,21 @@ def test_split_combine_at_prefill_sizes(op, H):
 
 
 # ----------------------------------------------------------------------------------------------
-# Plans over token chunks (chunk_tokens): each chunk is the call on its rows, so the outputs
-# are those of the calls on the slices, bit for bit, every row written.
+# Plans over token chunks (chunk_tokens): each chunk is the call on its rows (fn staged once
+# for the chunks whose plan stages it, one partial buffer), so the outputs are those of the
+# calls on the slices, bit for bit, every row written.
 
 @pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("chunk", [256, 512])  # SPLIT_K chunks; from 512 with staged fn
 @pytest.mark.parametrize("T", [700, 1301])
-def test_chunked_plans_equal_calls_on_slices(T, monkeypatch):
+def test_chunked_plans_equal_calls_on_slices(T, chunk, monkeypatch):
     monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
-    H, chunk = 4096, 256
-    x, res, post, comb, p = ch.call_inputs(h.seed_of("chunk", T), T, H, norm=True)
+    H = 4096
+    kw = dict(hidden_size=H, num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+    assert plan.plan_of(KernelType.MHC_PRE, chunk, **kw).staged_fn == (chunk >= 512)
+    x, res, post, comb, p = ch.call_inputs(h.seed_of("chunk", T, chunk), T, H, norm=True)
     plain = ch.sub(p, norm_weight=None)
-    a = h.v41_inputs(T, ch.N_HC, 5120, seed=h.seed_of("chunk41", T), device="cuda")
+    a = h.v41_inputs(T, ch.N_HC, 5120, seed=h.seed_of("chunk41", T, chunk), device="cuda")
     calls = {
         "pre": lambda r: mhc_ops.mhc_pre(res[r], **plain),
         "pre_norm": lambda r: mhc_ops.mhc_pre(res[r], **p),
