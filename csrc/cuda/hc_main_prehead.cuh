@@ -21,12 +21,70 @@
 
 namespace mhc::cuda {
 
+// The K loop of pre / head without the ring, for the tokens t0 .. t0 + 16 TT - 1 and the units
+// of one split (groups gb ..): warp `warp` of W takes units warp, warp + W, ...; its ring of
+// kRegStages units lies after red [W][16 TT][MP]. Shared by hc_prehead_main_kernel and the
+// pipelined study kernel (hc_pipe.cuh), so that both add the same products in the same order.
+template <int N, Mode MODE, int TT>
+__device__ __forceinline__ void reg_k_loop(const MainParams& p, float* red, int64_t t0, int gb,
+                                           int units, int H, int64_t K, int W, int warp, int lane,
+                                           int g, int c, bool staged,
+                                           float (&acc)[TT][Shape<N, MODE>::NT][4],
+                                           float (&ss)[TT][2]) {
+  using Sh = Shape<N, MODE>;
+  constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP;
+  const int64_t T = p.T;
+  // One (group, stream) unit: this lane's 8 fn values of each 8-row block (raw fp32, in
+  // registers, prefetched one unit ahead: L2 hits) and its 8 activations of rows g, g + 8
+  // of every tile (HBM), which stream through a per-warp ring of kRegStages units in shared
+  // memory with cp.async, so each warp keeps several units of loads in flight.
+  uint4* ring =
+      reinterpret_cast<uint4*>(red + W * 16 * TT * MP) + warp * kRegStages * 2 * TT * 32 + lane;
+  const auto stage_x = [&](int k) {  // the warp's k-th unit into slot k % kRegStages
+    const int uu = warp + k * W;
+    if (uu < units) {
+      const int gi = gb + uu / N, i = uu % N;
+      const int h = gi * kGroupCols + 8 * c;
+      uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
+      copy_unit_acts<N, TT>(slot, p.res, t0, T, H, h, i, g);
+    }
+    cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
+  };
+  const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
+    if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gb) * N + uu, lane, fr);
+    else load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
+  };
+#pragma unroll
+  for (int k = 0; k < kRegStages - 1; ++k) stage_x(k);
+  float4 fr[NT][2];
+  if (warp < units) load_fn(warp, fr);
+  for (int k = 0, u = warp; u < units; ++k, u += W) {
+    stage_x(k + kRegStages - 1);
+    float4 fr_next[NT][2];
+    if (u + W < units) load_fn(u + W, fr_next);
+    FnFrag<kParts> f[NT];
+    unit_frags<NT>(staged, fr, f);
+    cp_async_wait<kRegStages - 1>();  // this unit's group has landed (this lane's own slots)
+    const uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
+#pragma unroll
+    for (int tt = 0; tt < TT; ++tt) {
+      if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
+      mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      fr[nt][0] = fr_next[nt][0];
+      fr[nt][1] = fr_next[nt][1];
+    }
+  }
+}
+
 template <int N, Mode MODE, bool FULLK, bool NORM, int HS, bool RING, bool SMALL>
 __global__ void __launch_bounds__(kMainThreads, 1) hc_prehead_main_kernel(const MainParams p) {
   static_assert(MODE != Mode::FUSED, "the fused op has its own main kernel");
   static_assert(!SMALL || (!FULLK && !RING), "SMALL: pre / head SPLIT_K");
   using Sh = Shape<N, MODE>;
-  constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP;
+  constexpr int M = Sh::M, NT = Sh::NT;
   constexpr int TT = tiles_per_block(N, MODE, FULLK, SMALL);
   extern __shared__ float4 smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
@@ -47,49 +105,7 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_prehead_main_kernel(const 
   float acc[TT][NT][4] = {};  // per tile, 8-row block: the mma accumulators
   float ss[TT][2] = {};       // per tile: sums of squares of rows g and g + 8
   if constexpr (!RING) {
-    // One (group, stream) unit: this lane's 8 fn values of each 8-row block (raw fp32, in
-    // registers, prefetched one unit ahead: L2 hits) and its 8 activations of rows g, g + 8
-    // of every tile (HBM), which stream through a per-warp ring of kRegStages units in shared
-    // memory with cp.async, so each warp keeps several units of loads in flight.
-    uint4* ring =
-        reinterpret_cast<uint4*>(red + W * 16 * TT * MP) + warp * kRegStages * 2 * TT * 32 + lane;
-    const auto stage_x = [&](int k) {  // the warp's k-th unit into slot k % kRegStages
-      const int uu = warp + k * W;
-      if (uu < units) {
-        const int gi = gb + uu / N, i = uu % N;
-        const int h = gi * kGroupCols + 8 * c;
-        uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
-        copy_unit_acts<N, TT>(slot, p.res, t0, T, H, h, i, g);
-      }
-      cp_async_commit();  // one group per unit, empty past the end: the counts stay uniform
-    };
-    const auto load_fn = [&](int uu, float4 (&fr)[NT][2]) {
-      if (staged) load_staged_unit<NT>(p.fnf, static_cast<int64_t>(gb) * N + uu, lane, fr);
-      else load_fn_unit<NT, M>(p.fn, K, H, (gb + uu / N) * kGroupCols + 8 * c, uu % N, g, fr);
-    };
-#pragma unroll
-    for (int k = 0; k < kRegStages - 1; ++k) stage_x(k);
-    float4 fr[NT][2];
-    if (warp < units) load_fn(warp, fr);
-    for (int k = 0, u = warp; u < units; ++k, u += W) {
-      stage_x(k + kRegStages - 1);
-      float4 fr_next[NT][2];
-      if (u + W < units) load_fn(u + W, fr_next);
-      FnFrag<kParts> f[NT];
-      unit_frags<NT>(staged, fr, f);
-      cp_async_wait<kRegStages - 1>();  // this unit's group has landed (this lane's own slots)
-      const uint4* slot = ring + (k % kRegStages) * 2 * TT * 32;
-#pragma unroll
-      for (int tt = 0; tt < TT; ++tt) {
-        if (t0 + 16 * tt >= T) continue;  // a tile past the last token (decode sizes)
-        mma_tile<NT>(acc[tt], ss[tt], slot[(2 * tt) * 32], slot[(2 * tt + 1) * 32], f);
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        fr[nt][0] = fr_next[nt][0];
-        fr[nt][1] = fr_next[nt][1];
-      }
-    }
+    reg_k_loop<N, MODE, TT>(p, red, t0, gb, units, H, K, W, warp, lane, g, c, staged, acc, ss);
   } else {
     // One (group, stream) unit: this lane's 8 activations of rows g, g + 8 of every tile (HBM)
     // and its 8 fn values of each 8-row block (L2; raw fp32, or the staged hi / lo terms),
@@ -160,7 +176,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_prehead_main_kernel(const 
     }
   }
   cp_async_wait<0>();  // no copy may still target shared memory when the reduction reuses it
-  main_kernel_tail<N, MODE, FULLK, NORM, HS, TT, RING>(p, red, acc, ss, t0, units, H);
+  main_kernel_tail<N, MODE, FULLK, NORM, HS, TT, RING>(p, red, acc, ss, t0, blockIdx.y, units,
+                                                       H);
 }
 
 }  // namespace mhc::cuda
