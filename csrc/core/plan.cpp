@@ -75,11 +75,12 @@ constexpr int64_t kCombineSplitTokens = 8;
 using study::Knob;
 constexpr int64_t kKnobDefaults[] = {-1, -1, kStagedFnTokens, kFnRingTokens, kEvictInputsBytes,
                                      0, 0, kPostRowTokens, -1, kBoundaryTokens,
-                                     kCombineSplitTokens, 0};
+                                     kCombineSplitTokens, 0, 0};
 std::atomic<int64_t> g_knobs[] = {{kKnobDefaults[0]}, {kKnobDefaults[1]}, {kKnobDefaults[2]},
                                   {kKnobDefaults[3]}, {kKnobDefaults[4]}, {kKnobDefaults[5]},
                                   {kKnobDefaults[6]}, {kKnobDefaults[7]}, {kKnobDefaults[8]},
-                                  {kKnobDefaults[9]}, {kKnobDefaults[10]}, {kKnobDefaults[11]}};
+                                  {kKnobDefaults[9]}, {kKnobDefaults[10]}, {kKnobDefaults[11]},
+                                  {kKnobDefaults[12]}};
 static_assert(sizeof(kKnobDefaults) / sizeof(int64_t) == static_cast<int>(Knob::COUNT));
 int64_t knob_or(Knob k, int64_t) { return g_knobs[static_cast<int>(k)].load(); }
 #define MHC_KNOB(name, fallback) knob_or(Knob::name, fallback)
@@ -270,6 +271,7 @@ const char* knob_name(Knob k) {
     case Knob::BOUNDARY_MAX_TOKENS: return "boundary_max_tokens";
     case Knob::COMBINE_SPLIT_MAX_TOKENS: return "combine_split_max_tokens";
     case Knob::CHUNK_TOKENS: return "chunk_tokens";
+    case Knob::PIPE_TOKENS: return "pipe_tokens";
     case Knob::COUNT: break;
   }
   return "?";

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
@@ -26,6 +27,9 @@
 #include "cuda/hc_head_persistent.cuh"
 #include "cuda/hc_main_fused.cuh"
 #include "cuda/hc_main_prehead.cuh"
+#ifdef MHC_STUDY
+#include "cuda/hc_pipe.cuh"
+#endif
 #include "cuda/hc_stage_fn.cuh"
 
 namespace mhc::cuda {
@@ -361,12 +365,64 @@ inline HcCall token_slice(const HcCall& a, int64_t t0, int64_t len) {
 }
 #endif
 
-// run_hc_once, or in a study build with the chunk_tokens knob set, the plans of token chunks
-// one after the other (pre, fused and stats outside the fused boundary; not CLUSTER plans).
+#ifdef MHC_STUDY
+// mhc_pre at n = 4, H = HS through the pipelined kernel (hc_pipe.cuh): the SPLIT_K plan of
+// `tokens` tokens over all of the call's T in one launch. False where that plan is not one the
+// kernel runs (64-token blocks, 8 warps, raw fn, no ring).
+template <int HS>
+bool run_pipe(const HcCall& a, int64_t tokens, const at::TensorOptions& fopts, int device,
+              cudaStream_t stream) {
+  const bool norm = a.norm_w != nullptr;
+  const Plan cp = plan_of(KernelType::MHC_PRE, tokens, 4, HS, num_sms(device),
+                          {norm, false, false, supports_clusters(device)});
+  const MainInstance m = main_instance(cp);
+  if (cp.variant != Variant::SPLIT_K || cp.staged_fn || m.ring || m.small ||
+      m.tt != kPipeTiles || cp.main_warps != kPipeWarps || a.out == nullptr)
+    return false;
+  using Sh = Shape<4, Mode::PRE>;
+  MainParams mp{};
+  set_call_fields(mp, a);
+  mp.res = a.res;
+  mp.fn = a.fn;
+  mp.fnf = nullptr;
+  mp.G = static_cast<int>(ceil_div(HS, kGroupCols));
+  mp.S = cp.num_splits;
+  mp.gpc = static_cast<int>(ceil_div(mp.G, mp.S));
+  at::Tensor ws = at::empty({a.T, mp.S, Sh::MP}, fopts);
+  mp.ws = ws.data_ptr<float>();
+  PipeParams q{};
+  q.blocks = ceil_div(a.T, int64_t{16} * kPipeTiles);
+  q.fin = 16 * kPipeTiles / kPipeTokens;
+  const int64_t per_step = mp.S + q.fin, sms = num_sms(device);
+  q.lag = static_cast<int>(ceil_div(sms, per_step)) + 1;
+  const int64_t grid = std::min(sms, (q.blocks + q.lag) * per_step);
+  at::Tensor done = at::zeros({q.blocks}, fopts.dtype(at::kInt));
+  q.done = done.data_ptr<int>();
+  const Launches ls = launches_of(cp, tokens, 4, HS, device_limits(device));
+  TORCH_INTERNAL_ASSERT(ls.count == 2 && ls.step[0].role == KernelRole::MAIN, "pipe: plan");
+  const size_t smem = static_cast<size_t>(ls.step[0].smem);
+  const dim3 g(static_cast<unsigned>(grid)), b(kPipeThreads);
+  if (norm) launch(hc_pipe_kernel<4, true, HS>, device, g, b, smem, stream, mp, q);
+  else launch(hc_pipe_kernel<4, false, HS>, device, g, b, smem, stream, mp, q);
+  return true;
+}
+#endif
+
+// run_hc_once, or in a study build: with the pipe_tokens knob set, mhc_pre at n = 4 and
+// H = 4096 / 7168 through the pipelined kernel from T above it; with the chunk_tokens knob set,
+// the plans of token chunks one after the other (pre, fused and stats outside the fused
+// boundary; not CLUSTER plans).
 template <Mode MODE, bool NORM_OK = true>
 void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
             cudaStream_t stream) {
 #ifdef MHC_STUDY
+  if constexpr (MODE == Mode::PRE && NORM_OK) {
+    const int64_t pipe = study::knob(study::Knob::PIPE_TOKENS);
+    if (pipe > 0 && a.T > pipe && a.n == 4 && plan.variant != Variant::CLUSTER) {
+      if (a.H == 4096 && run_pipe<4096>(a, pipe, fopts, device, stream)) return;
+      if (a.H == 7168 && run_pipe<7168>(a, pipe, fopts, device, stream)) return;
+    }
+  }
   const int64_t chunk = study::knob(study::Knob::CHUNK_TOKENS);
   if (chunk > 0 && a.T > chunk && MODE != Mode::HEAD && plan.variant != Variant::CLUSTER &&
       !plan.fused_boundary) {

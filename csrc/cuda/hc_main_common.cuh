@@ -37,18 +37,19 @@ __device__ __forceinline__ void prefetch_fn_slice(const MainParams& p, int gb, i
   }
 }
 
-// After the K loop: each working warp's sums, then the warps in warp order, for the live rows;
-// SPLIT_K writes them into split `split`'s partials, FULL_K computes the gates and streams the
-// weighted sum of the CTA's tokens (src: the residual, or residual_out for the fused op).
+// After the K loop: each working warp's sums (W warps took the units), then the warps in warp
+// order, for the live rows; SPLIT_K writes them into split `split`'s partials, FULL_K computes
+// the gates and streams the weighted sum of the CTA's tokens (src: the residual, or
+// residual_out for the fused op).
 template <int N, Mode MODE, bool FULLK, bool NORM, int HS, int TT, bool RING>
 __device__ __forceinline__ void main_kernel_tail(const MainParams& p, float* red,
                                                  const float (&acc)[TT][Shape<N, MODE>::NT][4],
                                                  float (&ss)[TT][2], int64_t t0, int split,
-                                                 int units, int H) {
+                                                 int W, int units, int H) {
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP;
   constexpr int BT = 16 * TT;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t K = static_cast<int64_t>(N) * H;
   const int64_t T = p.T;
   // Each working warp's sums, then the warps in warp order, for the live rows (slice 0).

@@ -189,8 +189,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_fused_main_kernel(const Ma
     }
   }
   if constexpr (RING) cp_async_wait<0>();
-  main_kernel_tail<N, MODE, FULLK, NORM, HS, TT, RING>(p, red, acc, ss, t0, blockIdx.y, units,
-                                                       H);
+  main_kernel_tail<N, MODE, FULLK, NORM, HS, TT, RING>(p, red, acc, ss, t0, blockIdx.y, W,
+                                                       units, H);
 }
 
 }  // namespace mhc::cuda

@@ -176,8 +176,8 @@ __global__ void __launch_bounds__(kMainThreads, 1) hc_prehead_main_kernel(const 
     }
   }
   cp_async_wait<0>();  // no copy may still target shared memory when the reduction reuses it
-  main_kernel_tail<N, MODE, FULLK, NORM, HS, TT, RING>(p, red, acc, ss, t0, blockIdx.y, units,
-                                                       H);
+  main_kernel_tail<N, MODE, FULLK, NORM, HS, TT, RING>(p, red, acc, ss, t0, blockIdx.y, W,
+                                                       units, H);
 }
 
 }  // namespace mhc::cuda

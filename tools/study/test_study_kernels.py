@@ -367,3 +367,41 @@ def test_chunked_plans_equal_calls_on_slices(T, chunk, monkeypatch):
         for g, w in zip(got[k], want):
             assert torch.equal(g, w), k
     h.check_pre_outputs(got["pre_norm"], res, p)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipelined pre kernel (pipe_tokens, hc_pipe.cuh): the SPLIT_K plan of 256 tokens over all
+# T in one launch, so the bits of the same plan run chunk by chunk; every row written, within
+# the float64 reference's bounds at a T that is no multiple of the 64-token block.
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("H", [4096, 7168])
+@pytest.mark.parametrize("T", [512, 1280, 1301])
+def test_pipelined_pre_is_the_chunked_plan(T, H, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    chunk = 256
+    for norm in (False, True):  # a plan the pipelined kernel runs (else the launcher declines)
+        c = plan.plan_of(KernelType.MHC_PRE, chunk, hidden_size=H, norm=norm,
+                         num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+        assert (c.variant, c.block_tokens, c.main_warps) == ("split_k", 64, 8)
+        assert not (c.staged_fn or c.fn_ring)
+    x, res, post, comb, p = ch.call_inputs(h.seed_of("pipe", T, H), T, H, norm=True)
+    plain = ch.sub(p, norm_weight=None)
+    calls = {"plain": lambda: mhc_ops.mhc_pre(res, **plain),
+             "norm": lambda: mhc_ops.mhc_pre(res, **p)}
+
+    def under(name, value):
+        old = getattr(mhc_ops._C, "set_" + name)(value)
+        try:
+            return {k: f() for k, f in calls.items()}
+        finally:
+            getattr(mhc_ops._C, "set_" + name)(old)
+
+    got = under("pipe_tokens", chunk)
+    want = under("chunk_tokens", chunk)
+    for k in calls:
+        assert all(bool(torch.isfinite(o).all()) for o in got[k]), k
+        h.check_pre_outputs(got[k], res, p if k == "norm" else plain)
+        whole = T - T % chunk  # the last chunk's own plan differs from the 256-token plan
+        for g, w in zip(got[k], want[k]):
+            assert torch.equal(g[:whole], w[:whole]), k
