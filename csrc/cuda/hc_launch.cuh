@@ -210,7 +210,8 @@ template <int N, Mode MODE, int HS, bool NORM_OK = true>
 void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
                  cudaStream_t stream, ChunkShared* shared = nullptr) {
   if (plan.variant == Variant::CLUSTER) {
-    if constexpr (MODE == Mode::HEAD && N <= 4) return run_cluster_plan<N, MODE, HS>(plan, a, device, stream);
+    if constexpr (MODE == Mode::HEAD && N <= 4)
+      return run_cluster_plan<N, MODE, HS>(plan, a, device, stream);
     TORCH_INTERNAL_ASSERT(false, "no cluster kernel for this op and hc_mult ", N);
   }
   using Sh = Shape<N, MODE>;
