@@ -177,20 +177,9 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
     cp_async_wait<0>();
   }
   __syncthreads();
-  if (tid < parts * MP) {
-    float a = part[s0 * MP + pm];
-#pragma unroll 8
-    for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + pm];  // the loads ahead of the adds
-    psum[pq * MP + pm] = a;
-  }
+  if (tid < parts * MP) psum[pq * MP + pm] = run_sum(part, MP, s0, s1, pm);
   __syncthreads();
-  if (tid < MP) {
-    float a = psum[tid];
-#pragma unroll
-    for (int q = 1; q < kRuns; ++q)
-      if (q < parts) a += psum[q * MP + tid];
-    dsum[tid] = a;
-  }
+  if (tid < MP) dsum[tid] = runs_total<kRuns>(psum, MP, parts, tid);
   __syncthreads();
 
   const float inv_k = 1.0f / static_cast<float>(K);

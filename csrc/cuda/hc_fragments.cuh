@@ -233,6 +233,25 @@ __device__ __forceinline__ void copy_unit_acts(uint4* slot, const uint16_t* res,
     }
 }
 
+// A token's split partials part [S][MP] summed as every SPLIT_K epilogue adds them: splits
+// s0 .. s1 - 1 of one contiguous run in split order (run_sum, into psum [run][MP]), then the
+// runs in order (runs_total). Run q of `parts` covers q (S / parts) + min(q, S % parts) up to
+// the next run's start.
+__device__ __forceinline__ float run_sum(const float* part, int MP, int s0, int s1, int m) {
+  float a = part[s0 * MP + m];
+#pragma unroll 8
+  for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + m];  // the loads ahead of the adds
+  return a;
+}
+template <int KRUNS>
+__device__ __forceinline__ float runs_total(const float* psum, int MP, int parts, int m) {
+  float a = psum[m];
+#pragma unroll
+  for (int q = 1; q < KRUNS; ++q)
+    if (q < parts) a += psum[q * MP + m];
+  return a;
+}
+
 // Slices 1..nwork-1 (nwork <= WMAX) of red [W][BT][MP] added to slice 0 in warp order, for
 // the first `rows` rows (M dots and the sum of squares each); each sum goes to
 // dst(row, m, sum). The warp loop is unrolled with predicated loads, so a sum's loads are all

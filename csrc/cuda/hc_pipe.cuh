@@ -128,18 +128,10 @@ __global__ void __launch_bounds__(kPipeThreads, 1) hc_pipe_kernel(const MainPara
       const int pm = et % MP, pq = et / MP;
       const int s0 = pq * (S / parts) + min(pq, S % parts);
       const int s1 = s0 + S / parts + (pq < S % parts ? 1 : 0);
-      float a = part[s0 * MP + pm];
-      for (int s = s0 + 1; s < s1; ++s) a += part[s * MP + pm];
-      psum[pq * MP + pm] = a;
+      psum[pq * MP + pm] = run_sum(part, MP, s0, s1, pm);
     }
     __syncthreads();
-    if (!gate && t < T && et < MP) {
-      float a = psum[et];
-#pragma unroll
-      for (int u = 1; u < kRuns; ++u)
-        if (u < parts) a += psum[u * MP + et];
-      dsum[et] = a;
-    }
+    if (!gate && t < T && et < MP) dsum[et] = runs_total<kRuns>(psum, MP, parts, et);
     __syncthreads();
     if (gate) {
       if (lane < kPipeTokens && t < T) {
