@@ -104,8 +104,12 @@ __global__ void __launch_bounds__(kPipeThreads, 1) hc_pipe_kernel(const MainPara
     const int64_t blk = step - q.lag;
     if (blk < 0 || blk >= q.blocks) continue;
     const int f = r - S;
-    if (tid == 0)
-      while (ld_acquire_gpu(q.done + blk) < S) __nanosleep(64);
+    if (tid == 0) {  // a count that never completes is a bug: trap after seconds, not hang
+      for (int64_t spins = 0; ld_acquire_gpu(q.done + blk) < S; ++spins) {
+        if (spins > (int64_t{1} << 26)) __trap();
+        __nanosleep(64);
+      }
+    }
     __syncthreads();
     const bool gate = warp == kPipeWarps;
     const int k = gate ? lane : tid / kEpiThreads, et = tid % kEpiThreads;
