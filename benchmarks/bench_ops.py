@@ -663,8 +663,8 @@ KNOBS = (
     ("chunk_tokens", "pre / fused / stats run their plans over token chunks of this size, so "
      "that a chunk's second read of its rows can hit L2 (studies only; 0: one plan)",
      "plans over chunks of {} tokens"),
-    ("pipe_tokens", "mhc_pre (n = 4, H = 4096 / 7168) runs the pipelined kernel with the SPLIT_K "
-     "plan of this many tokens, from T above it (studies only; 0: never)",
+    ("pipe_tokens", "mhc_pre (n = 4, H = 4096 / 7168) and mhc_stats (n = 4) run the pipelined "
+     "kernel with the SPLIT_K plan of this many tokens, from T above it (studies only; 0: never)",
      "pipelined pre with the plan of {} tokens"),
 )
 

@@ -26,8 +26,9 @@ enum class Knob : int {
   CHUNK_TOKENS,             // pre / fused / stats (not CLUSTER plans) run over token chunks of this
                             // size, each chunk its own plan, so that the second read of a
                             // chunk's rows can hit L2; 0: one plan for all T
-  PIPE_TOKENS,              // mhc_pre (n = 4, H = 4096 / 7168) runs the pipelined kernel with the
-                            // SPLIT_K plan of this many tokens from T above it; 0: never
+  PIPE_TOKENS,              // mhc_pre (n = 4, H = 4096 / 7168) and mhc_stats (n = 4) run the
+                            // pipelined kernel with the SPLIT_K plan of this many tokens from T
+                            // above it; 0: never
   COUNT
 };
 const char* knob_name(Knob k);

@@ -367,18 +367,20 @@ inline HcCall token_slice(const HcCall& a, int64_t t0, int64_t len) {
 #endif
 
 #ifdef MHC_STUDY
-// mhc_pre at n = 4, H = HS through the pipelined kernel (hc_pipe.cuh): the SPLIT_K plan of
-// `tokens` tokens over all of the call's T in one launch. False where that plan is not one the
-// kernel runs (64-token blocks, 8 warps, raw fn, no ring).
+// mhc_pre (n = 4, the stream sum's width HS) or mhc_stats (a.out null, HS 0) through the
+// pipelined kernel (hc_pipe.cuh): the SPLIT_K plan of `tokens` tokens over all of the call's T
+// in one launch. False where that plan is not one the kernel runs (64-token blocks, 8 warps,
+// raw fn, no ring).
 template <int HS>
 bool run_pipe(const HcCall& a, int64_t tokens, const at::TensorOptions& fopts, int device,
               cudaStream_t stream) {
   const bool norm = a.norm_w != nullptr;
-  const Plan cp = plan_of(KernelType::MHC_PRE, tokens, 4, HS, num_sms(device),
+  const KernelType kind = a.out != nullptr ? KernelType::MHC_PRE : KernelType::MHC_STATS;
+  const Plan cp = plan_of(kind, tokens, 4, a.H, num_sms(device),
                           {norm, false, false, supports_clusters(device)});
   const MainInstance m = main_instance(cp);
   if (cp.variant != Variant::SPLIT_K || cp.staged_fn || m.ring || m.small ||
-      m.tt != kPipeTiles || cp.main_warps != kPipeWarps || a.out == nullptr)
+      m.tt != kPipeTiles || cp.main_warps != kPipeWarps)
     return false;
   using Sh = Shape<4, Mode::PRE>;
   MainParams mp{};
@@ -386,7 +388,7 @@ bool run_pipe(const HcCall& a, int64_t tokens, const at::TensorOptions& fopts, i
   mp.res = a.res;
   mp.fn = a.fn;
   mp.fnf = nullptr;
-  mp.G = static_cast<int>(ceil_div(HS, kGroupCols));
+  mp.G = static_cast<int>(ceil_div(a.H, kGroupCols));
   mp.S = cp.num_splits;
   mp.gpc = static_cast<int>(ceil_div(mp.G, mp.S));
   at::Tensor ws = at::empty({a.T, mp.S, Sh::MP}, fopts);
@@ -399,29 +401,38 @@ bool run_pipe(const HcCall& a, int64_t tokens, const at::TensorOptions& fopts, i
   const int64_t grid = std::min(sms, (q.blocks + q.lag) * per_step);
   at::Tensor done = at::zeros({q.blocks}, fopts.dtype(at::kInt));
   q.done = done.data_ptr<int>();
-  const Launches ls = launches_of(cp, tokens, 4, HS, device_limits(device));
+  const Launches ls = launches_of(cp, tokens, 4, a.H, device_limits(device));
   TORCH_INTERNAL_ASSERT(ls.count == 2 && ls.step[0].role == KernelRole::MAIN, "pipe: plan");
   const size_t smem = static_cast<size_t>(ls.step[0].smem);
   const dim3 g(static_cast<unsigned>(grid)), b(kPipeThreads);
-  if (norm) launch(hc_pipe_kernel<4, true, HS>, device, g, b, smem, stream, mp, q);
-  else launch(hc_pipe_kernel<4, false, HS>, device, g, b, smem, stream, mp, q);
+  if constexpr (HS > 0) {  // (stats, HS 0, has no norm)
+    if (norm) {
+      launch(hc_pipe_kernel<4, true, HS>, device, g, b, smem, stream, mp, q);
+      return true;
+    }
+  }
+  launch(hc_pipe_kernel<4, false, HS>, device, g, b, smem, stream, mp, q);
   return true;
 }
 #endif
 
 // run_hc_once, or in a study build: with the pipe_tokens knob set, mhc_pre at n = 4 and
-// H = 4096 / 7168 through the pipelined kernel from T above it; with the chunk_tokens knob set,
+// H = 4096 / 7168, and mhc_stats at n = 4, through the pipelined kernel from T above it; with the chunk_tokens knob set,
 // the plans of token chunks one after the other (pre, fused and stats outside the fused
 // boundary; not CLUSTER plans).
 template <Mode MODE, bool NORM_OK = true>
 void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
             cudaStream_t stream) {
 #ifdef MHC_STUDY
-  if constexpr (MODE == Mode::PRE && NORM_OK) {
+  if constexpr (MODE == Mode::PRE) {
     const int64_t pipe = study::knob(study::Knob::PIPE_TOKENS);
     if (pipe > 0 && a.T > pipe && a.n == 4 && plan.variant != Variant::CLUSTER) {
-      if (a.H == 4096 && run_pipe<4096>(a, pipe, fopts, device, stream)) return;
-      if (a.H == 7168 && run_pipe<7168>(a, pipe, fopts, device, stream)) return;
+      if constexpr (NORM_OK) {
+        if (a.H == 4096 && run_pipe<4096>(a, pipe, fopts, device, stream)) return;
+        if (a.H == 7168 && run_pipe<7168>(a, pipe, fopts, device, stream)) return;
+      } else {
+        if (a.norm_w == nullptr && run_pipe<0>(a, pipe, fopts, device, stream)) return;
+      }
     }
   }
   const int64_t chunk = study::knob(study::Knob::CHUNK_TOKENS);

@@ -1,7 +1,8 @@
-// The pipelined kernel of mhc_pre, in study builds only (the pipe_tokens knob; the planner
-// takes it or it goes once measured): the SPLIT_K plan of a token chunk over all T in one
-// persistent launch, so that the second read of a block's residual rows (the weighted stream
-// sum) follows its first (the split GEMM) closely enough to hit L2.
+// The pipelined kernel of mhc_pre and mhc_stats, in study builds only (the pipe_tokens knob;
+// the planner takes it or it goes once measured): the SPLIT_K plan of a token chunk over all T
+// in one persistent launch, so that the second read of a block's residual rows (the weighted
+// stream sum) follows its first (the split GEMM) closely enough to hit L2, and stats runs as one
+// kernel.
 //
 // What: the work of the SPLIT_K plan at C tokens (Plan::block_tokens = 64, S splits, no ring,
 // raw fn), as items in one fixed order: for step k, the S GEMM items of token block k (the main
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kPipeThreads, 1) hc_pipe_kernel(const MainPara
             gate_params(gsm + M, p.rms_eps, p.pre_eps, p.sinkhorn_eps, p.post_mult, p.repeat);
         write_gates<N>(dsum, inv_k, gsm, gp, t, p.pre_out, p.post_out, p.comb_out);
       }
-    } else if (t < T) {
+    } else if (t < T && p.out != nullptr) {  // (mhc_stats: the gates only)
       float pre[N];
       head_gates<N>(dsum, dsum[M], inv_k, gsm, gsm[M], p.rms_eps, p.pre_eps, pre);
       uint16_t* out = p.out + t * H;

@@ -405,3 +405,29 @@ def test_pipelined_pre_is_the_chunked_plan(T, H, monkeypatch):
         whole = T - T % chunk  # the last chunk's own plan differs from the 256-token plan
         for g, w in zip(got[k], want[k]):
             assert torch.equal(g[:whole], w[:whole]), k
+
+
+@pytest.mark.usefixtures("nan_filled")
+@pytest.mark.parametrize("T", [512, 1301])
+def test_pipelined_stats_is_the_chunked_plan(T, monkeypatch):
+    monkeypatch.delenv("MHC_BATCH_INVARIANT", raising=False)
+    chunk, H = 256, 5120
+    c = plan.plan_of(KernelType.MHC_STATS, chunk, hidden_size=H,
+                     num_sms=plan.device_num_sms("cuda"), batch_invariant=False)
+    assert (c.variant, c.block_tokens, c.main_warps) == ("split_k", 64, 8)
+    assert not (c.staged_fn or c.fn_ring)
+    a = h.v41_inputs(T, ch.N_HC, H, seed=h.seed_of("pipe41", T), device="cuda")
+
+    def under(name):
+        old = getattr(mhc_ops._C, "set_" + name)(chunk)
+        try:
+            return h.outs_of(h.v41_call("mhc_stats", a))
+        finally:
+            getattr(mhc_ops._C, "set_" + name)(old)
+
+    got, want = under("pipe_tokens"), under("chunk_tokens")
+    h.check_stats_outputs(got, a["residual"], {k: a[k] for k in h.V41_ARGS["mhc_stats"]
+                                               if k != "residual"})
+    whole = T - T % chunk
+    for g, w in zip(got, want):
+        assert torch.equal(g[:whole], w[:whole])
