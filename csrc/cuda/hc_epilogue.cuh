@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kEpiThreads + 32, 1) hc_epilogue_kernel(const 
   static_assert(!CARRY || (MODE == Mode::PRE && HS == 0), "CARRY: the fused boundary, any H");
   using Sh = Shape<N, MODE>;
   constexpr int M = Sh::M, MP = Sh::MP;
-  constexpr int kRuns = kEpiThreads / MP < 1 ? 1 : (kEpiThreads / MP > 4 ? 4 : kEpiThreads / MP);
+  constexpr int kRuns = split_runs(MP);
   extern __shared__ float4 smem_raw[];
   float* part = reinterpret_cast<float*>(smem_raw);
   float* psum = part + p.S * MP;

@@ -233,10 +233,13 @@ __device__ __forceinline__ void copy_unit_acts(uint4* slot, const uint16_t* res,
     }
 }
 
-// A token's split partials part [S][MP] summed as every SPLIT_K epilogue adds them: splits
-// s0 .. s1 - 1 of one contiguous run in split order (run_sum, into psum [run][MP]), then the
-// runs in order (runs_total). Run q of `parts` covers q (S / parts) + min(q, S % parts) up to
-// the next run's start.
+// A token's split partials part [S][MP] summed as every SPLIT_K epilogue adds them: the S
+// splits in parts = min(split_runs(MP), S) contiguous runs (run q: from q (S / parts) +
+// min(q, S % parts) to the next run's start), each summed in split order (run_sum, into psum
+// [run][MP]) by one of kEpiThreads threads per partial, then the runs in order (runs_total).
+constexpr int split_runs(int MP) {
+  return kEpiThreads / MP < 1 ? 1 : (kEpiThreads / MP > 4 ? 4 : kEpiThreads / MP);
+}
 __device__ __forceinline__ float run_sum(const float* part, int MP, int s0, int s1, int m) {
   float a = part[s0 * MP + m];
 #pragma unroll 8

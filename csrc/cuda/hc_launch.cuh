@@ -199,6 +199,29 @@ void set_call_fields(P& p, const HcCall& a) {
   p.repeat = a.repeat;
 }
 
+// The main kernel's parameters of a call under a SPLIT_K / FULL_K plan: the call's fields, the
+// plan's split of the K groups and L2 policy; fn unstaged and no partial buffer yet (the
+// launcher sets fnf and ws).
+inline MainParams main_params(const Plan& plan, const HcCall& a) {
+  MainParams mp{};
+  set_call_fields(mp, a);
+  mp.res = a.res;
+  mp.x = a.x;
+  mp.post_in = a.post_in;
+  mp.comb_in = a.comb_in;
+  mp.res_out = a.res_out;
+  mp.fn = a.fn;
+  mp.fnf = nullptr;
+  mp.ws = nullptr;
+  mp.G = static_cast<int>(ceil_div(a.H, kGroupCols));
+  mp.S = plan.num_splits;
+  mp.gpc = static_cast<int>(ceil_div(mp.G, mp.S));
+  TORCH_INTERNAL_ASSERT(mp.S >= 1 && (mp.S - 1) * mp.gpc < mp.G, "plan splits ", mp.S,
+                        " leave a split of ", mp.G, " K groups empty");
+  mp.evict_inputs = plan.evict_inputs ? 1 : 0;
+  return mp;
+}
+
 // Buffers that the token chunks of one call share (the chunk_tokens study knob): fn staged
 // once, and one SPLIT_K partial buffer for every chunk that fits it (stream order: a chunk's
 // main kernel waits for the previous chunk's epilogue before it writes).
@@ -218,27 +241,9 @@ void run_hc_spec(const Plan& plan, const HcCall& a, const at::TensorOptions& fop
   const bool full = plan.variant == Variant::FULL_K;
   const bool norm = a.norm_w != nullptr;
   TORCH_INTERNAL_ASSERT(norm == plan.norm, "plan and call disagree on the folded norm");
-  const int G = static_cast<int>(ceil_div(a.H, kGroupCols));
-  const int S = plan.num_splits;
-  const int gpc = static_cast<int>(ceil_div(G, S));
-  TORCH_INTERNAL_ASSERT(S >= 1 && (S - 1) * gpc < G, "plan splits ", S, " leave a split of ", G,
-                        " K groups empty");
   const Launches ls = launches_of(plan, a.T, N, a.H, device_limits(device));
-
-  MainParams mp{};
-  set_call_fields(mp, a);
-  mp.res = a.res;
-  mp.x = a.x;
-  mp.post_in = a.post_in;
-  mp.comb_in = a.comb_in;
-  mp.res_out = a.res_out;
-  mp.fn = a.fn;
-  mp.fnf = nullptr;  // staged fn: set by the STAGE_FN launch
-  mp.ws = nullptr;   // SPLIT_K partials: set before the MAIN launch
-  mp.G = G;
-  mp.S = S;
-  mp.gpc = gpc;
-  mp.evict_inputs = plan.evict_inputs ? 1 : 0;
+  MainParams mp = main_params(plan, a);
+  const int G = mp.G, S = mp.S;
 
   at::Tensor staged;  // kept alive until the main kernel is enqueued (stream-ordered reuse)
   at::Tensor ws;      // SPLIT_K partials [T, S, MP]
@@ -364,9 +369,7 @@ inline HcCall token_slice(const HcCall& a, int64_t t0, int64_t len) {
   c.out = at_row(a.out, H);
   return c;
 }
-#endif
 
-#ifdef MHC_STUDY
 // mhc_pre (n = 4, the stream sum's width HS) or mhc_stats (a.out null, HS 0) through the
 // pipelined kernel (hc_pipe.cuh): the SPLIT_K plan of `tokens` tokens over all of the call's T
 // in one launch. False where that plan is not one the kernel runs (64-token blocks, 8 warps,
@@ -383,14 +386,7 @@ bool run_pipe(const HcCall& a, int64_t tokens, const at::TensorOptions& fopts, i
       m.tt != kPipeTiles || cp.main_warps != kPipeWarps)
     return false;
   using Sh = Shape<4, Mode::PRE>;
-  MainParams mp{};
-  set_call_fields(mp, a);
-  mp.res = a.res;
-  mp.fn = a.fn;
-  mp.fnf = nullptr;
-  mp.G = static_cast<int>(ceil_div(a.H, kGroupCols));
-  mp.S = cp.num_splits;
-  mp.gpc = static_cast<int>(ceil_div(mp.G, mp.S));
+  MainParams mp = main_params(cp, a);
   at::Tensor ws = at::empty({a.T, mp.S, Sh::MP}, fopts);
   mp.ws = ws.data_ptr<float>();
   PipeParams q{};
@@ -417,9 +413,9 @@ bool run_pipe(const HcCall& a, int64_t tokens, const at::TensorOptions& fopts, i
 #endif
 
 // run_hc_once, or in a study build: with the pipe_tokens knob set, mhc_pre at n = 4 and
-// H = 4096 / 7168, and mhc_stats at n = 4, through the pipelined kernel from T above it; with the chunk_tokens knob set,
-// the plans of token chunks one after the other (pre, fused and stats outside the fused
-// boundary; not CLUSTER plans).
+// H = 4096 / 7168, and mhc_stats at n = 4, through the pipelined kernel from T above it; with
+// the chunk_tokens knob set, the plans of token chunks one after the other (pre, fused and
+// stats outside the fused boundary; not CLUSTER plans).
 template <Mode MODE, bool NORM_OK = true>
 void run_hc(const Plan& plan, const HcCall& a, const at::TensorOptions& fopts, int device,
             cudaStream_t stream) {

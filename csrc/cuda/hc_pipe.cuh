@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kPipeThreads, 1) hc_pipe_kernel(const MainPara
                                                                   const PipeParams q) {
   using Sh = Shape<N, Mode::PRE>;
   constexpr int M = Sh::M, NT = Sh::NT, MP = Sh::MP, TT = kPipeTiles, BT = 16 * TT;
-  constexpr int kRuns = kEpiThreads / MP < 1 ? 1 : (kEpiThreads / MP > 4 ? 4 : kEpiThreads / MP);
+  constexpr int kRuns = split_runs(MP);
   static_assert(kPipeTokens * kEpiThreads == kPipeWarps * 32, "a finish token per 4 warps");
   static_assert(BT % kPipeTokens == 0, "whole finish items per block");
   extern __shared__ float4 smem_raw[];
@@ -131,6 +131,8 @@ __global__ void __launch_bounds__(kPipeThreads, 1) hc_pipe_kernel(const MainPara
     const int parts = min(kRuns, S);
     if (!gate && t < T && et < parts * MP) {
       const int pm = et % MP, pq = et / MP;
+      // The epilogue's run bounds (written out there before its pdl_wait, as SASS it keeps;
+      // the bit-identity test against the chunked plan holds the two equal).
       const int s0 = pq * (S / parts) + min(pq, S % parts);
       const int s1 = s0 + S / parts + (pq < S % parts ? 1 : 0);
       psum[pq * MP + pm] = run_sum(part, MP, s0, s1, pm);

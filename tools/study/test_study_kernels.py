@@ -355,12 +355,9 @@ def test_chunked_plans_equal_calls_on_slices(T, chunk, monkeypatch):
         "stats": lambda r: h.outs_of(h.v41_call("mhc_stats", {
             k: (v[r] if k == "residual" else v) for k, v in a.items()})),
     }
-    whole = slice(0, T)
-    old = mhc_ops._C.set_chunk_tokens(chunk)
-    try:
-        got = {k: f(whole) for k, f in calls.items()}
-    finally:
-        mhc_ops._C.set_chunk_tokens(old)
+    whole = {k: (lambda f=f: f(slice(0, T))) for k, f in calls.items()}
+    got = {k: runs[0] for k, runs in ch.runs_under(mhc_ops._C.set_chunk_tokens, (chunk,),
+                                                   whole).items()}
     for k, f in calls.items():
         parts = [f(slice(t0, min(T, t0 + chunk))) for t0 in range(0, T, chunk)]
         want = [torch.cat(col) for col in zip(*parts)]
@@ -390,15 +387,11 @@ def test_pipelined_pre_is_the_chunked_plan(T, H, monkeypatch):
     calls = {"plain": lambda: mhc_ops.mhc_pre(res, **plain),
              "norm": lambda: mhc_ops.mhc_pre(res, **p)}
 
-    def under(name, value):
-        old = getattr(mhc_ops._C, "set_" + name)(value)
-        try:
-            return {k: f() for k, f in calls.items()}
-        finally:
-            getattr(mhc_ops._C, "set_" + name)(old)
+    def under(name):
+        runs = ch.runs_under(getattr(mhc_ops._C, "set_" + name), (chunk,), calls)
+        return {k: r[0] for k, r in runs.items()}
 
-    got = under("pipe_tokens", chunk)
-    want = under("chunk_tokens", chunk)
+    got, want = under("pipe_tokens"), under("chunk_tokens")
     for k in calls:
         assert all(bool(torch.isfinite(o).all()) for o in got[k]), k
         h.check_pre_outputs(got[k], res, p if k == "norm" else plain)
@@ -419,11 +412,9 @@ def test_pipelined_stats_is_the_chunked_plan(T, monkeypatch):
     a = h.v41_inputs(T, ch.N_HC, H, seed=h.seed_of("pipe41", T), device="cuda")
 
     def under(name):
-        old = getattr(mhc_ops._C, "set_" + name)(chunk)
-        try:
-            return h.outs_of(h.v41_call("mhc_stats", a))
-        finally:
-            getattr(mhc_ops._C, "set_" + name)(old)
+        runs = ch.runs_under(getattr(mhc_ops._C, "set_" + name), (chunk,),
+                             {"stats": lambda: h.outs_of(h.v41_call("mhc_stats", a))})
+        return runs["stats"][0]
 
     got, want = under("pipe_tokens"), under("chunk_tokens")
     h.check_stats_outputs(got, a["residual"], {k: a[k] for k in h.V41_ARGS["mhc_stats"]
